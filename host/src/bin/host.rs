@@ -1,0 +1,294 @@
+//! The `host` command: a thin shell over the `host` library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use host::{ByteSize, Destination, Input, Limits, Outcome, RunError, RunOutcome, Runner, RunnerConfig, format_cents};
+
+/// The exit codes, for `--help` (kept in step with `Outcome::exit_code`).
+fn exit_code_table() -> String {
+    let mut table = String::from("Exit codes:\n  2    usage error (bad arguments)\n");
+    for outcome in Outcome::ALL {
+        table.push_str(&format!("  {:<4} {} — {}\n", outcome.exit_code(), outcome.name(), outcome.meaning()));
+    }
+    table
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "host", version, about = "Runs order-pipeline components in a private, throw-away sandbox.")]
+#[command(after_help = exit_code_table())]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Runs a pipeline on one input file and delivers its outputs.
+    ///
+    /// `host run orders.csv` uses the bundled pipeline; `host run plugin.wasm
+    /// orders.csv` runs any component of the orders:pipeline@0.1.0 world.
+    #[command(after_help = exit_code_table())]
+    Run(RunArgs),
+    /// Removes sandboxes left behind by host processes that were killed.
+    ///
+    /// Sandboxes whose owner is still running are never touched.
+    Sweep {
+        #[command(flatten)]
+        root: RootArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+struct RootArgs {
+    /// Folder that holds the sandboxes [default: orders-host-<uid> in the temp folder].
+    #[arg(long, value_name = "DIR")]
+    sandbox_root: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// `[COMPONENT.wasm] INPUT.csv`: the component is optional.
+    #[arg(value_name = "FILES", num_args = 1..=2, required = true)]
+    files: Vec<PathBuf>,
+
+    /// Output folder [default: <input stem>.out beside the input].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+
+    /// Replace an existing non-empty output folder (atomically).
+    #[arg(long)]
+    force: bool,
+
+    /// Print the report (or the failure) as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+
+    #[command(flatten)]
+    root: RootArgs,
+
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+#[derive(Args, Debug)]
+struct LimitArgs {
+    /// Guest memory limit.
+    #[arg(long, value_name = "SIZE", default_value = "256MiB")]
+    memory: ByteSize,
+
+    /// Wall-clock limit, including time blocked in host calls.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = host::limits::parse_duration)]
+    timeout: Duration,
+
+    /// Deterministic instruction budget [default: off].
+    #[arg(long, value_name = "N")]
+    fuel: Option<u64>,
+
+    /// Bytes the guest may write into its sandbox (the input is not counted).
+    #[arg(long, value_name = "SIZE", default_value = "1GiB")]
+    disk_quota: ByteSize,
+
+    /// Files and folders the guest may create.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    max_files: u64,
+
+    /// Largest total size of the outputs accepted [default: the disk quota].
+    #[arg(long, value_name = "SIZE")]
+    max_output: Option<ByteSize>,
+
+    /// Guest stderr kept for error messages; the rest is dropped.
+    #[arg(long, value_name = "SIZE", default_value = "64KiB")]
+    stderr_limit: ByteSize,
+}
+
+impl From<&LimitArgs> for Limits {
+    fn from(args: &LimitArgs) -> Self {
+        Self {
+            memory: args.memory,
+            timeout: args.timeout,
+            fuel: args.fuel,
+            disk_quota: args.disk_quota,
+            max_files: args.max_files,
+            max_output: args.max_output,
+            stderr_limit: args.stderr_limit,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Run(args) => run_command(&args),
+        Command::Sweep { root } => match sweep_command(&root) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("host: {err:#}");
+                ExitCode::from(Outcome::HostError.exit_code())
+            }
+        },
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn run_command(args: &RunArgs) -> ExitCode {
+    let result = run(args);
+    match &result {
+        Ok(outcome) if args.json => print_json_success(outcome),
+        Ok(outcome) => print_summary(outcome),
+        Err(err) => {
+            eprintln!("host: {err}");
+            if args.json {
+                print_json_failure(err);
+            }
+        }
+    }
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(err) => ExitCode::from(err.outcome().exit_code()),
+    }
+}
+
+fn run(args: &RunArgs) -> Result<RunOutcome, RunError> {
+    let (component_path, input_path) = match args.files.as_slice() {
+        [component, input] => (Some(component.clone()), input.clone()),
+        [input, ..] => (None, input.clone()),
+        [] => return Err(RunError::Host("no input file was given".into())),
+    };
+    let destination = Destination::Folder {
+        path: args.out.clone().unwrap_or_else(|| host::default_output_folder(&input_path)),
+        force: args.force,
+    };
+    let limits = Limits::from(&args.limits);
+    // Fail fast on what can be checked before compiling anything.
+    std::fs::metadata(&input_path).map_err(|source| RunError::InputUnreadable { path: input_path.clone(), source })?;
+    host::check_destination(&destination)?;
+
+    let config = RunnerConfig { sandbox_root: args.root.sandbox_root.clone(), fuel_metering: limits.fuel.is_some() };
+    let runner = Runner::new(&config)?;
+    sweep_quietly(&runner);
+    let component = match &component_path {
+        Some(path) => runner.load_file(path)?,
+        None => runner.bundled()?,
+    };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|err| RunError::Host(format!("cannot start the async runtime: {err}")))?;
+    runtime.block_on(async {
+        let input = Input::Path(input_path);
+        tokio::select! {
+            result = runner.run(&component, &input, &limits, &destination) => result,
+            // Dropping the run future drops its sandbox, which removes it.
+            () = shutdown_signal() => Err(RunError::Interrupted),
+        }
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM; never, if the handlers cannot be installed.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut terminate) = signal(SignalKind::terminate()) else { return std::future::pending().await };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+/// Every start cleans up after hosts that were killed; failures only warn,
+/// since this run does not depend on them.
+fn sweep_quietly(runner: &Runner) {
+    match runner.sandbox_root().sweep() {
+        Ok(sweep) => {
+            for (name, err) in sweep.failed {
+                tracing::warn!(sandbox = name, "cannot remove a sandbox left by a killed host: {err}");
+            }
+        }
+        Err(err) => tracing::warn!("cannot sweep the sandbox root: {err}"),
+    }
+}
+
+fn sweep_command(args: &RootArgs) -> anyhow::Result<()> {
+    let path = args.sandbox_root.clone().unwrap_or_else(host::sandbox::SandboxRoot::default_path);
+    let root = host::sandbox::SandboxRoot::open(&path)
+        .with_context(|| format!("cannot open the sandbox root {}", path.display()))?;
+    let sweep = root.sweep().with_context(|| format!("cannot list the sandbox root {}", path.display()))?;
+    println!("removed {} sandbox(es) of killed hosts, left {} of running hosts", sweep.removed.len(), sweep.live);
+    if let Some((name, err)) = sweep.failed.first() {
+        anyhow::bail!("{} sandbox(es) could not be removed, first {name}: {err}", sweep.failed.len());
+    }
+    Ok(())
+}
+
+fn print_summary(outcome: &RunOutcome) {
+    let report = &outcome.report;
+    println!(
+        "{} rows: {} accepted, {} cancelled, {} rejected",
+        report.rows, report.accepted, report.cancelled, report.rejected
+    );
+    if !report.reasons.is_empty() {
+        let reasons: Vec<String> = report.reasons.iter().map(|r| format!("{} {}", r.reason, r.rows)).collect();
+        println!("rejected by reason: {}", reasons.join(", "));
+    }
+    let width = report.regions.iter().map(|r| r.region.len()).max().unwrap_or(0);
+    for region in &report.regions {
+        println!("  {:<width$}  {:>8} orders  {:>16}", region.region, region.orders, format_cents(region.total_cents));
+    }
+    if let host::Delivered::Folder(path) = &outcome.delivered {
+        let names: Vec<&str> = outcome.outputs.iter().map(|f| f.name.as_str()).collect();
+        println!("outputs in {}: {}", path.display(), names.join(", "));
+    }
+}
+
+fn print_json_success(outcome: &RunOutcome) {
+    let destination = match &outcome.delivered {
+        host::Delivered::Folder(path) => Some(path.display().to_string()),
+        host::Delivered::Memory(_) => None,
+    };
+    let value = serde_json::json!({
+        "outcome": Outcome::Success,
+        "exit_code": 0,
+        "report": outcome.report,
+        "outputs": outcome.outputs,
+        "destination": destination,
+        "peak_memory_bytes": outcome.peak_memory,
+        "fuel_used": outcome.fuel_used,
+        "timings_us": timings_json(&outcome.timings),
+    });
+    println!("{value:#}");
+}
+
+fn timings_json(timings: &host::Timings) -> serde_json::Value {
+    let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    serde_json::json!({
+        "sandbox_create": us(timings.sandbox_create),
+        "input_copy": us(timings.input_copy),
+        "guest": us(timings.guest),
+        "collect": us(timings.collect),
+        "deliver": us(timings.deliver),
+        "sandbox_remove": us(timings.sandbox_remove),
+        "total": us(timings.total),
+    })
+}
+
+fn print_json_failure(err: &RunError) {
+    let outcome = err.outcome();
+    let value = serde_json::json!({
+        "outcome": outcome,
+        "exit_code": outcome.exit_code(),
+        "error": err.to_string(),
+        "limit": err.limit_hit(),
+    });
+    println!("{value:#}");
+}

@@ -1,0 +1,286 @@
+//! Taking the guest's outputs out of its sandbox, and delivering them.
+//!
+//! Collection trusts nothing the guest left: only regular files with one link
+//! and a plain name are taken, never followed, and the report's list of
+//! outputs must match the folder exactly. Delivery to a folder is atomic: the
+//! files are written into a private staging folder beside the destination,
+//! then renamed into place; on any failure the destination is untouched.
+
+use std::collections::BTreeSet;
+use std::io::{self, ErrorKind, Read as _};
+use std::path::{Path, PathBuf};
+
+use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt as _};
+use cap_std::fs::{Dir, DirBuilder, DirBuilderExt as _, MetadataExt as _, OpenOptions, OpenOptionsExt as _};
+use serde::Serialize;
+
+use crate::error::RunError;
+use crate::limits::ByteSize;
+use crate::report::Report;
+use crate::sandbox::{random_hex, remove_tree};
+
+/// One delivered file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutputFile {
+    pub name: String,
+    pub bytes: u64,
+}
+
+/// Where the outputs of a run go.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    /// A folder, created 0700 with files 0600. An existing non-empty folder
+    /// is replaced only with `force`, atomically.
+    Folder { path: PathBuf, force: bool },
+    /// Returned in memory, as (name, contents) pairs.
+    Memory,
+}
+
+/// What was delivered where.
+#[derive(Debug)]
+pub enum Delivered {
+    Folder(PathBuf),
+    Memory(Vec<(String, Vec<u8>)>),
+}
+
+/// Whether a guest-chosen name may become a file in the user's folder: one
+/// plain component, printable, not hidden and not mistakable for an option.
+fn check_output_name(name: &str) -> Result<(), String> {
+    let problem = if name.len() > 255 {
+        "is longer than 255 bytes"
+    } else if name.starts_with('.') {
+        "starts with `.`"
+    } else if name.starts_with('-') {
+        "starts with `-`"
+    } else if name.contains(['/', '\\']) {
+        "contains a path separator"
+    } else if name.chars().any(char::is_control) {
+        "contains a control character"
+    } else if name.is_empty() {
+        "is empty"
+    } else {
+        return Ok(());
+    };
+    Err(format!("the output name {name:?} {problem}"))
+}
+
+/// Lists the outputs the guest left in `out`, refusing anything that is not a
+/// plain regular file, and checks them against the report and the size limit.
+///
+/// # Errors
+///
+/// [`RunError::ContractViolation`] for a refused entry or a report that lies,
+/// [`RunError::OutputTooLarge`] past `max_output`, [`RunError::Host`] when the
+/// folder cannot be read.
+pub fn collect(out: &Dir, report: &Report, max_output: ByteSize) -> Result<Vec<OutputFile>, RunError> {
+    let host_error = |err: io::Error| RunError::Host(format!("cannot read the sandbox's output folder: {err}"));
+    let mut files = Vec::new();
+    let mut total = 0u64;
+    for entry in out.entries().map_err(host_error)? {
+        let entry = entry.map_err(host_error)?;
+        let os_name = entry.file_name();
+        let name = os_name
+            .to_str()
+            .ok_or_else(|| RunError::ContractViolation(format!("the output name {os_name:?} is not UTF-8")))?
+            .to_owned();
+        check_output_name(&name).map_err(RunError::ContractViolation)?;
+        let meta = out.symlink_metadata(&name).map_err(host_error)?;
+        let kind = if meta.is_symlink() {
+            Some("a symbolic link (it was not followed)")
+        } else if meta.is_dir() {
+            Some("a folder")
+        } else if !meta.is_file() {
+            Some("a special file")
+        } else if meta.nlink() > 1 {
+            Some("a hard link to another file")
+        } else {
+            None
+        };
+        if let Some(kind) = kind {
+            return Err(RunError::ContractViolation(format!(
+                "the output `{name}` is {kind}; outputs must be regular files"
+            )));
+        }
+        total = total.saturating_add(meta.len());
+        files.push(OutputFile { name, bytes: meta.len() });
+    }
+    if total > max_output.bytes() {
+        return Err(RunError::OutputTooLarge { limit: max_output, size: total });
+    }
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let on_disk: BTreeSet<&str> = files.iter().map(|f| f.name.as_str()).collect();
+    let mut listed = BTreeSet::new();
+    for name in &report.outputs {
+        if !listed.insert(name.as_str()) {
+            return Err(RunError::ContractViolation(format!("the report lists the output {name:?} twice")));
+        }
+        if !on_disk.contains(name.as_str()) {
+            return Err(RunError::ContractViolation(format!(
+                "the report lists the output {name:?}, which is not a file in the output folder"
+            )));
+        }
+    }
+    if let Some(unlisted) = on_disk.difference(&listed).next() {
+        return Err(RunError::ContractViolation(format!(
+            "the guest wrote `{unlisted}` but its report does not list it"
+        )));
+    }
+    Ok(files)
+}
+
+/// Checks before a run that `destination` can take the outputs, so a run
+/// is not wasted on a folder that would be refused afterwards.
+///
+/// # Errors
+///
+/// [`RunError::Delivery`] when the folder exists and is not empty (without
+/// `force`), or is not a folder.
+pub fn check_destination(destination: &Destination) -> Result<(), RunError> {
+    let Destination::Folder { path, force } = destination else { return Ok(()) };
+    let (parent, name) = split_destination(path)?;
+    existing_destination(&parent, name, path, *force).map(drop)
+}
+
+/// Copies the collected `files` from `out` to `destination`.
+///
+/// # Errors
+///
+/// [`RunError::Delivery`] with the reason; nothing is left at the destination.
+pub fn deliver(out: &Dir, files: &[OutputFile], destination: &Destination) -> Result<Delivered, RunError> {
+    match destination {
+        Destination::Memory => {
+            let mut delivered = Vec::with_capacity(files.len());
+            for file in files {
+                let mut contents = Vec::new();
+                open_output(out, file)
+                    .and_then(|mut source| source.read_to_end(&mut contents))
+                    .map_err(|err| RunError::Host(format!("cannot read the output `{}`: {err}", file.name)))?;
+                delivered.push((file.name.clone(), contents));
+            }
+            Ok(Delivered::Memory(delivered))
+        }
+        Destination::Folder { path, force } => deliver_to_folder(out, files, path, *force).map(Delivered::Folder),
+    }
+}
+
+fn open_output(out: &Dir, file: &OutputFile) -> io::Result<cap_std::fs::File> {
+    let mut options = OpenOptions::new();
+    options.read(true).follow(FollowSymlinks::No);
+    let opened = out.open_with(&file.name, &options)?;
+    let meta = opened.metadata()?;
+    if !meta.is_file() || meta.nlink() > 1 {
+        return Err(io::Error::new(ErrorKind::InvalidData, "the file changed after it was checked"));
+    }
+    Ok(opened)
+}
+
+fn split_destination(path: &Path) -> Result<(PathBuf, &str), RunError> {
+    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| RunError::Delivery {
+        path: path.to_owned(),
+        reason: "the output folder needs a plain UTF-8 name as its last component".into(),
+    })?;
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    Ok((parent, name))
+}
+
+/// Opens the destination's parent. Ambient authority, for the user's own
+/// path: the one place where delivery turns a path into a capability.
+fn open_parent(parent: &Path, path: &Path) -> Result<Dir, RunError> {
+    Dir::open_ambient_dir(parent, cap_std::ambient_authority()).map_err(|err| RunError::Delivery {
+        path: path.to_owned(),
+        reason: format!("cannot open its parent folder {}: {err}", parent.display()),
+    })
+}
+
+/// `Ok(None)` when the destination does not exist, `Ok(Some(empty))` when it
+/// is a folder that may be replaced.
+fn existing_destination(parent: &Path, name: &str, path: &Path, force: bool) -> Result<Option<bool>, RunError> {
+    let refuse = |reason: String| RunError::Delivery { path: path.to_owned(), reason };
+    let parent_dir = open_parent(parent, path)?;
+    match parent_dir.symlink_metadata(name) {
+        Err(err) if err.kind() == ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(refuse(err.to_string())),
+        Ok(meta) if !meta.is_dir() => Err(refuse("it exists and is not a folder; choose another --out".into())),
+        Ok(_) => {
+            let empty = parent_dir.read_dir(name).map_err(|err| refuse(err.to_string()))?.next().is_none();
+            if !empty && !force {
+                return Err(refuse(
+                    "the folder exists and is not empty; pass --force to replace it, or choose another --out".into(),
+                ));
+            }
+            Ok(Some(empty))
+        }
+    }
+}
+
+fn deliver_to_folder(out: &Dir, files: &[OutputFile], path: &Path, force: bool) -> Result<PathBuf, RunError> {
+    let fail = |reason: String| RunError::Delivery { path: path.to_owned(), reason };
+    let (parent_path, name) = split_destination(path)?;
+    let existing = existing_destination(&parent_path, name, path, force)?;
+    let parent = open_parent(&parent_path, path)?;
+
+    let staging = format!(".{name}.staging-{}", random_hex().map_err(|err| fail(err.to_string()))?);
+    let mut builder = DirBuilder::new();
+    builder.mode(0o700);
+    parent
+        .create_dir_with(&staging, &builder)
+        .map_err(|err| fail(format!("cannot create a staging folder beside it: {err}")))?;
+
+    let staged = stage_files(out, files, &parent, &staging).and_then(|()| {
+        match existing {
+            // rename(2) replaces a missing or empty folder atomically.
+            None | Some(true) => parent.rename(&staging, &parent, name),
+            // A non-empty folder cannot be replaced by rename: swap the two
+            // atomically, then remove the old contents now at `staging`.
+            Some(false) => {
+                rustix::fs::renameat_with(&parent, staging.as_str(), &parent, name, rustix::fs::RenameFlags::EXCHANGE)
+                    .map_err(io::Error::from)
+            }
+        }
+    });
+    if let Err(err) = staged {
+        if let Err(cleanup) = remove_tree(&parent, staging.as_ref()) {
+            tracing::error!(staging, "cannot remove the staging folder: {cleanup}");
+        }
+        return Err(fail(err.to_string()));
+    }
+    if existing == Some(false)
+        && let Err(err) = remove_tree(&parent, staging.as_ref())
+    {
+        tracing::error!(staging, "outputs delivered, but the replaced folder's old contents remain: {err}");
+    }
+    Ok(path.to_owned())
+}
+
+fn stage_files(out: &Dir, files: &[OutputFile], parent: &Dir, staging: &str) -> io::Result<()> {
+    let staging_dir = parent.open_dir(staging)?;
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true).mode(0o600);
+    for file in files {
+        let mut source = open_output(out, file)?;
+        let mut target = staging_dir.open_with(&file.name, &options)?;
+        io::copy(&mut source, &mut target)?;
+        target.sync_all()?;
+    }
+    staging_dir.open(".")?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_names_pass_and_dangerous_ones_are_named() {
+        for name in ["north_orders.csv", "summary.csv", "a b.csv", "été.csv", &"a".repeat(255)] {
+            assert_eq!(check_output_name(name), Ok(()), "{name}");
+        }
+        for name in ["", ".", "..", ".hidden", "-rf", "a/b", "new\nline", "tab\t", &"a".repeat(256)] {
+            let err = check_output_name(name).expect_err(name);
+            assert!(err.starts_with("the output name"), "{err}");
+        }
+    }
+}

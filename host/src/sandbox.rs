@@ -1,0 +1,525 @@
+//! Private, throw-away folders: one per invocation, under one sandbox root.
+//!
+//! Layout of a root:
+//!
+//! ```text
+//! <root>/                       0700, owned by this user
+//!   sbx-<32 hex>.lock           0600, flock-ed by the owning process while it lives
+//!   sbx-<32 hex>/               0700 from the mkdir itself
+//!     input/                    0700, preopened read-only to the guest
+//!     out/                      0700, preopened read-write to the guest
+//! ```
+//!
+//! The lock file is created and locked *before* the folder exists and removed
+//! only *after* the folder is gone, so a folder whose lock can be taken has no
+//! living owner: that is what [`SandboxRoot::sweep`] relies on, instead of
+//! guessing from PIDs. Every operation below the root goes through `cap-std`
+//! handles; the only path-based (ambient) step is opening the root itself, in
+//! [`SandboxRoot::open`].
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::io::{self, ErrorKind};
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use cap_fs_ext::DirExt as _;
+use cap_std::fs::{
+    Dir, DirBuilder, DirBuilderExt as _, OpenOptions, OpenOptionsExt as _, Permissions, PermissionsExt as _,
+};
+
+/// The folder the guest reads its input from.
+pub const INPUT_DIR: &str = "input";
+/// The folder the guest writes its outputs into.
+pub const OUTPUT_DIR: &str = "out";
+
+const NAME_PREFIX: &str = "sbx-";
+const LOCK_SUFFIX: &str = ".lock";
+/// Hex digits of randomness in a sandbox name: 128 bits from the OS RNG.
+const NAME_HEX_DIGITS: usize = 32;
+
+fn private_dir_builder() -> DirBuilder {
+    let mut builder = DirBuilder::new();
+    builder.mode(0o700);
+    builder
+}
+
+/// The folder that holds every sandbox of this user (or of one tenant).
+#[derive(Clone)]
+pub struct SandboxRoot {
+    dir: Arc<Dir>,
+    path: PathBuf,
+}
+
+impl fmt::Debug for SandboxRoot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SandboxRoot").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl SandboxRoot {
+    /// The default root: `orders-host-<uid>` in the system temp folder.
+    #[must_use]
+    pub fn default_path() -> PathBuf {
+        std::env::temp_dir().join(format!("orders-host-{}", rustix::process::getuid().as_raw()))
+    }
+
+    /// Opens the root at `path`, creating it (and missing parents) 0700.
+    ///
+    /// This is the one place where the sandbox code uses ambient authority: a
+    /// path is turned into a capability, and everything below goes through it.
+    ///
+    /// # Errors
+    ///
+    /// When the folder cannot be created or opened, or when it is not private:
+    /// owned by another user, or writable by group or others (anyone who can
+    /// write the root could rename or replace a sandbox in it).
+    pub fn open(path: &Path) -> io::Result<Self> {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)?;
+        let dir = Dir::open_ambient_dir(path, cap_std::ambient_authority())?;
+        let meta = dir.dir_metadata()?;
+        let uid = rustix::process::getuid().as_raw();
+        let mode = cap_std::fs::MetadataExt::mode(&meta);
+        let owner = cap_std::fs::MetadataExt::uid(&meta);
+        if owner != uid || mode & 0o022 != 0 {
+            return Err(io::Error::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "sandbox root {} is not private (owner uid {owner}, mode {:o}); it must belong to uid {uid} \
+                     and not be writable by others: fix it with `chmod 700`, or choose another --sandbox-root",
+                    path.display(),
+                    mode & 0o7777
+                ),
+            ));
+        }
+        Ok(Self { dir: Arc::new(dir), path: path.to_owned() })
+    }
+
+    /// Where this root is on disk (for messages and logs).
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Creates a fresh sandbox: lock file first (created and locked), then the
+    /// folder with mode 0700 from the `mkdir` itself, then `input/` and `out/`.
+    ///
+    /// # Errors
+    ///
+    /// When the OS RNG, the lock or any folder cannot be created.
+    pub fn create(&self) -> io::Result<Sandbox> {
+        let started = Instant::now();
+        let (name, lock) = self.create_locked_name()?;
+        let sandbox_dir = match self.make_sandbox_dirs(&name) {
+            Ok(dir) => dir,
+            Err(err) => {
+                // Best effort: nothing of this half-made sandbox may stay.
+                let _ = remove_tree(&self.dir, OsStr::new(&name));
+                let _ = self.dir.remove_file(lock_name(&name));
+                return Err(err);
+            }
+        };
+        let sandbox = Sandbox {
+            root: self.dir.clone(),
+            path: self.path.join(&name),
+            name,
+            dir: Some(sandbox_dir),
+            lock: Some(lock),
+        };
+        tracing::debug!(path = %sandbox.path.display(), elapsed = ?started.elapsed(), "sandbox created");
+        Ok(sandbox)
+    }
+
+    fn create_locked_name(&self) -> io::Result<(String, std::fs::File)> {
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true).mode(0o600);
+        loop {
+            let name = random_name()?;
+            let lock = match self.dir.open_with(lock_name(&name), &options) {
+                Ok(file) => file.into_std(),
+                Err(err) if err.kind() == ErrorKind::AlreadyExists => continue,
+                Err(err) => return Err(err),
+            };
+            lock.try_lock().map_err(|err| io::Error::other(format!("cannot lock {}: {err}", lock_name(&name))))?;
+            // A sweep may have taken the lock between our create and our lock
+            // and unlinked the file; then the lock guards nothing: start over.
+            if lock.metadata()?.nlink() > 0 {
+                return Ok((name, lock));
+            }
+        }
+    }
+
+    fn make_sandbox_dirs(&self, name: &str) -> io::Result<Dir> {
+        let builder = private_dir_builder();
+        self.dir.create_dir_with(name, &builder)?;
+        let dir = self.dir.open_dir(name)?;
+        dir.create_dir_with(INPUT_DIR, &builder)?;
+        dir.create_dir_with(OUTPUT_DIR, &builder)?;
+        Ok(dir)
+    }
+
+    /// Removes every sandbox of this root whose owner is gone (its lock can be
+    /// taken), and never one whose owner is alive.
+    ///
+    /// # Errors
+    ///
+    /// When the root cannot be listed; failures to remove one sandbox are
+    /// collected in the returned [`Sweep`] and do not stop the others.
+    pub fn sweep(&self) -> io::Result<Sweep> {
+        let mut sweep = Sweep::default();
+        let mut folders = Vec::new();
+        let mut locks = Vec::new();
+        for entry in self.dir.entries()? {
+            let entry = entry?;
+            let file_name = entry.file_name();
+            let Some(name) = file_name.to_str() else { continue };
+            if let Some(sandbox) = name.strip_suffix(LOCK_SUFFIX).filter(|s| is_sandbox_name(s)) {
+                locks.push(sandbox.to_owned());
+            } else if is_sandbox_name(name) {
+                folders.push(name.to_owned());
+            }
+        }
+        for name in &locks {
+            self.sweep_one(name, &mut sweep);
+        }
+        // A folder whose lock file was not in the listing: either its owner
+        // died before locking (the lock is made first, so: never) or it was
+        // created while we listed. Look again, by name, before touching it.
+        for name in folders.iter().filter(|name| !locks.contains(name)) {
+            self.sweep_one(name, &mut sweep);
+        }
+        Ok(sweep)
+    }
+
+    fn sweep_one(&self, name: &str, sweep: &mut Sweep) {
+        let lock = match self.dir.open_with(lock_name(name), OpenOptions::new().read(true)) {
+            Ok(file) => Some(file.into_std()),
+            Err(err) if err.kind() == ErrorKind::NotFound => None,
+            Err(err) => {
+                sweep.failed.push((name.to_owned(), err));
+                return;
+            }
+        };
+        if let Some(lock) = &lock
+            && lock.try_lock().is_err()
+        {
+            sweep.live += 1;
+            return;
+        }
+        let removed = match remove_tree(&self.dir, OsStr::new(name)) {
+            Ok(()) => true,
+            Err(err) if err.kind() == ErrorKind::NotFound => false,
+            Err(err) => {
+                sweep.failed.push((name.to_owned(), err));
+                return;
+            }
+        };
+        if lock.is_some()
+            && let Err(err) = self.dir.remove_file(lock_name(name))
+            && err.kind() != ErrorKind::NotFound
+        {
+            sweep.failed.push((name.to_owned(), err));
+            return;
+        }
+        if removed {
+            tracing::info!(sandbox = name, "swept a sandbox whose owner is gone");
+            sweep.removed.push(name.to_owned());
+        }
+    }
+}
+
+/// What [`SandboxRoot::sweep`] did.
+#[derive(Debug, Default)]
+pub struct Sweep {
+    /// Sandboxes of dead owners that were removed.
+    pub removed: Vec<String>,
+    /// Sandboxes left alone because their owner holds the lock.
+    pub live: usize,
+    /// Sandboxes that could not be removed, with the reason.
+    pub failed: Vec<(String, io::Error)>,
+}
+
+fn random_name() -> io::Result<String> {
+    Ok(format!("{NAME_PREFIX}{}", random_hex()?))
+}
+
+/// 128 bits from the OS RNG, as 32 lowercase hex digits.
+pub(crate) fn random_hex() -> io::Result<String> {
+    let mut bytes = [0u8; NAME_HEX_DIGITS / 2];
+    getrandom::fill(&mut bytes)
+        .map_err(|err| io::Error::other(format!("the OS random number generator failed: {err}")))?;
+    let mut name = String::with_capacity(NAME_HEX_DIGITS);
+    for byte in bytes {
+        name.push(char::from_digit(u32::from(byte >> 4), 16).unwrap_or('0'));
+        name.push(char::from_digit(u32::from(byte & 0xf), 16).unwrap_or('0'));
+    }
+    Ok(name)
+}
+
+fn is_sandbox_name(name: &str) -> bool {
+    name.strip_prefix(NAME_PREFIX)
+        .is_some_and(|hex| hex.len() == NAME_HEX_DIGITS && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn lock_name(name: &str) -> String {
+    format!("{name}{LOCK_SUFFIX}")
+}
+
+/// One invocation's private folder. Remove it with [`Sandbox::close`] to see
+/// the error; dropping it removes it too, logging a failure instead.
+pub struct Sandbox {
+    root: Arc<Dir>,
+    name: String,
+    path: PathBuf,
+    dir: Option<Dir>,
+    lock: Option<std::fs::File>,
+}
+
+impl fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sandbox").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl Sandbox {
+    /// The sandbox folder's path, for logs and messages only: the folder is
+    /// reached through its handle.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The sandbox folder's name in its root.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A handle to the sandbox folder.
+    ///
+    /// # Errors
+    ///
+    /// Never after creation; the `Option` only exists for teardown.
+    pub fn dir(&self) -> io::Result<&Dir> {
+        self.dir.as_ref().ok_or_else(|| io::Error::other("the sandbox was already removed"))
+    }
+
+    /// Opens `input/` or `out/` (or any folder inside the sandbox).
+    ///
+    /// # Errors
+    ///
+    /// When the folder cannot be opened.
+    pub fn open_dir(&self, name: &str) -> io::Result<Dir> {
+        self.dir()?.open_dir(name)
+    }
+
+    /// Removes the folder and everything in it, then its lock file, and
+    /// releases the lock.
+    ///
+    /// # Errors
+    ///
+    /// When something inside cannot be removed; the lock file is then kept, so
+    /// that a later `host sweep` retries once this process is gone.
+    pub fn close(mut self) -> io::Result<()> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> io::Result<()> {
+        let Some(dir) = self.dir.take() else { return Ok(()) };
+        drop(dir);
+        let started = Instant::now();
+        remove_tree(&self.root, OsStr::new(&self.name))?;
+        self.root.remove_file(lock_name(&self.name))?;
+        self.lock = None;
+        tracing::debug!(path = %self.path.display(), elapsed = ?started.elapsed(), "sandbox removed");
+        Ok(())
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Err(err) = self.teardown() {
+            tracing::error!(path = %self.path.display(), "cannot remove sandbox: {err}; `host sweep` retries once this process is gone");
+        }
+    }
+}
+
+/// Removes `parent/name` and everything below it, whatever a guest left there:
+/// folder chains thousands deep, many files, odd names, read-only folders.
+///
+/// It never recurses and never builds long paths: a non-empty folder's
+/// children are moved up into the top folder (fresh names, never replacing
+/// anything), so every step works at depth one or two with two handles open.
+pub(crate) fn remove_tree(parent: &Dir, name: &OsStr) -> io::Result<()> {
+    match parent.symlink_metadata(name) {
+        Ok(meta) if !meta.is_dir() => return parent.remove_file(name),
+        Ok(_) => {}
+        Err(err) => return Err(err),
+    }
+    let top = parent.open_dir_nofollow(name)?;
+    let mut fresh = 0u64;
+    loop {
+        let mut entries = Vec::new();
+        for entry in top.entries()? {
+            let entry = entry?;
+            entries.push((entry.file_name(), entry.file_type()?.is_dir()));
+        }
+        if entries.is_empty() {
+            break;
+        }
+        for (entry, is_dir) in entries {
+            if !is_dir {
+                retry_writable(&top, Path::new("."), || top.remove_file(&entry))?;
+                continue;
+            }
+            match top.remove_dir(&entry) {
+                Ok(()) => {}
+                Err(err) if err.kind() == ErrorKind::DirectoryNotEmpty => hoist_children(&top, &entry, &mut fresh)?,
+                Err(err) if err.kind() == ErrorKind::PermissionDenied => {
+                    make_writable(&top, Path::new("."))?;
+                    top.remove_dir(&entry)?;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+    drop(top);
+    retry_writable(parent, Path::new("."), || parent.remove_dir(name))
+}
+
+/// Moves every entry of `top/child` into `top` under names no entry has.
+fn hoist_children(top: &Dir, child: &OsStr, fresh: &mut u64) -> io::Result<()> {
+    make_writable(top, Path::new(child))?;
+    let sub = top.open_dir_nofollow(child)?;
+    let names: Vec<OsString> = sub.entries()?.map(|entry| entry.map(|e| e.file_name())).collect::<io::Result<_>>()?;
+    for grandchild in names {
+        let target = loop {
+            *fresh += 1;
+            let candidate = format!(".removing-{fresh}");
+            match top.symlink_metadata(&candidate) {
+                Err(err) if err.kind() == ErrorKind::NotFound => break candidate,
+                Err(err) => return Err(err),
+                Ok(_) => {}
+            }
+        };
+        sub.rename(&grandchild, top, &target)?;
+    }
+    Ok(())
+}
+
+fn make_writable(dir: &Dir, path: &Path) -> io::Result<()> {
+    dir.set_permissions(path, Permissions::from_mode(0o700))
+}
+
+fn retry_writable(dir: &Dir, folder: &Path, mut op: impl FnMut() -> io::Result<()>) -> io::Result<()> {
+    match op() {
+        Err(err) if err.kind() == ErrorKind::PermissionDenied => {
+            make_writable(dir, folder)?;
+            op()
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    fn scratch_root() -> (PathBuf, SandboxRoot) {
+        let base = std::env::temp_dir().join(format!("sandbox-unit-{}", random_name().expect("rng")));
+        let root = SandboxRoot::open(&base.join("root")).expect("root opens");
+        (base, root)
+    }
+
+    fn entries(path: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(path)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn sandbox_is_private_and_gone_after_close() {
+        let (base, root) = scratch_root();
+        let sandbox = root.create().expect("create");
+        let mode = std::fs::metadata(sandbox.path()).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        for sub in [INPUT_DIR, OUTPUT_DIR] {
+            let mode = std::fs::metadata(sandbox.path().join(sub)).expect("stat").permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{sub}");
+        }
+        let hex = sandbox.name().strip_prefix(NAME_PREFIX).expect("prefix");
+        assert_eq!(hex.len(), 32);
+        assert_eq!(entries(root.path()).len(), 2, "folder and lock");
+        sandbox.close().expect("close");
+        assert!(entries(root.path()).is_empty());
+        std::fs::remove_dir_all(base).expect("cleanup");
+    }
+
+    #[test]
+    fn removal_handles_deep_trees_odd_names_and_read_only_folders() {
+        let (base, root) = scratch_root();
+        let sandbox = root.create().expect("create");
+        let out = sandbox.open_dir(OUTPUT_DIR).expect("out");
+        let mut path = PathBuf::new();
+        for _ in 0..3000 {
+            path.push("d");
+        }
+        // Build the chain through handles: the full path is far beyond PATH_MAX.
+        let mut current = out.try_clone().expect("clone");
+        for _ in 0..3000 {
+            current.create_dir("d").expect("mkdir");
+            current = current.open_dir("d").expect("open");
+        }
+        current.write("leaf\nname", b"x").expect("leaf");
+        for name in ["-rf", "...", "new\nline", &"a".repeat(255)] {
+            out.write(name, b"x").expect("odd name");
+        }
+        out.create_dir("locked").expect("mkdir");
+        out.write("locked/file", b"x").expect("write");
+        out.set_permissions("locked", Permissions::from_mode(0o500)).expect("chmod");
+        drop((out, current));
+        sandbox.close().expect("close removes everything");
+        assert!(entries(root.path()).is_empty());
+        std::fs::remove_dir_all(base).expect("cleanup");
+    }
+
+    #[test]
+    fn sweep_removes_dead_sandboxes_and_keeps_live_ones() {
+        let (base, root) = scratch_root();
+        let live = root.create().expect("live");
+        let dead = root.create().expect("dead");
+        let dead_name = dead.name().to_owned();
+        // A dead owner: its lock released without removing anything.
+        let mut dead = dead;
+        dead.lock = None;
+        dead.dir = None;
+        std::mem::forget(dead);
+        let stray = root.path().join("not-a-sandbox");
+        std::fs::create_dir(&stray).expect("stray");
+
+        let sweep = root.sweep().expect("sweep");
+        assert_eq!(sweep.removed, vec![dead_name]);
+        assert_eq!(sweep.live, 1);
+        assert!(sweep.failed.is_empty());
+        assert!(live.path().is_dir(), "a live sandbox survives the sweep");
+        assert!(stray.is_dir(), "entries that are not sandboxes are never touched");
+        live.close().expect("close");
+        std::fs::remove_dir_all(base).expect("cleanup");
+    }
+
+    #[test]
+    fn a_root_writable_by_others_is_refused() {
+        let base = std::env::temp_dir().join(format!("sandbox-unit-{}", random_name().expect("rng")));
+        std::fs::create_dir_all(&base).expect("mkdir");
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let err = SandboxRoot::open(&base).expect_err("world-writable root");
+        assert!(err.to_string().contains("not private"), "{err}");
+        std::fs::remove_dir_all(base).expect("cleanup");
+    }
+}

@@ -1,0 +1,145 @@
+//! The `host` binary: arguments, messages and exit codes.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::util::{Scratch, seven_rows};
+
+fn host(scratch: &Scratch, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_host"))
+        .args(args)
+        .arg("--sandbox-root")
+        .arg(scratch.sandbox_root())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the host binary starts")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn sandbox_root_is_empty(scratch: &Scratch) -> bool {
+    std::fs::read_dir(scratch.sandbox_root()).map(|mut entries| entries.next().is_none()).unwrap_or(true)
+}
+
+#[test]
+fn help_lists_the_commands_and_every_exit_code() {
+    let output = Command::new(env!("CARGO_BIN_EXE_host")).args(["run", "--help"]).output().expect("starts");
+    assert_eq!(output.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&output.stdout);
+    for needle in ["--out", "--force", "--json", "--timeout", "--memory", "Exit codes", "invalid-input", "130"] {
+        assert!(text.contains(needle), "`host run --help` mentions {needle}:\n{text}");
+    }
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    let output = Command::new(env!("CARGO_BIN_EXE_host")).args(["run"]).output().expect("starts");
+    assert_eq!(output.status.code(), Some(2));
+    let output = Command::new(env!("CARGO_BIN_EXE_host")).args(["run", "a", "b", "c"]).output().expect("starts");
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn the_bundled_pipeline_runs_on_the_example_and_delivers_owner_only_files() {
+    let scratch = Scratch::new("cli-ok");
+    let input = scratch.write("orders.csv", seven_rows());
+    let output = host(&scratch, &["run", input.to_str().expect("utf-8")]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("7 rows: 5 accepted, 2 cancelled, 0 rejected"), "{stdout}");
+    assert!(stdout.contains("660.00"), "{stdout}");
+    let out = scratch.join("orders.out");
+    let mode = |path: &Path| std::fs::metadata(path).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&out), 0o700);
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&out).expect("list") {
+        let entry = entry.expect("entry");
+        assert_eq!(mode(&entry.path()), 0o600, "{:?}", entry.file_name());
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    assert_eq!(names, ["east_orders.csv", "north_orders.csv", "rejected.csv", "south_orders.csv", "summary.csv"]);
+    assert!(sandbox_root_is_empty(&scratch));
+}
+
+#[test]
+fn json_output_carries_the_report_and_the_outcome() {
+    let scratch = Scratch::new("cli-json");
+    let input = scratch.write("orders.csv", seven_rows());
+    let out = scratch.join("results");
+    let output =
+        host(&scratch, &["run", input.to_str().expect("utf-8"), "--out", out.to_str().expect("utf-8"), "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("stdout is JSON");
+    assert_eq!(json["outcome"], "success");
+    assert_eq!(json["report"]["accepted"], 5);
+    assert_eq!(json["report"]["regions"][1]["region"], "north");
+    assert_eq!(json["report"]["regions"][1]["total_cents"], 66_000);
+    assert!(out.join("summary.csv").is_file());
+}
+
+#[test]
+fn an_unreadable_input_exits_3_and_names_the_path() {
+    let scratch = Scratch::new("cli-missing");
+    let missing = scratch.join("no-such.csv");
+    let output = host(&scratch, &["run", missing.to_str().expect("utf-8")]);
+    assert_eq!(output.status.code(), Some(3));
+    assert!(stderr(&output).contains("no-such.csv"), "{}", stderr(&output));
+    let output = host(&scratch, &["run", missing.to_str().expect("utf-8"), "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("stdout is JSON");
+    assert_eq!(json["outcome"], "input-unreadable");
+    assert_eq!(json["exit_code"], 3);
+}
+
+#[test]
+fn a_missing_column_exits_4_with_a_message_naming_it() {
+    let scratch = Scratch::new("cli-column");
+    let input = scratch.write("orders.csv", "order_id,region,status\n1,north,completed\n");
+    let output = host(&scratch, &["run", input.to_str().expect("utf-8")]);
+    assert_eq!(output.status.code(), Some(4));
+    let message = stderr(&output);
+    assert_eq!(message.lines().count(), 1, "one line: {message}");
+    assert!(message.contains("amount"), "{message}");
+    assert!(!scratch.join("orders.out").exists(), "nothing is delivered");
+    assert!(sandbox_root_is_empty(&scratch));
+}
+
+#[test]
+fn a_component_that_is_not_a_pipeline_exits_6() {
+    let scratch = Scratch::new("cli-component");
+    let input = scratch.write("orders.csv", seven_rows());
+    let bogus = scratch.write("bogus.wasm", b"not wasm at all");
+    let output = host(&scratch, &["run", bogus.to_str().expect("utf-8"), input.to_str().expect("utf-8")]);
+    assert_eq!(output.status.code(), Some(6), "{}", stderr(&output));
+    assert!(stderr(&output).contains("bogus.wasm"));
+}
+
+#[test]
+fn an_existing_output_folder_is_kept_without_force_and_replaced_with_it() {
+    let scratch = Scratch::new("cli-force");
+    let input = scratch.write("orders.csv", seven_rows());
+    let out = scratch.join("orders.out");
+    std::fs::create_dir(&out).expect("mkdir");
+    std::fs::write(out.join("precious.txt"), "keep me").expect("write");
+
+    let output = host(&scratch, &["run", input.to_str().expect("utf-8")]);
+    assert_eq!(output.status.code(), Some(9), "{}", stderr(&output));
+    assert!(stderr(&output).contains("--force"), "{}", stderr(&output));
+    let names: Vec<_> = std::fs::read_dir(&out).expect("list").map(|e| e.expect("entry").file_name()).collect();
+    assert_eq!(names, ["precious.txt"], "the folder is untouched");
+    assert_eq!(std::fs::read_to_string(out.join("precious.txt")).expect("read"), "keep me");
+
+    let output = host(&scratch, &["run", input.to_str().expect("utf-8"), "--force"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(!out.join("precious.txt").exists());
+    assert!(out.join("summary.csv").is_file());
+    let leftovers: Vec<_> = std::fs::read_dir(&scratch.path)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains("staging"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -1,0 +1,160 @@
+//! What a guest can reach: its two folders and nothing else, and what it
+//! leaves there is checked before anything leaves the sandbox.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::time::Duration;
+
+use host::{Destination, Input, Limits, Outcome};
+
+use crate::util::{TestHost, files, seven_rows};
+
+fn probe_lines(text: &str) -> Vec<(&str, &str)> {
+    text.lines().map(|line| line.split_once('\t').unwrap_or((line, ""))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guest_cannot_reach_anything_outside_its_folders() {
+    let host = TestHost::new("probe");
+    let probe = host.component(test_programs_artifacts::PROBE);
+    let outcome = host.run_bytes(&probe, b"probe input").await.expect("probe runs");
+    let files = files(&outcome);
+    let lines = probe_lines(&files["probe.txt"]);
+    let escapes = [
+        "read_etc_passwd",
+        "read_input_dotdot_passwd",
+        "open_dotdot",
+        "read_dir_root",
+        "read_dir_dotdot",
+        "read_dir_output_parent",
+        "read_dir_input_parent",
+        "create_in_input",
+        "write_input",
+        "read_proc_self_environ",
+        "tcp_connect",
+    ];
+    for attempt in escapes {
+        let (_, result) = lines.iter().find(|(name, _)| *name == attempt).unwrap_or_else(|| panic!("{attempt} ran"));
+        assert!(result.starts_with("err"), "{attempt} must fail, got {result}");
+    }
+    assert!(lines.contains(&("env", "0")), "no environment: {lines:?}");
+    assert!(lines.contains(&("args", "0")), "no arguments: {lines:?}");
+    let listed: Vec<&str> = lines.iter().filter(|(name, _)| *name == "list").map(|(_, entry)| *entry).collect();
+    assert_eq!(listed, ["input.csv"], "the output folder starts empty; the input folder holds only the input");
+    host.assert_root_empty();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_and_folders_planted_in_the_output_are_never_delivered() {
+    let host = TestHost::new("links");
+    let links = host.component(test_programs_artifacts::LINKS);
+    let destination = host.scratch.join("delivered");
+    let err = host
+        .runner
+        .run(
+            &links,
+            &Input::Bytes(seven_rows()),
+            &Limits::default(),
+            &Destination::Folder { path: destination.clone(), force: false },
+        )
+        .await
+        .expect_err("refused");
+    assert_eq!(err.outcome(), Outcome::ContractViolation, "{err}");
+    assert!(err.to_string().contains("regular files"), "{err}");
+    assert!(!destination.exists(), "nothing is delivered");
+    let staging: Vec<_> = std::fs::read_dir(&host.scratch.path)
+        .expect("list")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains("staging"))
+        .collect();
+    assert!(staging.is_empty(), "no staging folder is left");
+    host.assert_root_empty();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_that_lies_about_its_outputs_is_refused() {
+    let host = TestHost::new("liar");
+    let liar = host.component(test_programs_artifacts::LIAR);
+    let err = host.run_bytes(&liar, b"x").await.expect_err("refused");
+    assert_eq!(err.outcome(), Outcome::ContractViolation, "{err}");
+    host.assert_root_empty();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_is_private_while_the_guest_runs() {
+    let host = TestHost::new("mode");
+    let sleep = host.component(test_programs_artifacts::SLEEP);
+    let root = host.scratch.sandbox_root();
+    let run = host.run_bytes(&sleep, b"1500");
+    let watch = async {
+        for _ in 0..200 {
+            let found = std::fs::read_dir(&root)
+                .expect("list root")
+                .filter_map(Result::ok)
+                .map(|entry| entry.path())
+                .find(|path| path.is_dir());
+            if let Some(sandbox) = found {
+                let mode = |path: &Path| std::fs::metadata(path).expect("stat").permissions().mode() & 0o777;
+                let name = sandbox.file_name().expect("name").to_string_lossy().into_owned();
+                let hex = name.strip_prefix("sbx-").expect("prefix");
+                assert_eq!(hex.len(), 32, "128 random bits in the name");
+                return (mode(&root), mode(&sandbox), mode(&sandbox.join("input")), mode(&sandbox.join("out")));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no sandbox appeared while the guest ran");
+    };
+    let (outcome, modes) = tokio::join!(run, watch);
+    outcome.expect("the sleeping guest finishes");
+    assert_eq!(modes, (0o700, 0o700, 0o700, 0o700));
+    host.assert_root_empty();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_input_copy_is_owner_only() {
+    let host = TestHost::new("input-mode");
+    let sleep = host.component(test_programs_artifacts::SLEEP);
+    let root = host.scratch.sandbox_root();
+    let run = host.run_bytes(&sleep, b"300");
+    let watch = async {
+        for _ in 0..500 {
+            let sandbox = std::fs::read_dir(&root).expect("list").filter_map(Result::ok).find(|e| e.path().is_dir());
+            if let Some(sandbox) = sandbox {
+                let input = sandbox.path().join("input/input.csv");
+                if let Ok(meta) = std::fs::metadata(&input) {
+                    return meta.permissions().mode() & 0o777;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("no input file appeared");
+    };
+    let (outcome, input_mode) = tokio::join!(run, watch);
+    outcome.expect("run");
+    assert_eq!(input_mode, 0o600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_runs_do_not_see_each_others_files() {
+    let host = TestHost::new("concurrent");
+    let probe = host.component(test_programs_artifacts::PROBE);
+    let pipeline = host.bundled();
+    let north = b"order_id,region,amount,status\n1,north,1.00,completed\n".to_vec();
+    let south = b"order_id,region,amount,status\n2,south,2.00,completed\n".to_vec();
+    let (a, b, c, d) = tokio::join!(
+        host.run_bytes(&pipeline, &north),
+        host.run_bytes(&pipeline, &south),
+        host.run_bytes(&probe, b"first"),
+        host.run_bytes(&probe, b"second"),
+    );
+    let (a, b) = (files(&a.expect("north")), files(&b.expect("south")));
+    assert!(a.contains_key("north_orders.csv") && !a.contains_key("south_orders.csv"), "{a:?}");
+    assert!(b.contains_key("south_orders.csv") && !b.contains_key("north_orders.csv"), "{b:?}");
+    for probe in [c.expect("probe"), d.expect("probe")] {
+        let files = files(&probe);
+        let listed: Vec<(&str, &str)> =
+            probe_lines(&files["probe.txt"]).into_iter().filter(|(name, _)| *name == "list").collect();
+        assert_eq!(listed, [("list", "input.csv")]);
+    }
+    host.assert_root_empty();
+}

@@ -1,0 +1,8 @@
+//! Integration tests of the host, one binary with modules (as wasmtime does):
+//! the real pipeline component, the sandbox's isolation, the CLI, and the
+//! hostile test programs of `test-programs/`.
+
+mod cli;
+mod isolation;
+mod pipeline;
+mod util;

@@ -1,0 +1,124 @@
+//! Shared fixtures: a private scratch folder per test, with its own sandbox
+//! root, so that "the root is empty afterwards" is about that test alone.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use host::{Component, Destination, Input, Limits, RunError, RunOutcome, Runner, RunnerConfig};
+
+/// A scratch folder removed when the test ends (also on panic).
+pub struct Scratch {
+    pub path: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(name: &str) -> Self {
+        let mut random = [0u8; 8];
+        getrandom::fill(&mut random).expect("OS RNG");
+        let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let path = std::env::temp_dir().join(format!("host-test-{name}-{suffix}"));
+        std::fs::create_dir_all(&path).expect("create scratch folder");
+        Self { path }
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.join(name);
+        std::fs::write(&path, contents).expect("write test file");
+        path
+    }
+
+    pub fn sandbox_root(&self) -> PathBuf {
+        self.join("sandboxes")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A runner with its own sandbox root inside a scratch folder.
+pub struct TestHost {
+    pub scratch: Scratch,
+    pub runner: Runner,
+}
+
+impl TestHost {
+    pub fn new(name: &str) -> Self {
+        Self::with_config(name, false)
+    }
+
+    pub fn with_config(name: &str, fuel_metering: bool) -> Self {
+        let scratch = Scratch::new(name);
+        let config = RunnerConfig { sandbox_root: Some(scratch.sandbox_root()), fuel_metering };
+        let runner = Runner::new(&config).expect("runner");
+        Self { scratch, runner }
+    }
+
+    pub fn bundled(&self) -> Component {
+        self.runner.bundled().expect("bundled pipeline compiles")
+    }
+
+    pub fn component(&self, path: &str) -> Component {
+        self.runner.load_file(Path::new(path)).expect("test program compiles")
+    }
+
+    pub async fn run_bytes(&self, component: &Component, input: &[u8]) -> Result<RunOutcome, RunError> {
+        self.runner.run(component, &Input::Bytes(input.to_vec()), &Limits::default(), &Destination::Memory).await
+    }
+
+    /// Entries left in the sandbox root: must be none between runs.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.scratch.sandbox_root())
+            .expect("list sandbox root")
+            .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    pub fn assert_root_empty(&self) {
+        assert_eq!(self.leftovers(), Vec::<String>::new(), "the sandbox root must be empty");
+    }
+}
+
+/// The files of an in-memory delivery, by name.
+pub fn files(outcome: &RunOutcome) -> std::collections::BTreeMap<String, String> {
+    match &outcome.delivered {
+        host::Delivered::Memory(files) => files
+            .iter()
+            .map(|(name, bytes)| (name.clone(), String::from_utf8(bytes.clone()).expect("outputs are UTF-8")))
+            .collect(),
+        host::Delivered::Folder(path) => panic!("expected an in-memory delivery, got {}", path.display()),
+    }
+}
+
+/// `../shared` beside the checkout (or `$ORDERS_SHARED_DIR`): the pipeline
+/// contract, its example and the generator of dirty exports.
+pub fn shared_dir() -> PathBuf {
+    std::env::var_os("ORDERS_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
+}
+
+/// Runs `gen_orders.py` at test time: exports are never committed.
+pub fn gen_orders(args: &[&str]) -> Vec<u8> {
+    let script = shared_dir().join("tools/gen_orders.py");
+    let output = Command::new("python3")
+        .arg(&script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run python3 {}: {err}", script.display()));
+    assert!(output.status.success(), "gen_orders.py failed: {}", String::from_utf8_lossy(&output.stderr));
+    output.stdout
+}
+
+/// The seven-row example of SPEC.md, as bundled in `examples/`.
+pub fn seven_rows() -> Vec<u8> {
+    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/orders.csv")).expect("bundled example")
+}

@@ -1,0 +1,39 @@
+//! Builds every example of `test-programs` for wasm32-wasip2 (a nested cargo
+//! into `OUT_DIR`) and writes `$OUT_DIR/components.rs`: one `pub const NAME:
+//! &str` per component, holding its absolute path, and `ALL`.
+
+use std::env;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::PathBuf;
+
+use wasm_build::{GuestBuild, components_in};
+
+fn main() {
+    // The nested build's dep-info covers the sources it compiled; these catch
+    // what it cannot: a new example, a changed manifest or WIT file.
+    for path in ["../Cargo.toml", "../src", "../examples", "../../wit"] {
+        println!("cargo:rerun-if-changed={path}");
+    }
+
+    let dir = GuestBuild { package: "test-programs", release: false, examples: true }.run();
+    let components = components_in(&dir);
+    assert!(!components.is_empty(), "no component was built in {}", dir.display());
+
+    let mut code = String::new();
+    let mut all = String::new();
+    for (name, path) in &components {
+        let path = path.to_str().unwrap_or_else(|| panic!("{} is not UTF-8", path.display()));
+        let constant = name.to_uppercase();
+        writeln!(code, "/// Path of the `{name}` component (see `test-programs/examples/{name}.rs`).")
+            .expect("writing to a String cannot fail");
+        writeln!(code, "pub const {constant}: &str = {path:?};").expect("writing to a String cannot fail");
+        writeln!(all, "    ({name:?}, {constant}),").expect("writing to a String cannot fail");
+    }
+    writeln!(code, "/// Every component: `(name, path)`, sorted by name.").expect("writing to a String cannot fail");
+    writeln!(code, "pub const ALL: &[(&str, &str)] = &[\n{all}];").expect("writing to a String cannot fail");
+
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo for build scripts"));
+    let target = out_dir.join("components.rs");
+    fs::write(&target, code).unwrap_or_else(|err| panic!("cannot write {}: {err}", target.display()));
+}
