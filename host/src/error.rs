@@ -41,11 +41,11 @@ pub enum RunError {
     #[error("the guest used up its fuel ({fuel} units); raise --fuel if the input needs more")]
     FuelExhausted { fuel: u64 },
 
-    #[error("the guest hit the disk quota of {limit}; raise --disk-quota if the outputs need more room")]
-    DiskQuota { limit: ByteSize },
+    #[error("the guest hit the disk quota of {limit}{}; raise --disk-quota if the outputs need more room", guest_said(.guest))]
+    DiskQuota { limit: ByteSize, guest: Option<String> },
 
-    #[error("the guest hit the limit of {limit} files and folders; raise --max-files if the outputs need more")]
-    FileLimit { limit: u64 },
+    #[error("the guest hit the limit of {limit} files and folders{}; raise --max-files if the outputs need more", guest_said(.guest))]
+    FileLimit { limit: u64, guest: Option<String> },
 
     #[error("the outputs are {size} bytes, more than the limit of {limit}; raise --max-output to accept them")]
     OutputTooLarge { limit: ByteSize, size: u64 },
@@ -69,8 +69,14 @@ pub enum RunError {
     Host(String),
 }
 
+fn guest_said(message: &Option<String>) -> String {
+    message.as_ref().map(|m| format!(" (the guest reported: {m})")).unwrap_or_default()
+}
+
+/// The last meaningful line of the guest's stderr: for a Rust panic, its
+/// message (the `note: run with RUST_BACKTRACE` hint that follows is skipped).
 fn stderr_tail(stderr: &str) -> String {
-    let last = stderr.lines().rev().find(|line| !line.trim().is_empty());
+    let last = stderr.lines().rev().find(|line| !line.trim().is_empty() && !line.starts_with("note: "));
     last.map(|line| format!(" (guest stderr: {})", line.trim())).unwrap_or_default()
 }
 
@@ -226,8 +232,8 @@ impl RunError {
                 Some(serde_json::json!({ "memory_bytes": limit.bytes(), "requested_bytes": requested }))
             }
             Self::FuelExhausted { fuel } => Some(serde_json::json!({ "fuel": fuel })),
-            Self::DiskQuota { limit } => Some(serde_json::json!({ "disk_quota_bytes": limit.bytes() })),
-            Self::FileLimit { limit } => Some(serde_json::json!({ "max_files": limit })),
+            Self::DiskQuota { limit, .. } => Some(serde_json::json!({ "disk_quota_bytes": limit.bytes() })),
+            Self::FileLimit { limit, .. } => Some(serde_json::json!({ "max_files": limit })),
             Self::OutputTooLarge { limit, size } => {
                 Some(serde_json::json!({ "max_output_bytes": limit.bytes(), "output_bytes": size }))
             }
@@ -262,7 +268,10 @@ mod tests {
 
     #[test]
     fn a_trap_message_carries_the_last_stderr_line() {
-        let err = RunError::Trap { message: "wasm trap: unreachable".into(), stderr: "boom\npanicked at x\n\n".into() };
+        let err = RunError::Trap {
+            message: "wasm trap: unreachable".into(),
+            stderr: "boom\npanicked at x\nnote: run with `RUST_BACKTRACE=1`\n\n".into(),
+        };
         assert!(err.to_string().ends_with("(guest stderr: panicked at x)"), "{err}");
     }
 }

@@ -5,6 +5,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use wasmtime::ResourceLimiter;
+
+use crate::quota::Quota;
 use wasmtime::component::{HasData, Resource, ResourceTable};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::filesystem::{Descriptor, Dir};
@@ -26,6 +28,7 @@ pub struct GuestState {
     pub table: ResourceTable,
     pub limiter: MemoryLimiter,
     pub preopens: Vec<Preopen>,
+    pub quota: Arc<Quota>,
 }
 
 impl WasiView for GuestState {

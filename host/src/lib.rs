@@ -38,6 +38,7 @@ mod error;
 mod guest;
 pub mod limits;
 mod outputs;
+mod quota;
 mod report;
 mod runner;
 pub mod sandbox;

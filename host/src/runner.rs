@@ -19,6 +19,7 @@ use crate::error::RunError;
 use crate::guest::{CappedStderr, GuestState, MemoryLimiter, Preopen, SandboxPreopens};
 use crate::limits::Limits;
 use crate::outputs::{self, Delivered, Destination, OutputFile};
+use crate::quota::{Quota, QuotaFilesystem, QuotaHit};
 use crate::report::Report;
 use crate::sandbox::{INPUT_DIR, OUTPUT_DIR, Sandbox, SandboxRoot};
 
@@ -124,6 +125,8 @@ pub struct RunOutcome {
     pub peak_memory: u64,
     /// Fuel consumed, when fuel metering is on.
     pub fuel_used: Option<u64>,
+    /// Bytes the guest's files grew by, as charged to the disk quota.
+    pub bytes_written: u64,
     /// The first [`Limits::stderr_limit`] bytes of the guest's stderr.
     pub stderr: String,
 }
@@ -154,6 +157,11 @@ impl Runner {
             wasmtime_wasi::p2::bindings::filesystem::preopens::add_to_linker::<GuestState, SandboxPreopens>(
                 linker,
                 GuestState::preopens_view,
+            )?;
+            // Every filesystem call goes through the quota.
+            wasmtime_wasi::p2::bindings::filesystem::types::add_to_linker::<GuestState, QuotaFilesystem>(
+                linker,
+                GuestState::quota_filesystem_view,
             )?;
             linker.allow_shadowing(false);
             Ok(())
@@ -289,6 +297,8 @@ impl Runner {
         let fuel_used = limits.fuel.and_then(|fuel| Some(fuel - store.get_fuel().ok()?));
         let peak_memory = store.data().limiter.peak() as u64;
         let refused_memory = store.data().limiter.refused();
+        let quota_hit = store.data().quota.hit();
+        let bytes_written = store.data().quota.bytes_used();
         // Closing the guest's handles before its files are read.
         drop(store);
         let (stderr_text, stderr_dropped) = stderr.contents();
@@ -297,15 +307,28 @@ impl Runner {
         }
         tracing::debug!(elapsed = ?timings.guest, "guest finished");
 
+        let guest_message = match &result {
+            Ok(Ok(Err(
+                PipelineError::Io(message) | PipelineError::Overflow(message) | PipelineError::InvalidInput(message),
+            ))) => Some(message.clone()),
+            _ => None,
+        };
+        let limit_error = |limits: &Limits| match quota_hit {
+            Some(QuotaHit::Bytes) => {
+                Some(RunError::DiskQuota { limit: limits.disk_quota, guest: guest_message.clone() })
+            }
+            Some(QuotaHit::Files) => {
+                Some(RunError::FileLimit { limit: limits.max_files, guest: guest_message.clone() })
+            }
+            None => refused_memory
+                .map(|requested| RunError::MemoryLimit { limit: limits.memory, requested: requested as u64 }),
+        };
         let report = match result {
             Err(_elapsed) => return Err(RunError::Timeout { limit: limits.timeout }),
-            Ok(Err(err)) => {
-                return Err(classify_trap(&err, limits, refused_memory, stderr_text));
-            }
+            // A guest that failed after a limit refused it failed because of the limit.
+            Ok(Err(_) | Ok(Err(_))) if let Some(err) = limit_error(limits) => return Err(err),
+            Ok(Err(err)) => return Err(classify_trap(&err, limits, stderr_text)),
             Ok(Ok(Err(pipeline_error))) => {
-                if let Some(requested) = refused_memory {
-                    return Err(RunError::MemoryLimit { limit: limits.memory, requested: requested as u64 });
-                }
                 return Err(match pipeline_error {
                     PipelineError::InvalidInput(message) => RunError::InvalidInput(message),
                     PipelineError::Io(message) => {
@@ -333,7 +356,16 @@ impl Runner {
         timings.deliver = step.elapsed();
         tracing::info!(destination = ?destination, elapsed = ?timings.deliver, "outputs delivered");
 
-        Ok(RunOutcome { report, outputs: files, delivered, timings, peak_memory, fuel_used, stderr: stderr_text })
+        Ok(RunOutcome {
+            report,
+            outputs: files,
+            delivered,
+            timings,
+            peak_memory,
+            fuel_used,
+            bytes_written,
+            stderr: stderr_text,
+        })
     }
 
     fn new_store(
@@ -368,6 +400,7 @@ impl Runner {
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(limits.memory.bytes()),
             preopens,
+            quota: Quota::new(limits.disk_quota.bytes(), limits.max_files),
         };
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -409,10 +442,7 @@ fn copy_input(sandbox: &Sandbox, input: &Input) -> Result<(), RunError> {
     Ok(())
 }
 
-fn classify_trap(err: &wasmtime::Error, limits: &Limits, refused_memory: Option<usize>, stderr: String) -> RunError {
-    if let Some(requested) = refused_memory {
-        return RunError::MemoryLimit { limit: limits.memory, requested: requested as u64 };
-    }
+fn classify_trap(err: &wasmtime::Error, limits: &Limits, stderr: String) -> RunError {
     if let (Some(Trap::OutOfFuel), Some(fuel)) = (err.downcast_ref::<Trap>(), limits.fuel) {
         return RunError::FuelExhausted { fuel };
     }

@@ -1,7 +1,9 @@
 //! Blocks in a host call: reads the input file and, if its trimmed content is
 //! a `u64`, sleeps that many milliseconds, else one hour, with
-//! `std::thread::sleep` (a blocking `wasi:clocks` poll, not a CPU loop). Then
-//! writes `<output-dir>/slept.txt` (the milliseconds slept) and returns `Ok`
+//! `std::thread::sleep` (a blocking `wasi:clocks` poll, not a CPU loop).
+//! `<output-dir>/slept.txt` holds `sleeping` meanwhile (so a test can look at
+//! a guest-created file while the guest runs), then the milliseconds slept;
+//! it returns `Ok`
 //! with `outputs` = `["slept.txt"]`, every count zero.
 //!
 //! Input file: a number of milliseconds (`250`), or anything else for an hour.
@@ -25,8 +27,10 @@ impl Guest for Sleep {
     fn process(input: String, output_dir: String) -> Result<Report, PipelineError> {
         let content = fs::read_to_string(&input).map_err(|err| io_error(&format!("read {input}"), &err))?;
         let millis = content.trim().parse::<u64>().unwrap_or(ONE_HOUR_MS);
-        std::thread::sleep(Duration::from_millis(millis));
         let path = Path::new(&output_dir).join("slept.txt");
+        // Written before the sleep too, so a test can inspect it on disk meanwhile.
+        fs::write(&path, "sleeping\n").map_err(|err| io_error(&format!("write {}", path.display()), &err))?;
+        std::thread::sleep(Duration::from_millis(millis));
         fs::write(&path, format!("{millis}\n")).map_err(|err| io_error(&format!("write {}", path.display()), &err))?;
         Ok(report(&["slept.txt"]))
     }

@@ -143,3 +143,30 @@ fn an_existing_output_folder_is_kept_without_force_and_replaced_with_it() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn a_limit_hit_has_its_exit_code_and_its_figure_in_json() {
+    let scratch = Scratch::new("cli-timeout");
+    let input = scratch.write("sleep.txt", "3600000");
+    let output = host(
+        &scratch,
+        &["run", test_programs_artifacts::SLEEP, input.to_str().expect("utf-8"), "--timeout", "500ms", "--json"],
+    );
+    assert_eq!(output.status.code(), Some(10), "{}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("stdout is JSON");
+    assert_eq!(json["outcome"], "timeout");
+    assert_eq!(json["limit"]["timeout_ms"], 500);
+    assert!(stderr(&output).contains("--timeout"), "the message says what to do: {}", stderr(&output));
+    assert!(sandbox_root_is_empty(&scratch));
+}
+
+#[test]
+fn limit_flags_reject_figures_they_cannot_read() {
+    let scratch = Scratch::new("cli-figures");
+    let input = scratch.write("orders.csv", seven_rows());
+    let output = host(&scratch, &["run", input.to_str().expect("utf-8"), "--memory", "lots"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("256MiB"), "the error shows an accepted form: {}", stderr(&output));
+    let output = host(&scratch, &["run", input.to_str().expect("utf-8"), "--timeout", "soon"]);
+    assert_eq!(output.status.code(), Some(2));
+}

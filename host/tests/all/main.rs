@@ -3,6 +3,8 @@
 //! hostile test programs of `test-programs/`.
 
 mod cli;
+mod crash;
+mod hostile;
 mod isolation;
 mod pipeline;
 mod util;

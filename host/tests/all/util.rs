@@ -72,6 +72,19 @@ impl TestHost {
         self.runner.run(component, &Input::Bytes(input.to_vec()), &Limits::default(), &Destination::Memory).await
     }
 
+    pub async fn run_with(&self, component: &Component, input: &[u8], limits: &Limits) -> Result<RunOutcome, RunError> {
+        self.runner.run(component, &Input::Bytes(input.to_vec()), limits, &Destination::Memory).await
+    }
+
+    /// After an attack: nothing is left, and the host still runs a normal
+    /// invocation correctly.
+    pub async fn assert_recovers(&self) {
+        self.assert_root_empty();
+        let outcome = self.run_bytes(&self.bundled(), &seven_rows()).await.expect("a normal run after the attack");
+        assert_eq!((outcome.report.rows, outcome.report.accepted), (7, 5));
+        self.assert_root_empty();
+    }
+
     /// Entries left in the sandbox root: must be none between runs.
     pub fn leftovers(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.scratch.sandbox_root())

@@ -1,0 +1,569 @@
+//! The disk quota and the file-count limit, enforced where the guest writes.
+//!
+//! wasmtime-wasi's `wasi:filesystem/types` implementation is wrapped: every
+//! call is delegated, and the ones that make a sandbox bigger are charged to a
+//! [`Quota`] first. What is charged is the growth of a file's size (so a
+//! sparse file counts by its size, and rewriting a file in place costs
+//! nothing), and every file, folder or link created. Unlinking a file, or
+//! shrinking it, gives its bytes back. Past the quota the call fails *inside
+//! the guest*: `insufficient-space` (ENOSPC) for bytes, `quota` (EDQUOT) for
+//! the file count; a write through an output stream fails with the same
+//! error. Nothing is measured after the run: the sandbox never holds more.
+//!
+//! The input file is not charged: the host writes it, and the guest sees it
+//! read-only.
+
+use std::fs::Permissions;
+use std::io;
+use std::os::unix::fs::PermissionsExt as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use bytes::Bytes;
+use wasmtime::component::{HasData, Resource, ResourceTable};
+use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemCtxView};
+use wasmtime_wasi::p2::bindings::filesystem::types::{
+    self, Advice, DescriptorFlags, DescriptorStat, DescriptorType, DirectoryEntry, ErrorCode, Filesize, HostDescriptor,
+    HostDirectoryEntryStream, MetadataHashValue, NewTimestamp, OpenFlags, PathFlags,
+};
+use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, FsError, FsResult, OutputStream, Pollable, StreamError};
+
+use crate::guest::GuestState;
+
+/// What one sandbox may hold, and what it holds now. Shared by the
+/// filesystem calls and the output streams they hand out.
+#[derive(Debug)]
+pub struct Quota {
+    max_bytes: u64,
+    max_files: u64,
+    bytes: AtomicU64,
+    files: AtomicU64,
+    bytes_hit: AtomicBool,
+    files_hit: AtomicBool,
+}
+
+/// Which limit a run ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaHit {
+    Bytes,
+    Files,
+}
+
+impl Quota {
+    pub fn new(max_bytes: u64, max_files: u64) -> Arc<Self> {
+        Arc::new(Self {
+            max_bytes,
+            max_files,
+            bytes: AtomicU64::new(0),
+            files: AtomicU64::new(0),
+            bytes_hit: AtomicBool::new(false),
+            files_hit: AtomicBool::new(false),
+        })
+    }
+
+    /// The first limit the guest ran into, bytes before files.
+    pub fn hit(&self) -> Option<QuotaHit> {
+        if self.bytes_hit.load(Ordering::Relaxed) {
+            Some(QuotaHit::Bytes)
+        } else if self.files_hit.load(Ordering::Relaxed) {
+            Some(QuotaHit::Files)
+        } else {
+            None
+        }
+    }
+
+    /// Bytes charged now (the guest's files' sizes, as far as it grew them).
+    pub fn bytes_used(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn reserve(counter: &AtomicU64, amount: u64, max: u64, hit: &AtomicBool) -> bool {
+        let fits = counter
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(amount).filter(|&sum| sum <= max)
+            })
+            .is_ok();
+        if !fits {
+            hit.store(true, Ordering::Relaxed);
+        }
+        fits
+    }
+
+    fn release(counter: &AtomicU64, amount: u64) {
+        let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| Some(used.saturating_sub(amount)));
+    }
+
+    fn reserve_bytes(&self, amount: u64) -> Result<(), io::Error> {
+        if amount == 0 || Self::reserve(&self.bytes, amount, self.max_bytes, &self.bytes_hit) {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error()))
+        }
+    }
+
+    fn release_bytes(&self, amount: u64) {
+        Self::release(&self.bytes, amount);
+    }
+
+    fn reserve_file(&self) -> FsResult<()> {
+        if Self::reserve(&self.files, 1, self.max_files, &self.files_hit) {
+            Ok(())
+        } else {
+            Err(ErrorCode::Quota.into())
+        }
+    }
+
+    fn release_file(&self) {
+        Self::release(&self.files, 1);
+    }
+}
+
+fn no_space() -> FsError {
+    ErrorCode::InsufficientSpace.into()
+}
+
+/// The `HasData` of the wrapped `wasi:filesystem/types`.
+pub struct QuotaFilesystem;
+
+impl HasData for QuotaFilesystem {
+    type Data<'a> = QuotaFilesystemView<'a>;
+}
+
+/// wasmtime-wasi's filesystem view plus the sandbox's quota.
+pub struct QuotaFilesystemView<'a> {
+    inner: WasiFilesystemCtxView<'a>,
+    quota: &'a Arc<Quota>,
+}
+
+impl GuestState {
+    pub fn quota_filesystem_view(&mut self) -> QuotaFilesystemView<'_> {
+        QuotaFilesystemView {
+            inner: WasiFilesystemCtxView { ctx: self.wasi.filesystem(), table: &mut self.table },
+            quota: &self.quota,
+        }
+    }
+}
+
+impl QuotaFilesystemView<'_> {
+    fn table(&mut self) -> &mut ResourceTable {
+        self.inner.table
+    }
+
+    fn file_handle(&mut self, fd: &Resource<Descriptor>) -> FsResult<Arc<std::fs::File>> {
+        match self.table().get(fd)? {
+            Descriptor::File(file) => Ok(Arc::clone(&file.file)),
+            Descriptor::Dir(_) => Err(ErrorCode::IsDirectory.into()),
+        }
+    }
+
+    /// What is at `path` now, without following a final symlink; `None` when
+    /// nothing is.
+    async fn existing(&mut self, fd: &Resource<Descriptor>, path: &str) -> Option<DescriptorStat> {
+        let fd = Resource::new_borrow(fd.rep());
+        HostDescriptor::stat_at(&mut self.inner, fd, PathFlags::empty(), path.to_owned()).await.ok()
+    }
+
+    /// The bytes and the file count freed when `stat`'s entry is removed: a
+    /// file's bytes only go when its last name does.
+    fn give_back(&self, stat: &DescriptorStat) {
+        if stat.type_ == DescriptorType::RegularFile && stat.link_count <= 1 {
+            self.quota.release_bytes(stat.size);
+        }
+        self.quota.release_file();
+    }
+
+    /// Sets the mode of what `fd` refers to: the guest cannot chmod, so the
+    /// host makes everything it creates owner-only.
+    fn make_private(&mut self, fd: &Resource<Descriptor>, mode: u32) {
+        let handle = match self.table().get(fd) {
+            Ok(Descriptor::File(file)) => Arc::clone(&file.file),
+            Ok(Descriptor::Dir(dir)) => Arc::clone(&dir.dir),
+            Err(_) => return,
+        };
+        if let Err(err) = handle.set_permissions(Permissions::from_mode(mode)) {
+            tracing::warn!("cannot make a guest-created entry private: {err}");
+        }
+    }
+}
+
+impl types::Host for QuotaFilesystemView<'_> {
+    fn convert_error_code(&mut self, err: FsError) -> wasmtime::Result<ErrorCode> {
+        types::Host::convert_error_code(&mut self.inner, err)
+    }
+
+    fn filesystem_error_code(&mut self, err: Resource<wasmtime::Error>) -> wasmtime::Result<Option<ErrorCode>> {
+        types::Host::filesystem_error_code(&mut self.inner, err)
+    }
+}
+
+impl HostDescriptor for QuotaFilesystemView<'_> {
+    async fn advise(
+        &mut self,
+        fd: Resource<Descriptor>,
+        offset: Filesize,
+        len: Filesize,
+        advice: Advice,
+    ) -> FsResult<()> {
+        HostDescriptor::advise(&mut self.inner, fd, offset, len, advice).await
+    }
+
+    async fn sync_data(&mut self, fd: Resource<Descriptor>) -> FsResult<()> {
+        HostDescriptor::sync_data(&mut self.inner, fd).await
+    }
+
+    async fn get_flags(&mut self, fd: Resource<Descriptor>) -> FsResult<DescriptorFlags> {
+        HostDescriptor::get_flags(&mut self.inner, fd).await
+    }
+
+    async fn get_type(&mut self, fd: Resource<Descriptor>) -> FsResult<DescriptorType> {
+        HostDescriptor::get_type(&mut self.inner, fd).await
+    }
+
+    async fn set_size(&mut self, fd: Resource<Descriptor>, size: Filesize) -> FsResult<()> {
+        let file = self.file_handle(&fd)?;
+        let current = file.metadata()?.len();
+        if size > current {
+            self.quota.reserve_bytes(size - current).map_err(|_| no_space())?;
+        }
+        let result = HostDescriptor::set_size(&mut self.inner, fd, size).await;
+        match (&result, size > current) {
+            (Ok(()), false) => self.quota.release_bytes(current - size),
+            (Err(_), true) => self.quota.release_bytes(size - current),
+            _ => {}
+        }
+        result
+    }
+
+    async fn set_times(&mut self, fd: Resource<Descriptor>, atim: NewTimestamp, mtim: NewTimestamp) -> FsResult<()> {
+        HostDescriptor::set_times(&mut self.inner, fd, atim, mtim).await
+    }
+
+    async fn read(&mut self, fd: Resource<Descriptor>, len: Filesize, offset: Filesize) -> FsResult<(Vec<u8>, bool)> {
+        HostDescriptor::read(&mut self.inner, fd, len, offset).await
+    }
+
+    async fn write(&mut self, fd: Resource<Descriptor>, buf: Vec<u8>, offset: Filesize) -> FsResult<Filesize> {
+        let file = self.file_handle(&fd)?;
+        let growth = growth(&file, Some(offset), buf.len() as u64)?;
+        self.quota.reserve_bytes(growth).map_err(|_| no_space())?;
+        let result = HostDescriptor::write(&mut self.inner, fd, buf, offset).await;
+        if result.is_err() {
+            self.quota.release_bytes(growth);
+        }
+        result
+    }
+
+    async fn read_directory(&mut self, fd: Resource<Descriptor>) -> FsResult<Resource<types::DirectoryEntryStream>> {
+        HostDescriptor::read_directory(&mut self.inner, fd).await
+    }
+
+    async fn sync(&mut self, fd: Resource<Descriptor>) -> FsResult<()> {
+        HostDescriptor::sync(&mut self.inner, fd).await
+    }
+
+    async fn create_directory_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
+        self.quota.reserve_file()?;
+        let parent = Resource::new_borrow(fd.rep());
+        if let Err(err) = HostDescriptor::create_directory_at(&mut self.inner, fd, path.clone()).await {
+            self.quota.release_file();
+            return Err(err);
+        }
+        let opened = HostDescriptor::open_at(
+            &mut self.inner,
+            parent,
+            PathFlags::empty(),
+            path,
+            OpenFlags::DIRECTORY,
+            DescriptorFlags::READ,
+        )
+        .await;
+        if let Ok(dir) = opened {
+            self.make_private(&dir, 0o700);
+            HostDescriptor::drop(&mut self.inner, dir).map_err(FsError::trap)?;
+        }
+        Ok(())
+    }
+
+    async fn stat(&mut self, fd: Resource<Descriptor>) -> FsResult<DescriptorStat> {
+        HostDescriptor::stat(&mut self.inner, fd).await
+    }
+
+    async fn stat_at(
+        &mut self,
+        fd: Resource<Descriptor>,
+        path_flags: PathFlags,
+        path: String,
+    ) -> FsResult<DescriptorStat> {
+        HostDescriptor::stat_at(&mut self.inner, fd, path_flags, path).await
+    }
+
+    async fn set_times_at(
+        &mut self,
+        fd: Resource<Descriptor>,
+        path_flags: PathFlags,
+        path: String,
+        atim: NewTimestamp,
+        mtim: NewTimestamp,
+    ) -> FsResult<()> {
+        HostDescriptor::set_times_at(&mut self.inner, fd, path_flags, path, atim, mtim).await
+    }
+
+    async fn link_at(
+        &mut self,
+        fd: Resource<Descriptor>,
+        old_path_flags: PathFlags,
+        old_path: String,
+        new_descriptor: Resource<Descriptor>,
+        new_path: String,
+    ) -> FsResult<()> {
+        self.quota.reserve_file()?;
+        let result =
+            HostDescriptor::link_at(&mut self.inner, fd, old_path_flags, old_path, new_descriptor, new_path).await;
+        if result.is_err() {
+            self.quota.release_file();
+        }
+        result
+    }
+
+    async fn open_at(
+        &mut self,
+        fd: Resource<Descriptor>,
+        path_flags: PathFlags,
+        path: String,
+        oflags: OpenFlags,
+        flags: DescriptorFlags,
+    ) -> FsResult<Resource<Descriptor>> {
+        let before = if oflags.intersects(OpenFlags::CREATE | OpenFlags::TRUNCATE) {
+            self.existing(&fd, &path).await
+        } else {
+            None
+        };
+        let creates = oflags.contains(OpenFlags::CREATE) && before.is_none();
+        if creates {
+            self.quota.reserve_file()?;
+        }
+        let opened = HostDescriptor::open_at(&mut self.inner, fd, path_flags, path, oflags, flags).await;
+        match &opened {
+            Ok(new) if creates => self.make_private(new, 0o600),
+            Ok(_) => {
+                if let Some(stat) = before.filter(|s| oflags.contains(OpenFlags::TRUNCATE) && s.link_count <= 1) {
+                    self.quota.release_bytes(stat.size);
+                }
+            }
+            Err(_) if creates => self.quota.release_file(),
+            Err(_) => {}
+        }
+        opened
+    }
+
+    fn drop(&mut self, fd: Resource<Descriptor>) -> wasmtime::Result<()> {
+        HostDescriptor::drop(&mut self.inner, fd)
+    }
+
+    async fn readlink_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<String> {
+        HostDescriptor::readlink_at(&mut self.inner, fd, path).await
+    }
+
+    async fn remove_directory_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
+        HostDescriptor::remove_directory_at(&mut self.inner, fd, path).await?;
+        self.quota.release_file();
+        Ok(())
+    }
+
+    async fn rename_at(
+        &mut self,
+        fd: Resource<Descriptor>,
+        old_path: String,
+        new_descriptor: Resource<Descriptor>,
+        new_path: String,
+    ) -> FsResult<()> {
+        let replaced = self.existing(&new_descriptor, &new_path).await;
+        HostDescriptor::rename_at(&mut self.inner, fd, old_path, new_descriptor, new_path).await?;
+        if let Some(stat) = replaced {
+            self.give_back(&stat);
+        }
+        Ok(())
+    }
+
+    async fn symlink_at(&mut self, fd: Resource<Descriptor>, src_path: String, dest_path: String) -> FsResult<()> {
+        self.quota.reserve_file()?;
+        let result = HostDescriptor::symlink_at(&mut self.inner, fd, src_path, dest_path).await;
+        if result.is_err() {
+            self.quota.release_file();
+        }
+        result
+    }
+
+    async fn unlink_file_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
+        let before = self.existing(&fd, &path).await;
+        HostDescriptor::unlink_file_at(&mut self.inner, fd, path).await?;
+        if let Some(stat) = before {
+            self.give_back(&stat);
+        }
+        Ok(())
+    }
+
+    fn read_via_stream(&mut self, fd: Resource<Descriptor>, offset: Filesize) -> FsResult<Resource<DynInputStream>> {
+        HostDescriptor::read_via_stream(&mut self.inner, fd, offset)
+    }
+
+    fn write_via_stream(&mut self, fd: Resource<Descriptor>, offset: Filesize) -> FsResult<Resource<DynOutputStream>> {
+        let file = self.file_handle(&fd)?;
+        let stream = HostDescriptor::write_via_stream(&mut self.inner, fd, offset)?;
+        self.wrap_stream(stream, file, Some(offset))
+    }
+
+    fn append_via_stream(&mut self, fd: Resource<Descriptor>) -> FsResult<Resource<DynOutputStream>> {
+        let file = self.file_handle(&fd)?;
+        let stream = HostDescriptor::append_via_stream(&mut self.inner, fd)?;
+        self.wrap_stream(stream, file, None)
+    }
+
+    async fn is_same_object(&mut self, a: Resource<Descriptor>, b: Resource<Descriptor>) -> wasmtime::Result<bool> {
+        HostDescriptor::is_same_object(&mut self.inner, a, b).await
+    }
+
+    async fn metadata_hash(&mut self, fd: Resource<Descriptor>) -> FsResult<MetadataHashValue> {
+        HostDescriptor::metadata_hash(&mut self.inner, fd).await
+    }
+
+    async fn metadata_hash_at(
+        &mut self,
+        fd: Resource<Descriptor>,
+        path_flags: PathFlags,
+        path: String,
+    ) -> FsResult<MetadataHashValue> {
+        HostDescriptor::metadata_hash_at(&mut self.inner, fd, path_flags, path).await
+    }
+}
+
+impl QuotaFilesystemView<'_> {
+    /// Takes wasmtime-wasi's stream out of the table and puts it back behind
+    /// a [`QuotaStream`], under a new handle.
+    fn wrap_stream(
+        &mut self,
+        stream: Resource<DynOutputStream>,
+        file: Arc<std::fs::File>,
+        position: Option<u64>,
+    ) -> FsResult<Resource<DynOutputStream>> {
+        let inner: DynOutputStream = self.table().delete(stream)?;
+        let wrapped: DynOutputStream = Box::new(QuotaStream { inner, file, position, quota: Arc::clone(self.quota) });
+        Ok(self.table().push(wrapped)?)
+    }
+}
+
+impl HostDirectoryEntryStream for QuotaFilesystemView<'_> {
+    async fn read_directory_entry(
+        &mut self,
+        stream: Resource<types::DirectoryEntryStream>,
+    ) -> FsResult<Option<DirectoryEntry>> {
+        HostDirectoryEntryStream::read_directory_entry(&mut self.inner, stream).await
+    }
+
+    fn drop(&mut self, stream: Resource<types::DirectoryEntryStream>) -> wasmtime::Result<()> {
+        HostDirectoryEntryStream::drop(&mut self.inner, stream)
+    }
+}
+
+/// How much writing `len` bytes at `offset` (at the end when `None`) grows `file`.
+fn growth(file: &std::fs::File, offset: Option<u64>, len: u64) -> io::Result<u64> {
+    let size = file.metadata()?.len();
+    let end = offset.unwrap_or(size).saturating_add(len);
+    Ok(end.saturating_sub(size))
+}
+
+/// An output stream of a file that charges each write's growth to the quota
+/// before the write happens.
+struct QuotaStream {
+    inner: DynOutputStream,
+    file: Arc<std::fs::File>,
+    /// Where the next write lands; `None` for an append stream.
+    position: Option<u64>,
+    quota: Arc<Quota>,
+}
+
+impl QuotaStream {
+    fn charge(&mut self, len: usize) -> Result<(), StreamError> {
+        let len = len as u64;
+        let growth =
+            growth(&self.file, self.position, len).map_err(|err| StreamError::LastOperationFailed(err.into()))?;
+        self.quota.reserve_bytes(growth).map_err(|err| StreamError::LastOperationFailed(err.into()))?;
+        if let Some(position) = &mut self.position {
+            *position += len;
+        }
+        Ok(())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl OutputStream for QuotaStream {
+    fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
+        self.charge(bytes.len())?;
+        self.inner.write(bytes)
+    }
+
+    fn flush(&mut self) -> Result<(), StreamError> {
+        self.inner.flush()
+    }
+
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        self.inner.check_write()
+    }
+
+    async fn blocking_write_and_flush(&mut self, bytes: Bytes) -> Result<(), StreamError> {
+        // Charged up front for the whole buffer; the inner stream keeps its
+        // fast path (one blocking write instead of a task per chunk).
+        self.charge(bytes.len())?;
+        self.inner.blocking_write_and_flush(bytes).await
+    }
+
+    async fn cancel(&mut self) {
+        self.inner.cancel().await;
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for QuotaStream {
+    async fn ready(&mut self) {
+        self.inner.ready().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_are_refused_past_the_quota_and_the_hit_is_remembered() {
+        let quota = Quota::new(100, 10);
+        assert!(quota.reserve_bytes(60).is_ok());
+        assert!(quota.reserve_bytes(40).is_ok());
+        let err = quota.reserve_bytes(1).expect_err("full");
+        assert_eq!(err.raw_os_error(), Some(rustix::io::Errno::NOSPC.raw_os_error()));
+        assert_eq!(quota.hit(), Some(QuotaHit::Bytes));
+        quota.release_bytes(50);
+        assert!(quota.reserve_bytes(50).is_ok(), "freed bytes can be used again");
+        assert!(quota.reserve_bytes(u64::MAX).is_err(), "no overflow");
+    }
+
+    #[test]
+    fn files_are_refused_past_the_limit() {
+        let quota = Quota::new(100, 2);
+        assert!(quota.reserve_file().is_ok());
+        assert!(quota.reserve_file().is_ok());
+        assert!(quota.reserve_file().is_err());
+        assert_eq!(quota.hit(), Some(QuotaHit::Files));
+    }
+
+    #[test]
+    fn growth_counts_sparse_ends_and_not_rewrites() {
+        let path = std::env::temp_dir().join(format!("quota-growth-{}", crate::sandbox::random_hex().expect("rng")));
+        std::fs::write(&path, [0u8; 10]).expect("write");
+        let file = std::fs::File::open(&path).expect("open");
+        assert_eq!(growth(&file, Some(0), 10).expect("stat"), 0, "a rewrite in place");
+        assert_eq!(growth(&file, Some(5), 10).expect("stat"), 5);
+        assert_eq!(growth(&file, None, 7).expect("stat"), 7, "an append");
+        assert_eq!(growth(&file, Some(1 << 40), 1).expect("stat"), (1 << 40) + 1 - 10, "a sparse write");
+        std::fs::remove_file(path).expect("cleanup");
+    }
+}
