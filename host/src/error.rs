@@ -65,6 +65,9 @@ pub enum RunError {
     #[error("interrupted: the run was stopped and its sandbox removed")]
     Interrupted,
 
+    #[error("busy: {} is at its concurrency bound; try again later or wait for a slot", .tenant.as_deref().map_or_else(|| "the runner".to_owned(), |t| format!("tenant {t}")))]
+    Busy { tenant: Option<String> },
+
     #[error("host error: {0}")]
     Host(String),
 }
@@ -100,12 +103,13 @@ pub enum Outcome {
     DeliveryFailed,
     CleanupFailed,
     Interrupted,
+    Busy,
     HostError,
 }
 
 impl Outcome {
     /// Every outcome, in exit-code order (for docs and tests).
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 18] = [
         Self::Success,
         Self::HostError,
         Self::InputUnreadable,
@@ -122,6 +126,7 @@ impl Outcome {
         Self::FileLimit,
         Self::OutputTooLarge,
         Self::CleanupFailed,
+        Self::Busy,
         Self::Interrupted,
     ];
 
@@ -146,6 +151,7 @@ impl Outcome {
             Self::FileLimit => 14,
             Self::OutputTooLarge => 15,
             Self::CleanupFailed => 16,
+            Self::Busy => 17,
             Self::Interrupted => 130,
         }
     }
@@ -170,6 +176,7 @@ impl Outcome {
             Self::DeliveryFailed => "delivery-failed",
             Self::CleanupFailed => "cleanup-failed",
             Self::Interrupted => "interrupted",
+            Self::Busy => "busy",
             Self::HostError => "host-error",
         }
     }
@@ -195,6 +202,7 @@ impl Outcome {
             Self::OutputTooLarge => "the outputs are larger than --max-output",
             Self::CleanupFailed => "the sandbox could not be removed (run `host sweep`)",
             Self::Interrupted => "Ctrl-C or SIGTERM stopped the run; its sandbox was removed",
+            Self::Busy => "library only: the concurrency bound was reached and the caller asked to fail fast",
         }
     }
 }
@@ -219,6 +227,7 @@ impl RunError {
             Self::Delivery { .. } => Outcome::DeliveryFailed,
             Self::Cleanup { .. } => Outcome::CleanupFailed,
             Self::Interrupted => Outcome::Interrupted,
+            Self::Busy { .. } => Outcome::Busy,
             Self::Sandbox(_) | Self::Host(_) => Outcome::HostError,
         }
     }

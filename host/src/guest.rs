@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use bytes::Bytes;
 use wasmtime::ResourceLimiter;
 
-use crate::quota::Quota;
+use crate::quota::{Progress, Quota};
 use wasmtime::component::{HasData, Resource, ResourceTable};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::filesystem::{Descriptor, Dir};
@@ -29,6 +29,7 @@ pub struct GuestState {
     pub limiter: MemoryLimiter,
     pub preopens: Vec<Preopen>,
     pub quota: Arc<Quota>,
+    pub progress: Option<Arc<Progress>>,
 }
 
 impl WasiView for GuestState {

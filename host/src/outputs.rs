@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt as _};
 use cap_std::fs::{Dir, DirBuilder, DirBuilderExt as _, MetadataExt as _, OpenOptions, OpenOptionsExt as _};
 use serde::Serialize;
+use sha2::{Digest as _, Sha256};
 
 use crate::error::RunError;
 use crate::limits::ByteSize;
@@ -24,6 +25,8 @@ use crate::sandbox::{random_hex, remove_tree};
 pub struct OutputFile {
     pub name: String,
     pub bytes: u64,
+    /// Hex SHA-256 of the contents, computed while delivering.
+    pub sha256: String,
 }
 
 /// Where the outputs of a run go.
@@ -34,6 +37,9 @@ pub enum Destination {
     Folder { path: PathBuf, force: bool },
     /// Returned in memory, as (name, contents) pairs.
     Memory,
+    /// One tar archive (files 0600), written beside `path` and renamed into
+    /// place; an existing file is replaced only with `force`.
+    Tar { path: PathBuf, force: bool },
 }
 
 /// What was delivered where.
@@ -41,6 +47,7 @@ pub enum Destination {
 pub enum Delivered {
     Folder(PathBuf),
     Memory(Vec<(String, Vec<u8>)>),
+    Tar(PathBuf),
 }
 
 /// Whether a guest-chosen name may become a file in the user's folder: one
@@ -102,7 +109,7 @@ pub fn collect(out: &Dir, report: &Report, max_output: ByteSize) -> Result<Vec<O
             )));
         }
         total = total.saturating_add(meta.len());
-        files.push(OutputFile { name, bytes: meta.len() });
+        files.push(OutputFile { name, bytes: meta.len(), sha256: String::new() });
     }
     if total > max_output.bytes() {
         return Err(RunError::OutputTooLarge { limit: max_output, size: total });
@@ -137,31 +144,70 @@ pub fn collect(out: &Dir, report: &Report, max_output: ByteSize) -> Result<Vec<O
 /// [`RunError::Delivery`] when the folder exists and is not empty (without
 /// `force`), or is not a folder.
 pub fn check_destination(destination: &Destination) -> Result<(), RunError> {
-    let Destination::Folder { path, force } = destination else { return Ok(()) };
-    let (parent, name) = split_destination(path)?;
-    existing_destination(&parent, name, path, *force).map(drop)
+    match destination {
+        Destination::Memory => Ok(()),
+        Destination::Folder { path, force } => {
+            let (parent, name) = split_destination(path)?;
+            existing_destination(&parent, name, path, *force).map(drop)
+        }
+        Destination::Tar { path, force } => {
+            let (parent, name) = split_destination(path)?;
+            check_tar_destination(&open_parent(&parent, path)?, name, path, *force)
+        }
+    }
 }
 
-/// Copies the collected `files` from `out` to `destination`.
+/// Copies the collected `files` from `out` to `destination`, and returns
+/// them with their SHA-256.
 ///
 /// # Errors
 ///
 /// [`RunError::Delivery`] with the reason; nothing is left at the destination.
-pub fn deliver(out: &Dir, files: &[OutputFile], destination: &Destination) -> Result<Delivered, RunError> {
+pub fn deliver(
+    out: &Dir,
+    files: &[OutputFile],
+    destination: &Destination,
+) -> Result<(Delivered, Vec<OutputFile>), RunError> {
     match destination {
         Destination::Memory => {
             let mut delivered = Vec::with_capacity(files.len());
+            let mut hashed = Vec::with_capacity(files.len());
             for file in files {
                 let mut contents = Vec::new();
                 open_output(out, file)
                     .and_then(|mut source| source.read_to_end(&mut contents))
                     .map_err(|err| RunError::Host(format!("cannot read the output `{}`: {err}", file.name)))?;
+                hashed.push(OutputFile { sha256: hex_digest(Sha256::digest(&contents).as_slice()), ..file.clone() });
                 delivered.push((file.name.clone(), contents));
             }
-            Ok(Delivered::Memory(delivered))
+            Ok((Delivered::Memory(delivered), hashed))
         }
-        Destination::Folder { path, force } => deliver_to_folder(out, files, path, *force).map(Delivered::Folder),
+        Destination::Folder { path, force } => {
+            deliver_to_folder(out, files, path, *force).map(|hashed| (Delivered::Folder(path.clone()), hashed))
+        }
+        Destination::Tar { path, force } => {
+            deliver_to_tar(out, files, path, *force).map(|hashed| (Delivered::Tar(path.clone()), hashed))
+        }
     }
+}
+
+fn hex_digest(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Copies `source` to `target`, hashing what passes through.
+fn copy_hashed(source: &mut impl io::Read, target: &mut impl io::Write) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 256 * 1024];
+    loop {
+        let read = source.read(&mut buffer)?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+        target.write_all(&buffer[..read])?;
+    }
+    Ok(hex_digest(hasher.finalize().as_slice()))
 }
 
 fn open_output(out: &Dir, file: &OutputFile) -> io::Result<cap_std::fs::File> {
@@ -217,7 +263,7 @@ fn existing_destination(parent: &Path, name: &str, path: &Path, force: bool) -> 
     }
 }
 
-fn deliver_to_folder(out: &Dir, files: &[OutputFile], path: &Path, force: bool) -> Result<PathBuf, RunError> {
+fn deliver_to_folder(out: &Dir, files: &[OutputFile], path: &Path, force: bool) -> Result<Vec<OutputFile>, RunError> {
     let fail = |reason: String| RunError::Delivery { path: path.to_owned(), reason };
     let (parent_path, name) = split_destination(path)?;
     let existing = existing_destination(&parent_path, name, path, force)?;
@@ -230,7 +276,8 @@ fn deliver_to_folder(out: &Dir, files: &[OutputFile], path: &Path, force: bool) 
         .create_dir_with(&staging, &builder)
         .map_err(|err| fail(format!("cannot create a staging folder beside it: {err}")))?;
 
-    let staged = stage_files(out, files, &parent, &staging).and_then(|()| {
+    let mut hashed = Vec::new();
+    let staged = stage_files(out, files, &parent, &staging, &mut hashed).and_then(|()| {
         match existing {
             // rename(2) replaces a missing or empty folder atomically.
             None | Some(true) => parent.rename(&staging, &parent, name),
@@ -253,20 +300,77 @@ fn deliver_to_folder(out: &Dir, files: &[OutputFile], path: &Path, force: bool) 
     {
         tracing::error!(staging, "outputs delivered, but the replaced folder's old contents remain: {err}");
     }
-    Ok(path.to_owned())
+    Ok(hashed)
 }
 
-fn stage_files(out: &Dir, files: &[OutputFile], parent: &Dir, staging: &str) -> io::Result<()> {
+fn stage_files(
+    out: &Dir,
+    files: &[OutputFile],
+    parent: &Dir,
+    staging: &str,
+    hashed: &mut Vec<OutputFile>,
+) -> io::Result<()> {
     let staging_dir = parent.open_dir(staging)?;
     let mut options = OpenOptions::new();
     options.write(true).create_new(true).mode(0o600);
     for file in files {
         let mut source = open_output(out, file)?;
         let mut target = staging_dir.open_with(&file.name, &options)?;
-        io::copy(&mut source, &mut target)?;
+        let sha256 = copy_hashed(&mut source, &mut target)?;
         target.sync_all()?;
+        hashed.push(OutputFile { sha256, ..file.clone() });
     }
     staging_dir.open(".")?.sync_all()
+}
+
+fn check_tar_destination(parent: &Dir, name: &str, path: &Path, force: bool) -> Result<(), RunError> {
+    let refuse = |reason: &str| RunError::Delivery { path: path.to_owned(), reason: reason.to_owned() };
+    match parent.symlink_metadata(name) {
+        Err(err) if err.kind() == ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(refuse(&err.to_string())),
+        Ok(meta) if !meta.is_file() => Err(refuse("it exists and is not a regular file; choose another path")),
+        Ok(_) if !force => Err(refuse("the file exists; pass force to replace it, or choose another path")),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Writes the outputs as one tar archive: staged beside `path`, synced, then
+/// renamed over it, so a reader sees the old archive or the whole new one.
+fn deliver_to_tar(out: &Dir, files: &[OutputFile], path: &Path, force: bool) -> Result<Vec<OutputFile>, RunError> {
+    let fail = |reason: String| RunError::Delivery { path: path.to_owned(), reason };
+    let (parent_path, name) = split_destination(path)?;
+    let parent = open_parent(&parent_path, path)?;
+    check_tar_destination(&parent, name, path, force)?;
+    let staging = format!(".{name}.staging-{}", random_hex().map_err(|err| fail(err.to_string()))?);
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true).mode(0o600);
+    let written = (|| -> io::Result<Vec<OutputFile>> {
+        let archive = parent.open_with(&staging, &options)?;
+        let mut builder = tar::Builder::new(io::BufWriter::new(archive));
+        let mut hashed = Vec::with_capacity(files.len());
+        for file in files {
+            let mut contents = Vec::new();
+            open_output(out, file)?.read_to_end(&mut contents)?;
+            let mut header = tar::Header::new_ustar();
+            header.set_size(contents.len() as u64);
+            header.set_mode(0o600);
+            header.set_entry_type(tar::EntryType::Regular);
+            builder.append_data(&mut header, &file.name, contents.as_slice())?;
+            hashed.push(OutputFile { sha256: hex_digest(Sha256::digest(&contents).as_slice()), ..file.clone() });
+        }
+        let archive = builder.into_inner()?.into_inner().map_err(io::IntoInnerError::into_error)?;
+        archive.sync_all()?;
+        parent.rename(&staging, &parent, name)?;
+        Ok(hashed)
+    })();
+    written.map_err(|err| {
+        if let Err(cleanup) = parent.remove_file(&staging)
+            && cleanup.kind() != ErrorKind::NotFound
+        {
+            tracing::error!(staging, "cannot remove the staging archive: {cleanup}");
+        }
+        fail(err.to_string())
+    })
 }
 
 #[cfg(test)]

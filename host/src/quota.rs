@@ -12,6 +12,9 @@
 //!
 //! The input file is not charged: the host writes it, and the guest sees it
 //! read-only.
+//!
+//! The same wrapper counts what the guest reads from its read-only input
+//! folder into a [`Progress`], since the host feeds the input.
 
 use std::fs::Permissions;
 use std::io;
@@ -21,12 +24,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use wasmtime::component::{HasData, Resource, ResourceTable};
+use wasmtime_wasi::FsPerms;
 use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemCtxView};
 use wasmtime_wasi::p2::bindings::filesystem::types::{
     self, Advice, DescriptorFlags, DescriptorStat, DescriptorType, DirectoryEntry, ErrorCode, Filesize, HostDescriptor,
     HostDirectoryEntryStream, MetadataHashValue, NewTimestamp, OpenFlags, PathFlags,
 };
-use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, FsError, FsResult, OutputStream, Pollable, StreamError};
+use wasmtime_wasi::p2::{
+    DynInputStream, DynOutputStream, FsError, FsResult, InputStream, OutputStream, Pollable, StreamError,
+};
 
 use crate::guest::GuestState;
 
@@ -118,6 +124,45 @@ impl Quota {
     }
 }
 
+/// How far the guest has read its input: bytes and line breaks, updated as
+/// it reads. Share one with [`crate::Invocation::progress`] to watch a run.
+#[derive(Debug, Default)]
+pub struct Progress {
+    total: AtomicU64,
+    read: AtomicU64,
+    lines: AtomicU64,
+}
+
+impl Progress {
+    /// The size of the input, once it is known (when the run starts).
+    #[must_use]
+    pub fn total_bytes(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of input the guest has read so far.
+    #[must_use]
+    pub fn bytes_read(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
+    }
+
+    /// Line breaks in what the guest has read: about the rows so far.
+    #[must_use]
+    pub fn lines_read(&self) -> u64 {
+        self.lines.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_total(&self, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
+    }
+
+    fn record(&self, bytes: &[u8]) {
+        self.read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let lines = bytes.iter().filter(|&&b| b == b'\n').count();
+        self.lines.fetch_add(lines as u64, Ordering::Relaxed);
+    }
+}
+
 fn no_space() -> FsError {
     ErrorCode::InsufficientSpace.into()
 }
@@ -133,6 +178,7 @@ impl HasData for QuotaFilesystem {
 pub struct QuotaFilesystemView<'a> {
     inner: WasiFilesystemCtxView<'a>,
     quota: &'a Arc<Quota>,
+    progress: &'a Option<Arc<Progress>>,
 }
 
 impl GuestState {
@@ -140,6 +186,7 @@ impl GuestState {
         QuotaFilesystemView {
             inner: WasiFilesystemCtxView { ctx: self.wasi.filesystem(), table: &mut self.table },
             quota: &self.quota,
+            progress: &self.progress,
         }
     }
 }
@@ -147,6 +194,16 @@ impl GuestState {
 impl QuotaFilesystemView<'_> {
     fn table(&mut self) -> &mut ResourceTable {
         self.inner.table
+    }
+
+    /// The progress to count reads of `fd` into: only files of the read-only
+    /// input folder count.
+    fn input_progress(&mut self, fd: &Resource<Descriptor>) -> Option<Arc<Progress>> {
+        let progress = self.progress.clone()?;
+        match self.table().get(fd) {
+            Ok(Descriptor::File(file)) if file.perms == FsPerms::ReadOnly => Some(progress),
+            _ => None,
+        }
     }
 
     fn file_handle(&mut self, fd: &Resource<Descriptor>) -> FsResult<Arc<std::fs::File>> {
@@ -239,7 +296,12 @@ impl HostDescriptor for QuotaFilesystemView<'_> {
     }
 
     async fn read(&mut self, fd: Resource<Descriptor>, len: Filesize, offset: Filesize) -> FsResult<(Vec<u8>, bool)> {
-        HostDescriptor::read(&mut self.inner, fd, len, offset).await
+        let progress = self.input_progress(&fd);
+        let result = HostDescriptor::read(&mut self.inner, fd, len, offset).await;
+        if let (Some(progress), Ok((bytes, _))) = (progress, &result) {
+            progress.record(bytes);
+        }
+        result
     }
 
     async fn write(&mut self, fd: Resource<Descriptor>, buf: Vec<u8>, offset: Filesize) -> FsResult<Filesize> {
@@ -404,7 +466,12 @@ impl HostDescriptor for QuotaFilesystemView<'_> {
     }
 
     fn read_via_stream(&mut self, fd: Resource<Descriptor>, offset: Filesize) -> FsResult<Resource<DynInputStream>> {
-        HostDescriptor::read_via_stream(&mut self.inner, fd, offset)
+        let progress = self.input_progress(&fd);
+        let stream = HostDescriptor::read_via_stream(&mut self.inner, fd, offset)?;
+        let Some(progress) = progress else { return Ok(stream) };
+        let inner: DynInputStream = self.table().delete(stream)?;
+        let counted: DynInputStream = Box::new(CountingStream { inner, progress });
+        Ok(self.table().push(counted)?)
     }
 
     fn write_via_stream(&mut self, fd: Resource<Descriptor>, offset: Filesize) -> FsResult<Resource<DynOutputStream>> {
@@ -462,6 +529,38 @@ impl HostDirectoryEntryStream for QuotaFilesystemView<'_> {
 
     fn drop(&mut self, stream: Resource<types::DirectoryEntryStream>) -> wasmtime::Result<()> {
         HostDirectoryEntryStream::drop(&mut self.inner, stream)
+    }
+}
+
+/// A file's input stream that counts what passes through into a [`Progress`].
+struct CountingStream {
+    inner: DynInputStream,
+    progress: Arc<Progress>,
+}
+
+#[wasmtime_wasi::async_trait]
+impl InputStream for CountingStream {
+    fn read(&mut self, size: usize) -> Result<Bytes, StreamError> {
+        let bytes = self.inner.read(size)?;
+        self.progress.record(&bytes);
+        Ok(bytes)
+    }
+
+    async fn blocking_read(&mut self, size: usize) -> Result<Bytes, StreamError> {
+        let bytes = self.inner.blocking_read(size).await?;
+        self.progress.record(&bytes);
+        Ok(bytes)
+    }
+
+    async fn cancel(&mut self) {
+        self.inner.cancel().await;
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for CountingStream {
+    async fn ready(&mut self) {
+        self.inner.ready().await;
     }
 }
 

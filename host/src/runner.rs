@@ -1,27 +1,30 @@
 //! The runner: one engine and linker per process, one sandbox and one store
 //! per invocation.
 
-use std::io;
+use std::collections::HashMap;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 use cap_std::fs::{OpenOptions, OpenOptionsExt as _};
 use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{Component as WasmComponent, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, Trap, UpdateDeadline};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
 use crate::bindings::orders::pipeline::types::PipelineError;
 use crate::bindings::{Pipeline, PipelinePre};
+use crate::cache::CodeCache;
 use crate::error::RunError;
 use crate::guest::{CappedStderr, GuestState, MemoryLimiter, Preopen, SandboxPreopens};
 use crate::limits::Limits;
 use crate::outputs::{self, Delivered, Destination, OutputFile};
-use crate::quota::{Quota, QuotaFilesystem, QuotaHit};
+use crate::quota::{Progress, Quota, QuotaFilesystem, QuotaHit};
 use crate::report::Report;
-use crate::sandbox::{INPUT_DIR, OUTPUT_DIR, Sandbox, SandboxRoot};
+use crate::sandbox::{INPUT_DIR, OUTPUT_DIR, Sandbox, SandboxRoot, Sweep};
 
 /// The reference pipeline, built from `guest/` when the host is built.
 pub const BUNDLED_PIPELINE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/orders_pipeline.wasm"));
@@ -35,14 +38,51 @@ pub const GUEST_OUTPUT_DIR: &str = "/out";
 /// yields, so that the wall-clock timeout can fire.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// How a [`Runner`] is set up; everything per-invocation is in [`Limits`].
-#[derive(Debug, Clone, Default)]
+/// How a [`Runner`] is set up; everything per-invocation is in [`Invocation`].
+#[derive(Debug, Clone)]
 pub struct RunnerConfig {
     /// The folder that holds the sandboxes; default [`SandboxRoot::default_path`].
     pub sandbox_root: Option<PathBuf>,
+    /// A memory-backed folder (tmpfs) for the sandboxes of small inputs, so
+    /// they never touch the disk; default `/dev/shm/orders-host-<uid>` where
+    /// `/dev/shm` exists. Unusable: a warning, and every input goes to disk.
+    pub memory_root: Option<PathBuf>,
+    /// Inputs up to this many bytes are spooled: their sandbox lives under
+    /// the memory root. 0 turns spooling off. Default 1 MiB.
+    pub spool_threshold: u64,
     /// Compile guests with fuel metering, so [`Limits::fuel`] can be used.
     /// It costs some speed, so it is off unless asked for.
     pub fuel_metering: bool,
+    /// Invocations that may run at once, over all tenants; more wait (or
+    /// fail fast, see [`Admission`]). Default: the number of CPUs.
+    pub max_concurrent: usize,
+    /// Invocations one tenant may run at once. Default: `max_concurrent`.
+    pub max_concurrent_per_tenant: usize,
+    /// Preallocate instance slots (wasmtime's pooling allocator, with
+    /// copy-on-write memory images) for `max_concurrent` instances.
+    pub pooling: bool,
+    /// Remove sandboxes on a background thread after the run returns,
+    /// instead of before; [`Runner::shutdown`] waits for them.
+    pub background_removal: bool,
+    /// A persistent cache of compiled components; `None` compiles in memory only.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        Self {
+            sandbox_root: None,
+            memory_root: None,
+            spool_threshold: 1 << 20,
+            fuel_metering: false,
+            max_concurrent: cpus,
+            max_concurrent_per_tenant: cpus,
+            pooling: true,
+            background_removal: false,
+            cache_dir: None,
+        }
+    }
 }
 
 /// Runs pipeline components, each invocation in a fresh sandbox. Build it
@@ -55,20 +95,36 @@ pub struct Runner {
 struct RunnerInner {
     engine: Engine,
     linker: Linker<GuestState>,
-    root: SandboxRoot,
-    fuel_metering: bool,
+    disk_root: SandboxRoot,
+    memory_root: Option<SandboxRoot>,
+    config: RunnerConfig,
+    cache: Option<CodeCache>,
+    slots: Arc<Semaphore>,
+    tenants: Mutex<HashMap<String, Arc<Tenant>>>,
+    remover: Remover,
     ticker_stop: Arc<AtomicBool>,
+}
+
+/// What the runner keeps per tenant.
+struct Tenant {
+    limits: Mutex<Option<Limits>>,
+    slots: Arc<Semaphore>,
+    disk_root: SandboxRoot,
+    memory_root: Option<SandboxRoot>,
 }
 
 impl std::fmt::Debug for RunnerInner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runner").field("root", &self.root).field("fuel_metering", &self.fuel_metering).finish()
+        f.debug_struct("Runner").field("disk_root", &self.disk_root).field("config", &self.config).finish()
     }
 }
 
 impl Drop for RunnerInner {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
+        for (path, err) in self.remover.finish() {
+            tracing::error!(sandbox = %path.display(), "cannot remove sandbox: {err}; `host sweep` retries");
+        }
     }
 }
 
@@ -93,13 +149,109 @@ impl Component {
     }
 }
 
-/// The input of one invocation.
-#[derive(Debug, Clone)]
+/// The input of one invocation. The guest cannot tell them apart.
 pub enum Input {
     /// A file, copied into the sandbox.
     Path(PathBuf),
     /// Bytes already in memory.
     Bytes(Vec<u8>),
+    /// A stream, read to its end into the sandbox.
+    Reader(Box<dyn Read + Send>),
+}
+
+impl std::fmt::Debug for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Path(path) => f.debug_tuple("Path").field(path).finish(),
+            Self::Bytes(bytes) => write!(f, "Bytes({} bytes)", bytes.len()),
+            Self::Reader(_) => f.write_str("Reader(..)"),
+        }
+    }
+}
+
+/// What to do when the concurrency bound is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Admission {
+    /// Wait for a slot (the default).
+    #[default]
+    Wait,
+    /// Fail at once with [`RunError::Busy`].
+    FailFast,
+}
+
+/// One invocation: what to run, on what, for whom, under which limits, and
+/// where the outputs go.
+///
+/// ```no_run
+/// # async fn example(runner: &host::Runner, pipeline: &host::Component) -> Result<(), host::RunError> {
+/// use host::{Destination, Input, Invocation};
+/// let outcome = runner
+///     .invoke(
+///         Invocation::new(pipeline, Input::Path("orders.csv".into()))
+///             .tenant("acme")
+///             .destination(Destination::Tar { path: "acme-orders.tar".into(), force: true }),
+///     )
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Invocation<'a> {
+    pub component: &'a Component,
+    pub input: Input,
+    /// The tenant: its own sandbox folder, concurrency bound and limits.
+    pub tenant: Option<String>,
+    /// The limits; `None` takes the tenant's profile, else [`Limits::default`].
+    pub limits: Option<Limits>,
+    pub destination: Destination,
+    pub admission: Admission,
+    /// Watch how far the guest has read its input.
+    pub progress: Option<Arc<Progress>>,
+}
+
+impl<'a> Invocation<'a> {
+    /// An invocation of `component` on `input`, with outputs in memory.
+    #[must_use]
+    pub fn new(component: &'a Component, input: Input) -> Self {
+        Self {
+            component,
+            input,
+            tenant: None,
+            limits: None,
+            destination: Destination::Memory,
+            admission: Admission::Wait,
+            progress: None,
+        }
+    }
+
+    #[must_use]
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = Some(tenant.into());
+        self
+    }
+
+    #[must_use]
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
+    #[must_use]
+    pub fn destination(mut self, destination: Destination) -> Self {
+        self.destination = destination;
+        self
+    }
+
+    #[must_use]
+    pub fn fail_fast(mut self) -> Self {
+        self.admission = Admission::FailFast;
+        self
+    }
+
+    #[must_use]
+    pub fn progress(mut self, progress: Arc<Progress>) -> Self {
+        self.progress = Some(progress);
+        self
+    }
 }
 
 /// How long each step of an invocation took.
@@ -117,6 +269,10 @@ pub struct Timings {
 /// A successful invocation.
 #[derive(Debug)]
 pub struct RunOutcome {
+    /// The tenant it ran for, if any.
+    pub tenant: Option<String>,
+    /// Whether the input was spooled: its sandbox lived in memory.
+    pub spooled: bool,
     pub report: Report,
     pub outputs: Vec<OutputFile>,
     pub delivered: Delivered,
@@ -132,23 +288,36 @@ pub struct RunOutcome {
 }
 
 impl Runner {
-    /// Builds the engine and linker and opens (creating) the sandbox root.
+    /// Builds the engine and linker, opens (creating) the sandbox roots and
+    /// starts the epoch ticker (and the remover, with background removal).
     ///
     /// # Errors
     ///
-    /// [`RunError::Sandbox`] when the root cannot be opened or is not
+    /// [`RunError::Sandbox`] when the disk root cannot be opened or is not
     /// private, [`RunError::Host`] when the engine cannot be built.
     pub fn new(config: &RunnerConfig) -> Result<Self, RunError> {
-        let root_path = config.sandbox_root.clone().unwrap_or_else(SandboxRoot::default_path);
-        let root = SandboxRoot::open(&root_path).map_err(|err| {
-            RunError::Sandbox(io::Error::new(err.kind(), format!("sandbox root {}: {err}", root_path.display())))
-        })?;
+        let open_root = |path: &Path| {
+            SandboxRoot::open(path).map_err(|err| {
+                RunError::Sandbox(io::Error::new(err.kind(), format!("sandbox root {}: {err}", path.display())))
+            })
+        };
+        let disk_root = open_root(&config.sandbox_root.clone().unwrap_or_else(SandboxRoot::default_path))?;
+        let memory_root = if config.spool_threshold == 0 {
+            None
+        } else {
+            config.memory_root.clone().or_else(SandboxRoot::default_memory_path).and_then(|path| {
+                match open_root(&path) {
+                    Ok(root) => Some(root),
+                    Err(err) => {
+                        tracing::warn!("spooling is off: {err}");
+                        None
+                    }
+                }
+            })
+        };
 
-        let mut wasm_config = Config::new();
-        wasm_config.epoch_interruption(true).consume_fuel(config.fuel_metering);
-        let engine =
-            Engine::new(&wasm_config).map_err(|err| RunError::Host(format!("cannot build the engine: {err:#}")))?;
-
+        let max_concurrent = config.max_concurrent.max(1);
+        let engine = build_engine(config, max_concurrent)?;
         let mut linker = Linker::new(&engine);
         let link = |linker: &mut Linker<GuestState>| -> wasmtime::Result<()> {
             wasmtime_wasi::p2::add_to_linker_async(linker)?;
@@ -170,16 +339,109 @@ impl Runner {
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(engine.clone(), ticker_stop.clone())?;
+        let remover = if config.background_removal { Remover::spawn()? } else { Remover::inline() };
+        // A cache that cannot be used only costs compile time.
+        let cache = config.cache_dir.as_deref().and_then(|path| match CodeCache::open(path) {
+            Ok(cache) => Some(cache),
+            Err(err) => {
+                tracing::warn!("compiled-code cache {} is off: {err}", path.display());
+                None
+            }
+        });
 
         Ok(Self {
-            inner: Arc::new(RunnerInner { engine, linker, root, fuel_metering: config.fuel_metering, ticker_stop }),
+            inner: Arc::new(RunnerInner {
+                engine,
+                linker,
+                disk_root,
+                memory_root,
+                config: config.clone(),
+                cache,
+                slots: Arc::new(Semaphore::new(max_concurrent)),
+                tenants: Mutex::new(HashMap::new()),
+                remover,
+                ticker_stop,
+            }),
         })
     }
 
-    /// The sandbox root this runner creates sandboxes in.
+    /// Sets the limit profile of `tenant`, used by its invocations that do
+    /// not bring their own.
+    pub fn set_tenant_limits(&self, tenant: &str, limits: Limits) -> Result<(), RunError> {
+        let tenant = self.tenant(tenant)?;
+        *tenant.limits.lock().unwrap_or_else(PoisonError::into_inner) = Some(limits);
+        Ok(())
+    }
+
+    fn tenant(&self, id: &str) -> Result<Arc<Tenant>, RunError> {
+        let mut tenants = self.inner.tenants.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(tenant) = tenants.get(id) {
+            return Ok(Arc::clone(tenant));
+        }
+        let refuse = |err: io::Error| {
+            if err.kind() == io::ErrorKind::InvalidInput {
+                RunError::Host(err.to_string())
+            } else {
+                RunError::Sandbox(err)
+            }
+        };
+        let tenant = Arc::new(Tenant {
+            limits: Mutex::new(None),
+            slots: Arc::new(Semaphore::new(self.inner.config.max_concurrent_per_tenant.max(1))),
+            disk_root: self.inner.disk_root.tenant(id).map_err(refuse)?,
+            memory_root: match &self.inner.memory_root {
+                Some(root) => Some(root.tenant(id).map_err(refuse)?),
+                None => None,
+            },
+        });
+        tenants.insert(id.to_owned(), Arc::clone(&tenant));
+        Ok(tenant)
+    }
+
+    /// Waits for the sandboxes queued for background removal to be gone,
+    /// removes empty tenant folders, and reports the first removal error.
+    /// Later invocations remove their sandboxes before returning.
+    ///
+    /// # Errors
+    ///
+    /// [`RunError::Cleanup`] for the first sandbox that could not be removed.
+    pub fn shutdown(&self) -> Result<(), RunError> {
+        let mut failures = self.inner.remover.finish();
+        for root in std::iter::once(&self.inner.disk_root).chain(&self.inner.memory_root) {
+            if let Err(err) = root.remove_empty_tenants() {
+                failures.push((root.path().to_owned(), err));
+            }
+        }
+        match failures.into_iter().next() {
+            Some((path, source)) => Err(RunError::Cleanup { path, source }),
+            None => Ok(()),
+        }
+    }
+
+    /// The disk root this runner creates sandboxes in.
     #[must_use]
     pub fn sandbox_root(&self) -> &SandboxRoot {
-        &self.inner.root
+        &self.inner.disk_root
+    }
+
+    /// Removes the sandboxes of dead hosts from both roots (see
+    /// [`SandboxRoot::sweep`]).
+    ///
+    /// # Errors
+    ///
+    /// When a root cannot be listed.
+    pub fn sweep(&self) -> io::Result<Sweep> {
+        let mut sweep = self.inner.disk_root.sweep()?;
+        if let Some(memory_root) = &self.inner.memory_root {
+            sweep.absorb(memory_root.sweep()?);
+        }
+        Ok(sweep)
+    }
+
+    /// The memory-backed root of spooled inputs, when spooling is on.
+    #[must_use]
+    pub fn memory_root(&self) -> Option<&SandboxRoot> {
+        self.inner.memory_root.as_ref()
     }
 
     /// Compiles a component and checks it implements `orders:pipeline`.
@@ -191,7 +453,15 @@ impl Runner {
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Component, RunError> {
         let started = Instant::now();
         let invalid = |reason: String| RunError::ComponentInvalid { name: name.to_owned(), reason };
-        let component = WasmComponent::new(&self.inner.engine, bytes).map_err(|err| invalid(format!("{err:#}")))?;
+        let component = match &self.inner.cache {
+            Some(cache) => {
+                let (component, status) =
+                    cache.load_or_compile(&self.inner.engine, bytes).map_err(|err| invalid(format!("{err:#}")))?;
+                tracing::debug!(component = name, ?status, "code cache");
+                component
+            }
+            None => WasmComponent::new(&self.inner.engine, bytes).map_err(|err| invalid(format!("{err:#}")))?,
+        };
         let instance_pre = self
             .inner
             .linker
@@ -223,36 +493,74 @@ impl Runner {
     }
 
     /// Runs `component` on `input` in a fresh sandbox under `limits`, and
-    /// delivers the outputs to `destination`. The sandbox is removed on every
-    /// path; if this future is dropped (Ctrl-C), dropping it removes it too.
+    /// delivers the outputs to `destination`: [`Runner::invoke`] without a
+    /// tenant.
+    ///
+    /// # Errors
+    ///
+    /// As [`Runner::invoke`].
+    pub async fn run(
+        &self,
+        component: &Component,
+        input: Input,
+        limits: &Limits,
+        destination: &Destination,
+    ) -> Result<RunOutcome, RunError> {
+        self.invoke(Invocation::new(component, input).limits(*limits).destination(destination.clone())).await
+    }
+
+    /// Runs one invocation in a fresh sandbox: waits for (or, failing fast,
+    /// refuses) a slot within the overall and the tenant's bound, spools a
+    /// small input into a memory-backed sandbox, runs the guest under the
+    /// limits, delivers the outputs, and removes the sandbox on every path.
+    /// If this future is dropped (Ctrl-C), dropping it removes the sandbox.
     ///
     /// # Errors
     ///
     /// A [`RunError`] naming the failure class; nothing is delivered then.
-    pub async fn run(
-        &self,
-        component: &Component,
-        input: &Input,
-        limits: &Limits,
-        destination: &Destination,
-    ) -> Result<RunOutcome, RunError> {
+    pub async fn invoke(&self, invocation: Invocation<'_>) -> Result<RunOutcome, RunError> {
         let started = Instant::now();
-        if limits.fuel.is_some() && !self.inner.fuel_metering {
+        let Invocation { component, input, tenant: tenant_id, limits, destination, admission, progress } = invocation;
+        let tenant = tenant_id.as_deref().map(|id| self.tenant(id)).transpose()?;
+        let limits = limits
+            .or_else(|| tenant.as_ref().and_then(|t| *t.limits.lock().unwrap_or_else(PoisonError::into_inner)))
+            .unwrap_or_default();
+        if limits.fuel.is_some() && !self.inner.config.fuel_metering {
             return Err(RunError::Host("a fuel limit needs a runner built with fuel metering".into()));
         }
-        let sandbox = self.inner.root.create().map_err(RunError::Sandbox)?;
-        let created = started.elapsed();
-        tracing::info!(sandbox = %sandbox.path().display(), component = component.name(), "run started");
 
-        let result = self.run_in(&sandbox, component, input, limits, destination).await;
+        // The tenant's slot first, so a tenant at its bound holds no global slot.
+        let busy = || RunError::Busy { tenant: tenant_id.clone() };
+        let _tenant_slot = match &tenant {
+            Some(tenant) => Some(acquire(&tenant.slots, admission).await.ok_or_else(busy)?),
+            None => None,
+        };
+        let _slot = acquire(&self.inner.slots, admission).await.ok_or_else(busy)?;
+
+        let staged = stage_input(input, self.inner.config.spool_threshold)?;
+        let spooled = staged.fits_in_memory && self.inner.memory_root.is_some();
+        let root = match (&tenant, spooled) {
+            (Some(tenant), true) => tenant.memory_root.as_ref(),
+            (Some(tenant), false) => Some(&tenant.disk_root),
+            (None, true) => self.inner.memory_root.as_ref(),
+            (None, false) => Some(&self.inner.disk_root),
+        }
+        .unwrap_or(&self.inner.disk_root);
+        let sandbox = root.create().map_err(RunError::Sandbox)?;
+        let created = started.elapsed();
+        tracing::info!(sandbox = %sandbox.path().display(), component = component.name(), spooled, "run started");
+
+        let result = self.run_in(&sandbox, component, staged, &limits, &destination, progress).await;
 
         let removing = Instant::now();
         let path = sandbox.path().to_owned();
-        let removed = sandbox.close();
+        let removed = self.inner.remover.remove(sandbox);
         let removal = removing.elapsed();
         match (result, removed) {
             (Ok(mut outcome), Ok(())) => {
-                outcome.timings.sandbox_create = created;
+                outcome.tenant = tenant_id;
+                outcome.spooled = spooled;
+                outcome.timings.sandbox_create = created.saturating_sub(outcome.timings.input_copy);
                 outcome.timings.sandbox_remove = removal;
                 outcome.timings.total = started.elapsed();
                 tracing::info!(timings = ?outcome.timings, "run finished");
@@ -274,18 +582,22 @@ impl Runner {
         &self,
         sandbox: &Sandbox,
         component: &Component,
-        input: &Input,
+        input: StagedInput,
         limits: &Limits,
         destination: &Destination,
+        progress: Option<Arc<Progress>>,
     ) -> Result<RunOutcome, RunError> {
         let mut timings = Timings::default();
         let step = Instant::now();
-        copy_input(sandbox, input)?;
+        let input_bytes = copy_input(sandbox, input)?;
+        if let Some(progress) = &progress {
+            progress.set_total(input_bytes);
+        }
         timings.input_copy = step.elapsed();
 
         let step = Instant::now();
         let stderr = CappedStderr::new(limits.stderr_limit.bytes());
-        let mut store = self.new_store(sandbox, limits, &stderr)?;
+        let mut store = self.new_store(sandbox, limits, &stderr, progress)?;
         tracing::debug!("guest started");
         let call = async {
             let pipeline: Pipeline = component.pre.instantiate_async(&mut store).await?;
@@ -352,11 +664,13 @@ impl Runner {
         tracing::info!(outputs = ?files, "outputs collected");
 
         let step = Instant::now();
-        let delivered = outputs::deliver(&out, &files, destination)?;
+        let (delivered, files) = outputs::deliver(&out, &files, destination)?;
         timings.deliver = step.elapsed();
         tracing::info!(destination = ?destination, elapsed = ?timings.deliver, "outputs delivered");
 
         Ok(RunOutcome {
+            tenant: None,
+            spooled: false,
             report,
             outputs: files,
             delivered,
@@ -373,6 +687,7 @@ impl Runner {
         sandbox: &Sandbox,
         limits: &Limits,
         stderr: &CappedStderr,
+        progress: Option<Arc<Progress>>,
     ) -> Result<Store<GuestState>, RunError> {
         let sandbox_error = |err: io::Error| RunError::Sandbox(err);
         let preopens = vec![
@@ -401,12 +716,13 @@ impl Runner {
             limiter: MemoryLimiter::new(limits.memory.bytes()),
             preopens,
             quota: Quota::new(limits.disk_quota.bytes(), limits.max_files),
+            progress,
         };
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|state| &mut state.limiter);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
-        if self.inner.fuel_metering {
+        if self.inner.config.fuel_metering {
             let fuel = limits.fuel.unwrap_or(u64::MAX);
             store.set_fuel(fuel).map_err(|err| RunError::Host(format!("cannot set fuel: {err:#}")))?;
         }
@@ -414,32 +730,152 @@ impl Runner {
     }
 }
 
-fn copy_input(sandbox: &Sandbox, input: &Input) -> Result<(), RunError> {
+/// The input, opened and measured before a sandbox is chosen for it.
+struct StagedInput {
+    /// Read first (a small input entirely, a stream's first bytes).
+    head: Vec<u8>,
+    /// The rest, when there is more than `head`.
+    rest: Option<(Box<dyn Read + Send>, Option<PathBuf>)>,
+    /// Small enough to spool.
+    fits_in_memory: bool,
+}
+
+fn stage_input(input: Input, threshold: u64) -> Result<StagedInput, RunError> {
+    match input {
+        Input::Bytes(bytes) => {
+            let fits_in_memory = bytes.len() as u64 <= threshold;
+            Ok(StagedInput { head: bytes, rest: None, fits_in_memory })
+        }
+        Input::Path(path) => {
+            let unreadable = |source: io::Error| RunError::InputUnreadable { path: path.clone(), source };
+            // Ambient authority: the user named this file.
+            let file = std::fs::File::open(&path).map_err(unreadable)?;
+            let meta = file.metadata().map_err(unreadable)?;
+            if !meta.is_file() {
+                return Err(unreadable(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")));
+            }
+            let fits_in_memory = meta.len() <= threshold;
+            Ok(StagedInput { head: Vec::new(), rest: Some((Box::new(file), Some(path))), fits_in_memory })
+        }
+        Input::Reader(mut reader) => {
+            // Read one byte past the threshold to learn on which side it is.
+            let mut head = Vec::new();
+            let limit = threshold.saturating_add(1);
+            (&mut reader)
+                .take(limit)
+                .read_to_end(&mut head)
+                .map_err(|source| RunError::InputUnreadable { path: PathBuf::from("<reader>"), source })?;
+            let fits_in_memory = (head.len() as u64) < limit;
+            let rest = (!fits_in_memory).then_some((reader, None));
+            Ok(StagedInput { head, rest, fits_in_memory })
+        }
+    }
+}
+
+/// Writes the input into the sandbox (0600) and returns its size.
+fn copy_input(sandbox: &Sandbox, input: StagedInput) -> Result<u64, RunError> {
     let target_error =
         |err: io::Error| RunError::Sandbox(io::Error::new(err.kind(), format!("cannot copy the input in: {err}")));
     let input_dir = sandbox.open_dir(INPUT_DIR).map_err(target_error)?;
     let mut options = OpenOptions::new();
     options.write(true).create_new(true).mode(0o600);
-    match input {
-        Input::Path(path) => {
-            let unreadable = |source: io::Error| RunError::InputUnreadable { path: path.clone(), source };
-            // Ambient authority: the user named this file.
-            let mut source = std::fs::File::open(path).map_err(unreadable)?;
-            if !source.metadata().map_err(unreadable)?.is_file() {
-                return Err(unreadable(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")));
+    let mut target = input_dir.open_with(GUEST_INPUT_FILE, &options).map_err(target_error)?;
+    io::Write::write_all(&mut target, &input.head).map_err(target_error)?;
+    let mut copied = input.head.len() as u64;
+    if let Some((mut source, path)) = input.rest {
+        copied += io::copy(&mut source, &mut target).map_err(|err| {
+            // A read error is the input's fault; a full disk the sandbox's.
+            if err.kind() == io::ErrorKind::StorageFull {
+                target_error(err)
+            } else {
+                RunError::InputUnreadable { path: path.unwrap_or_else(|| "<reader>".into()), source: err }
             }
-            let mut target = input_dir.open_with(GUEST_INPUT_FILE, &options).map_err(target_error)?;
-            io::copy(&mut source, &mut target).map_err(|err| {
-                // A read error is the input's fault; a write error the sandbox's.
-                if err.kind() == io::ErrorKind::StorageFull { target_error(err) } else { unreadable(err) }
-            })?;
-        }
-        Input::Bytes(bytes) => {
-            let mut target = input_dir.open_with(GUEST_INPUT_FILE, &options).map_err(target_error)?;
-            io::Write::write_all(&mut target, bytes).map_err(target_error)?;
+        })?;
+    }
+    Ok(copied)
+}
+
+async fn acquire(slots: &Arc<Semaphore>, admission: Admission) -> Option<OwnedSemaphorePermit> {
+    match admission {
+        Admission::Wait => Arc::clone(slots).acquire_owned().await.ok(),
+        Admission::FailFast => Arc::clone(slots).try_acquire_owned().ok(),
+    }
+}
+
+fn build_engine(config: &RunnerConfig, max_concurrent: usize) -> Result<Engine, RunError> {
+    let mut wasm_config = Config::new();
+    wasm_config.epoch_interruption(true).consume_fuel(config.fuel_metering);
+    if config.pooling {
+        // Slots for every instance that may run at once; each reserves
+        // address space (not memory) for a 4 GiB linear memory.
+        let slots = u32::try_from(max_concurrent).unwrap_or(u32::MAX).saturating_add(1);
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(slots)
+            .total_core_instances(slots.saturating_mul(16))
+            .total_memories(slots.saturating_mul(4))
+            .total_tables(slots.saturating_mul(16))
+            .total_stacks(slots)
+            .max_memory_size(4 << 30);
+        let mut pooled = wasm_config.clone();
+        pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        match Engine::new(&pooled) {
+            Ok(engine) => return Ok(engine),
+            Err(err) => tracing::warn!("pooling allocator unavailable, allocating on demand: {err:#}"),
         }
     }
-    Ok(())
+    Engine::new(&wasm_config).map_err(|err| RunError::Host(format!("cannot build the engine: {err:#}")))
+}
+
+/// Removes sandboxes: inline, or on a background thread that
+/// [`Remover::finish`] waits for.
+struct Remover {
+    queue: Mutex<Option<mpsc::Sender<Sandbox>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<RemovalFailures>>>,
+}
+
+/// Sandboxes that could not be removed, with the reason.
+type RemovalFailures = Vec<(PathBuf, io::Error)>;
+
+impl Remover {
+    fn inline() -> Self {
+        Self { queue: Mutex::new(None), thread: Mutex::new(None) }
+    }
+
+    fn spawn() -> Result<Self, RunError> {
+        let (queue, sandboxes) = mpsc::channel::<Sandbox>();
+        let thread = std::thread::Builder::new()
+            .name("sandbox-remover".into())
+            .spawn(move || {
+                let mut failures = Vec::new();
+                for sandbox in sandboxes {
+                    let path = sandbox.path().to_owned();
+                    if let Err(err) = sandbox.close() {
+                        tracing::error!(sandbox = %path.display(), "cannot remove sandbox: {err}");
+                        failures.push((path, err));
+                    }
+                }
+                failures
+            })
+            .map_err(|err| RunError::Host(format!("cannot start the sandbox remover: {err}")))?;
+        Ok(Self { queue: Mutex::new(Some(queue)), thread: Mutex::new(Some(thread)) })
+    }
+
+    /// Removes `sandbox` now, or queues it when a remover thread runs.
+    fn remove(&self, sandbox: Sandbox) -> io::Result<()> {
+        let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        match queue.as_ref() {
+            Some(queue) => queue.send(sandbox).or_else(|unsent| unsent.0.close()),
+            None => sandbox.close(),
+        }
+    }
+
+    /// Stops taking sandboxes, waits for the queued ones to be removed, and
+    /// returns the failures.
+    fn finish(&self) -> RemovalFailures {
+        drop(self.queue.lock().unwrap_or_else(PoisonError::into_inner).take());
+        let thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take();
+        thread.map(|thread| thread.join().unwrap_or_default()).unwrap_or_default()
+    }
 }
 
 fn classify_trap(err: &wasmtime::Error, limits: &Limits, stderr: String) -> RunError {

@@ -8,6 +8,7 @@
 //!   sbx-<32 hex>/               0700 from the mkdir itself
 //!     input/                    0700, preopened read-only to the guest
 //!     out/                      0700, preopened read-write to the guest
+//!   tenant-<id>/                0700, a tenant's own root, laid out the same
 //! ```
 //!
 //! The lock file is created and locked *before* the folder exists and removed
@@ -36,6 +37,7 @@ pub const INPUT_DIR: &str = "input";
 pub const OUTPUT_DIR: &str = "out";
 
 const NAME_PREFIX: &str = "sbx-";
+const TENANT_PREFIX: &str = "tenant-";
 const LOCK_SUFFIX: &str = ".lock";
 /// Hex digits of randomness in a sandbox name: 128 bits from the OS RNG.
 const NAME_HEX_DIGITS: usize = 32;
@@ -44,6 +46,35 @@ fn private_dir_builder() -> DirBuilder {
     let mut builder = DirBuilder::new();
     builder.mode(0o700);
     builder
+}
+
+/// Creates `path` (and missing parents) 0700 if needed and opens it, refusing
+/// a folder that is not private: owned by another user, or writable by group
+/// or others. `what` names the folder and `remedy` ends the error message
+/// ("fix it with `chmod 700`, or {remedy}").
+///
+/// Ambient authority: this turns a path into a capability; callers reach
+/// everything below the folder through the returned handle. The check is made
+/// on the opened handle, so the folder checked is the folder used.
+pub(crate) fn open_private_dir(path: &Path, what: &str, remedy: &str) -> io::Result<Dir> {
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)?;
+    let dir = Dir::open_ambient_dir(path, cap_std::ambient_authority())?;
+    let meta = dir.dir_metadata()?;
+    let uid = rustix::process::getuid().as_raw();
+    let mode = cap_std::fs::MetadataExt::mode(&meta);
+    let owner = cap_std::fs::MetadataExt::uid(&meta);
+    if owner != uid || mode & 0o022 != 0 {
+        return Err(io::Error::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "{what} {} is not private (owner uid {owner}, mode {:o}); it must belong to uid {uid} \
+                 and not be writable by others: fix it with `chmod 700`, or {remedy}",
+                path.display(),
+                mode & 0o7777
+            ),
+        ));
+    }
+    Ok(dir)
 }
 
 /// The folder that holds every sandbox of this user (or of one tenant).
@@ -66,6 +97,14 @@ impl SandboxRoot {
         std::env::temp_dir().join(format!("orders-host-{}", rustix::process::getuid().as_raw()))
     }
 
+    /// The default memory-backed root, for spooled inputs:
+    /// `/dev/shm/orders-host-<uid>`, where `/dev/shm` exists.
+    #[must_use]
+    pub fn default_memory_path() -> Option<PathBuf> {
+        let shm = Path::new("/dev/shm");
+        shm.is_dir().then(|| shm.join(format!("orders-host-{}", rustix::process::getuid().as_raw())))
+    }
+
     /// Opens the root at `path`, creating it (and missing parents) 0700.
     ///
     /// This is the one place where the sandbox code uses ambient authority: a
@@ -77,23 +116,7 @@ impl SandboxRoot {
     /// owned by another user, or writable by group or others (anyone who can
     /// write the root could rename or replace a sandbox in it).
     pub fn open(path: &Path) -> io::Result<Self> {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)?;
-        let dir = Dir::open_ambient_dir(path, cap_std::ambient_authority())?;
-        let meta = dir.dir_metadata()?;
-        let uid = rustix::process::getuid().as_raw();
-        let mode = cap_std::fs::MetadataExt::mode(&meta);
-        let owner = cap_std::fs::MetadataExt::uid(&meta);
-        if owner != uid || mode & 0o022 != 0 {
-            return Err(io::Error::new(
-                ErrorKind::PermissionDenied,
-                format!(
-                    "sandbox root {} is not private (owner uid {owner}, mode {:o}); it must belong to uid {uid} \
-                     and not be writable by others: fix it with `chmod 700`, or choose another --sandbox-root",
-                    path.display(),
-                    mode & 0o7777
-                ),
-            ));
-        }
+        let dir = open_private_dir(path, "sandbox root", "choose another --sandbox-root")?;
         Ok(Self { dir: Arc::new(dir), path: path.to_owned() })
     }
 
@@ -101,6 +124,46 @@ impl SandboxRoot {
     #[must_use]
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The root of one tenant's sandboxes, `tenant-<id>` inside this one,
+    /// created 0700 when missing.
+    ///
+    /// # Errors
+    ///
+    /// When `tenant` is not 1-64 characters of `[A-Za-z0-9_-]`, or the folder
+    /// cannot be created or opened.
+    pub fn tenant(&self, tenant: &str) -> io::Result<Self> {
+        if !is_tenant_id(tenant) {
+            return Err(io::Error::new(
+                ErrorKind::InvalidInput,
+                format!("tenant id {tenant:?} must be 1-64 characters of A-Z, a-z, 0-9, `_` and `-`"),
+            ));
+        }
+        let name = format!("{TENANT_PREFIX}{tenant}");
+        match self.dir.create_dir_with(&name, &private_dir_builder()) {
+            Err(err) if err.kind() != ErrorKind::AlreadyExists => return Err(err),
+            _ => {}
+        }
+        let dir = self.dir.open_dir_nofollow(&name)?;
+        Ok(Self { dir: Arc::new(dir), path: self.path.join(name) })
+    }
+
+    /// Removes the tenant folders that hold nothing (after a shutdown).
+    ///
+    /// # Errors
+    ///
+    /// When the root cannot be listed.
+    pub fn remove_empty_tenants(&self) -> io::Result<()> {
+        for entry in self.dir.entries()? {
+            let name = entry?.file_name();
+            let is_tenant = name.to_str().and_then(|n| n.strip_prefix(TENANT_PREFIX)).is_some_and(is_tenant_id);
+            // Only an empty folder can be removed: a busy tenant keeps its own.
+            if is_tenant && self.dir.remove_dir(&name).is_ok() {
+                tracing::debug!(tenant = ?name, "empty tenant folder removed");
+            }
+        }
+        Ok(())
     }
 
     /// Creates a fresh sandbox: lock file first (created and locked), then the
@@ -171,6 +234,7 @@ impl SandboxRoot {
         let mut sweep = Sweep::default();
         let mut folders = Vec::new();
         let mut locks = Vec::new();
+        let mut tenants = Vec::new();
         for entry in self.dir.entries()? {
             let entry = entry?;
             let file_name = entry.file_name();
@@ -179,6 +243,16 @@ impl SandboxRoot {
                 locks.push(sandbox.to_owned());
             } else if is_sandbox_name(name) {
                 folders.push(name.to_owned());
+            } else if name.strip_prefix(TENANT_PREFIX).is_some_and(is_tenant_id) {
+                tenants.push(name.to_owned());
+            }
+        }
+        for name in tenants {
+            let tenant =
+                self.dir.open_dir_nofollow(&name).map(|dir| Self { dir: Arc::new(dir), path: self.path.join(&name) });
+            match tenant.and_then(|tenant| tenant.sweep()) {
+                Ok(inner) => sweep.absorb(inner),
+                Err(err) => sweep.failed.push((name, err)),
             }
         }
         for name in &locks {
@@ -241,6 +315,15 @@ pub struct Sweep {
     pub failed: Vec<(String, io::Error)>,
 }
 
+impl Sweep {
+    /// Adds another root's sweep to this one.
+    pub fn absorb(&mut self, other: Self) {
+        self.removed.extend(other.removed);
+        self.live += other.live;
+        self.failed.extend(other.failed);
+    }
+}
+
 fn random_name() -> io::Result<String> {
     Ok(format!("{NAME_PREFIX}{}", random_hex()?))
 }
@@ -261,6 +344,10 @@ pub(crate) fn random_hex() -> io::Result<String> {
 fn is_sandbox_name(name: &str) -> bool {
     name.strip_prefix(NAME_PREFIX)
         .is_some_and(|hex| hex.len() == NAME_HEX_DIGITS && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn is_tenant_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn lock_name(name: &str) -> String {
@@ -510,6 +597,24 @@ mod tests {
         assert!(live.path().is_dir(), "a live sandbox survives the sweep");
         assert!(stray.is_dir(), "entries that are not sandboxes are never touched");
         live.close().expect("close");
+        std::fs::remove_dir_all(base).expect("cleanup");
+    }
+
+    #[test]
+    fn tenants_get_their_own_folder_and_the_sweep_reaches_into_it() {
+        let (base, root) = scratch_root();
+        let tenant = root.tenant("acme_1").expect("tenant");
+        assert!(root.tenant("../etc").is_err(), "tenant ids are plain names");
+        assert!(root.tenant("").is_err());
+        let dead = tenant.create().expect("create");
+        let mut dead = dead;
+        dead.lock = None;
+        dead.dir = None;
+        std::mem::forget(dead);
+        let sweep = root.sweep().expect("sweep");
+        assert_eq!(sweep.removed.len(), 1);
+        root.remove_empty_tenants().expect("tidy");
+        assert!(entries(root.path()).is_empty());
         std::fs::remove_dir_all(base).expect("cleanup");
     }
 

@@ -1,12 +1,18 @@
 //! The `host` command: a thin shell over the `host` library.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use host::{ByteSize, Destination, Input, Limits, Outcome, RunError, RunOutcome, Runner, RunnerConfig, format_cents};
+use host::sandbox::{SandboxRoot, Sweep};
+use host::{
+    ByteSize, Destination, Input, Invocation, Limits, Outcome, Progress, RunError, RunOutcome, Runner, RunnerConfig,
+    format_cents,
+};
 
 /// The exit codes, for `--help` (kept in step with `Outcome::exit_code`).
 fn exit_code_table() -> String {
@@ -47,6 +53,10 @@ struct RootArgs {
     /// Folder that holds the sandboxes [default: orders-host-<uid> in the temp folder].
     #[arg(long, value_name = "DIR")]
     sandbox_root: Option<PathBuf>,
+
+    /// Memory-backed folder for the sandboxes of small inputs [default: /dev/shm/orders-host-<uid>].
+    #[arg(long, value_name = "DIR")]
+    memory_root: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -55,7 +65,8 @@ struct RunArgs {
     #[arg(value_name = "FILES", num_args = 1..=2, required = true)]
     files: Vec<PathBuf>,
 
-    /// Output folder [default: <input stem>.out beside the input].
+    /// Output folder [default: <input stem>.out beside the input]; a name
+    /// ending in `.tar` gets one tar archive instead.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
 
@@ -66,6 +77,19 @@ struct RunArgs {
     /// Print the report (or the failure) as JSON on stdout.
     #[arg(long)]
     json: bool,
+
+    /// Inputs up to this size never touch the disk: their sandbox lives in
+    /// the memory root. 0 turns this off.
+    #[arg(long, value_name = "SIZE", default_value = "1MiB")]
+    spool_threshold: ByteSize,
+
+    /// Folder of the compiled-code cache [default: ~/.cache/orders-host].
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Compile the component in memory only.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
 
     #[command(flatten)]
     root: RootArgs,
@@ -164,16 +188,28 @@ fn run(args: &RunArgs) -> Result<RunOutcome, RunError> {
         [input, ..] => (None, input.clone()),
         [] => return Err(RunError::Host("no input file was given".into())),
     };
-    let destination = Destination::Folder {
-        path: args.out.clone().unwrap_or_else(|| host::default_output_folder(&input_path)),
-        force: args.force,
+    let out = args.out.clone().unwrap_or_else(|| host::default_output_folder(&input_path));
+    let destination = if out.extension().is_some_and(|ext| ext == "tar") {
+        Destination::Tar { path: out, force: args.force }
+    } else {
+        Destination::Folder { path: out, force: args.force }
     };
     let limits = Limits::from(&args.limits);
     // Fail fast on what can be checked before compiling anything.
-    std::fs::metadata(&input_path).map_err(|source| RunError::InputUnreadable { path: input_path.clone(), source })?;
+    let input_size = std::fs::metadata(&input_path)
+        .map_err(|source| RunError::InputUnreadable { path: input_path.clone(), source })?
+        .len();
     host::check_destination(&destination)?;
 
-    let config = RunnerConfig { sandbox_root: args.root.sandbox_root.clone(), fuel_metering: limits.fuel.is_some() };
+    let config = RunnerConfig {
+        sandbox_root: args.root.sandbox_root.clone(),
+        memory_root: args.root.memory_root.clone(),
+        spool_threshold: args.spool_threshold.bytes(),
+        fuel_metering: limits.fuel.is_some(),
+        max_concurrent: 1,
+        cache_dir: if args.no_cache { None } else { args.cache_dir.clone().or_else(host::CodeCache::default_path) },
+        ..RunnerConfig::default()
+    };
     let runner = Runner::new(&config)?;
     sweep_quietly(&runner);
     let component = match &component_path {
@@ -186,14 +222,49 @@ fn run(args: &RunArgs) -> Result<RunOutcome, RunError> {
         .enable_all()
         .build()
         .map_err(|err| RunError::Host(format!("cannot start the async runtime: {err}")))?;
+    let progress = Arc::new(Progress::default());
+    let invocation = Invocation::new(&component, Input::Path(input_path))
+        .limits(limits)
+        .destination(destination)
+        .progress(Arc::clone(&progress));
     runtime.block_on(async {
-        let input = Input::Path(input_path);
-        tokio::select! {
-            result = runner.run(&component, &input, &limits, &destination) => result,
+        let show_progress = std::io::stderr().is_terminal() && input_size >= PROGRESS_MIN_INPUT;
+        let bar = show_progress.then(|| tokio::spawn(draw_progress(progress)));
+        let result = tokio::select! {
+            result = runner.invoke(invocation) => result,
             // Dropping the run future drops its sandbox, which removes it.
             () = shutdown_signal() => Err(RunError::Interrupted),
+        };
+        if let Some(bar) = bar {
+            bar.abort();
+            eprint!("\r\x1b[K");
         }
+        result
     })
+}
+
+/// Inputs smaller than this finish before a progress bar would help.
+const PROGRESS_MIN_INPUT: u64 = 16 << 20;
+
+/// Redraws one line on stderr: bytes read, rows/s and ETA, from what the guest
+/// has read of its input so far.
+async fn draw_progress(progress: Arc<Progress>) {
+    let started = std::time::Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        ticker.tick().await;
+        let (read, total, lines) = (progress.bytes_read(), progress.total_bytes(), progress.lines_read());
+        let seconds = started.elapsed().as_secs_f64().max(0.001);
+        let percent = if total == 0 { 0.0 } else { read as f64 * 100.0 / total as f64 };
+        let rate = read as f64 / seconds;
+        let eta = if rate > 0.0 { total.saturating_sub(read) as f64 / rate } else { 0.0 };
+        eprint!(
+            "\r\x1b[K{percent:5.1}%  {:.1} / {:.1} MiB  {:.0} rows/s  ETA {eta:.0}s",
+            read as f64 / 1048576.0,
+            total as f64 / 1048576.0,
+            lines as f64 / seconds,
+        );
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM; never, if the handlers cannot be installed.
@@ -209,7 +280,7 @@ async fn shutdown_signal() {
 /// Every start cleans up after hosts that were killed; failures only warn,
 /// since this run does not depend on them.
 fn sweep_quietly(runner: &Runner) {
-    match runner.sandbox_root().sweep() {
+    match runner.sweep() {
         Ok(sweep) => {
             for (name, err) in sweep.failed {
                 tracing::warn!(sandbox = name, "cannot remove a sandbox left by a killed host: {err}");
@@ -220,10 +291,17 @@ fn sweep_quietly(runner: &Runner) {
 }
 
 fn sweep_command(args: &RootArgs) -> anyhow::Result<()> {
-    let path = args.sandbox_root.clone().unwrap_or_else(host::sandbox::SandboxRoot::default_path);
-    let root = host::sandbox::SandboxRoot::open(&path)
-        .with_context(|| format!("cannot open the sandbox root {}", path.display()))?;
-    let sweep = root.sweep().with_context(|| format!("cannot list the sandbox root {}", path.display()))?;
+    let disk = args.sandbox_root.clone().unwrap_or_else(SandboxRoot::default_path);
+    let memory = args.memory_root.clone().or_else(SandboxRoot::default_memory_path);
+    let mut sweep = Sweep::default();
+    for path in std::iter::once(disk).chain(memory) {
+        if !path.exists() {
+            continue;
+        }
+        let root =
+            SandboxRoot::open(&path).with_context(|| format!("cannot open the sandbox root {}", path.display()))?;
+        sweep.absorb(root.sweep().with_context(|| format!("cannot list the sandbox root {}", path.display()))?);
+    }
     println!("removed {} sandbox(es) of killed hosts, left {} of running hosts", sweep.removed.len(), sweep.live);
     if let Some((name, err)) = sweep.failed.first() {
         anyhow::bail!("{} sandbox(es) could not be removed, first {name}: {err}", sweep.failed.len());
@@ -245,15 +323,17 @@ fn print_summary(outcome: &RunOutcome) {
     for region in &report.regions {
         println!("  {:<width$}  {:>8} orders  {:>16}", region.region, region.orders, format_cents(region.total_cents));
     }
-    if let host::Delivered::Folder(path) = &outcome.delivered {
-        let names: Vec<&str> = outcome.outputs.iter().map(|f| f.name.as_str()).collect();
-        println!("outputs in {}: {}", path.display(), names.join(", "));
+    let names: Vec<&str> = outcome.outputs.iter().map(|f| f.name.as_str()).collect();
+    match &outcome.delivered {
+        host::Delivered::Folder(path) => println!("outputs in {}: {}", path.display(), names.join(", ")),
+        host::Delivered::Tar(path) => println!("outputs in the archive {}: {}", path.display(), names.join(", ")),
+        host::Delivered::Memory(_) => {}
     }
 }
 
 fn print_json_success(outcome: &RunOutcome) {
     let destination = match &outcome.delivered {
-        host::Delivered::Folder(path) => Some(path.display().to_string()),
+        host::Delivered::Folder(path) | host::Delivered::Tar(path) => Some(path.display().to_string()),
         host::Delivered::Memory(_) => None,
     };
     let value = serde_json::json!({
@@ -264,6 +344,8 @@ fn print_json_success(outcome: &RunOutcome) {
         "destination": destination,
         "peak_memory_bytes": outcome.peak_memory,
         "fuel_used": outcome.fuel_used,
+        "bytes_written": outcome.bytes_written,
+        "spooled": outcome.spooled,
         "timings_us": timings_json(&outcome.timings),
     });
     println!("{value:#}");

@@ -1,7 +1,7 @@
 //! The `host` binary: arguments, messages and exit codes.
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use crate::util::{Scratch, seven_rows};
@@ -9,8 +9,7 @@ use crate::util::{Scratch, seven_rows};
 fn host(scratch: &Scratch, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_host"))
         .args(args)
-        .arg("--sandbox-root")
-        .arg(scratch.sandbox_root())
+        .args(scratch.root_args())
         .env_remove("RUST_LOG")
         .output()
         .expect("the host binary starts")
@@ -21,7 +20,7 @@ fn stderr(output: &Output) -> String {
 }
 
 fn sandbox_root_is_empty(scratch: &Scratch) -> bool {
-    std::fs::read_dir(scratch.sandbox_root()).map(|mut entries| entries.next().is_none()).unwrap_or(true)
+    scratch.leftovers().is_empty()
 }
 
 #[test]
@@ -169,4 +168,34 @@ fn limit_flags_reject_figures_they_cannot_read() {
     assert!(stderr(&output).contains("256MiB"), "the error shows an accepted form: {}", stderr(&output));
     let output = host(&scratch, &["run", input.to_str().expect("utf-8"), "--timeout", "soon"]);
     assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn a_second_process_uses_the_compiled_code_cache_and_a_corrupt_entry_is_rebuilt() {
+    let scratch = Scratch::new("cli-cache");
+    let input = scratch.write("orders.csv", seven_rows());
+    let cache = scratch.join("cache");
+    let run = || {
+        let output = host(
+            &scratch,
+            &["run", input.to_str().expect("utf-8"), "--force", "--cache-dir", cache.to_str().expect("utf-8")],
+        );
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    };
+    let entries = || -> Vec<PathBuf> {
+        std::fs::read_dir(&cache).expect("cache folder").map(|e| e.expect("entry").path()).collect()
+    };
+    run();
+    let [entry] = entries().try_into().expect("one entry for the bundled pipeline");
+    let good = std::fs::read(&entry).expect("read entry");
+    run();
+    assert_eq!(std::fs::read(&entry).expect("read entry"), good, "a hit leaves the entry as it is");
+
+    let mut corrupt = good.clone();
+    let middle = corrupt.len() / 2;
+    corrupt[middle] ^= 0xff;
+    std::fs::write(&entry, &corrupt).expect("corrupt the entry");
+    run();
+    assert_eq!(std::fs::read(&entry).expect("read entry"), good, "the corrupt entry was rebuilt");
+    assert_eq!(std::fs::metadata(&cache).expect("stat").permissions().mode() & 0o777, 0o700);
 }

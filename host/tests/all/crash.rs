@@ -1,7 +1,7 @@
 //! Cleanup that survives the host: Ctrl-C and SIGTERM during a run, SIGKILL
 //! followed by a sweep, and a sweep beside a live host.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,8 +15,7 @@ fn start_sleeper(scratch: &Scratch, millis: &str) -> Child {
         .arg(&input)
         .arg("--out")
         .arg(scratch.join("out"))
-        .arg("--sandbox-root")
-        .arg(scratch.sandbox_root())
+        .args(scratch.root_args())
         .args(["--timeout", "10m"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -24,23 +23,11 @@ fn start_sleeper(scratch: &Scratch, millis: &str) -> Child {
         .expect("host starts")
 }
 
-fn sandboxes(root: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(root)
-        .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_dir()).collect())
-        .unwrap_or_default()
-}
-
-fn entries(root: &Path) -> Vec<String> {
-    std::fs::read_dir(root)
-        .map(|entries| entries.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default()
-}
-
 /// Waits until the guest is running: its sandbox holds `out/slept.txt`.
-fn wait_for_guest(root: &Path) -> PathBuf {
+fn wait_for_guest(scratch: &Scratch) -> PathBuf {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        if let Some(sandbox) = sandboxes(root).into_iter().find(|s| s.join("out/slept.txt").exists()) {
+        if let Some(sandbox) = scratch.running_sandbox().filter(|s| s.join("out/slept.txt").exists()) {
             return sandbox;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -54,12 +41,8 @@ fn signal(child: &Child, name: &str) {
 }
 
 fn sweep(scratch: &Scratch) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_host"))
-        .arg("sweep")
-        .arg("--sandbox-root")
-        .arg(scratch.sandbox_root())
-        .output()
-        .expect("sweep runs");
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_host")).arg("sweep").args(scratch.root_args()).output().expect("sweep runs");
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -67,12 +50,12 @@ fn sweep(scratch: &Scratch) -> String {
 fn interrupted_run_removes_its_sandbox(signal_name: &str) {
     let scratch = Scratch::new(&format!("sig{signal_name}"));
     let child = start_sleeper(&scratch, "3600000");
-    wait_for_guest(&scratch.sandbox_root());
+    wait_for_guest(&scratch);
     signal(&child, signal_name);
     let output = child.wait_with_output().expect("host exits");
     assert_eq!(output.status.code(), Some(130), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(String::from_utf8_lossy(&output.stderr).contains("interrupted"));
-    assert_eq!(entries(&scratch.sandbox_root()), Vec::<String>::new(), "the sandbox and its lock are gone");
+    assert_eq!(scratch.leftovers(), Vec::<String>::new(), "the sandbox and its lock are gone");
     assert!(!scratch.join("out").exists());
 }
 
@@ -90,44 +73,43 @@ fn sigterm_stops_the_run_and_removes_the_sandbox() {
 fn a_sweep_removes_the_sandbox_of_a_killed_host() {
     let scratch = Scratch::new("kill9");
     let mut child = start_sleeper(&scratch, "3600000");
-    let sandbox = wait_for_guest(&scratch.sandbox_root());
+    let sandbox = wait_for_guest(&scratch);
     signal(&child, "KILL");
     child.wait().expect("reaped");
     assert!(sandbox.exists(), "SIGKILL leaves the sandbox behind");
     let report = sweep(&scratch);
     assert!(report.contains("removed 1"), "{report}");
-    assert_eq!(entries(&scratch.sandbox_root()), Vec::<String>::new());
+    assert_eq!(scratch.leftovers(), Vec::<String>::new());
 }
 
 #[test]
 fn a_sweep_never_touches_the_sandbox_of_a_running_host() {
     let scratch = Scratch::new("live");
     let child = start_sleeper(&scratch, "2000");
-    let sandbox = wait_for_guest(&scratch.sandbox_root());
+    let sandbox = wait_for_guest(&scratch);
     let report = sweep(&scratch);
     assert!(report.contains("removed 0") && report.contains("left 1"), "{report}");
     assert!(sandbox.join("out/slept.txt").exists(), "the live sandbox is intact");
     let output = child.wait_with_output().expect("host exits");
     assert_eq!(output.status.code(), Some(0), "the live run finishes: {}", String::from_utf8_lossy(&output.stderr));
     assert!(scratch.join("out/slept.txt").exists());
-    assert_eq!(entries(&scratch.sandbox_root()), Vec::<String>::new());
+    assert_eq!(scratch.leftovers(), Vec::<String>::new());
 }
 
 #[test]
 fn the_next_host_start_sweeps_what_a_killed_host_left() {
     let scratch = Scratch::new("restart");
     let mut child = start_sleeper(&scratch, "3600000");
-    wait_for_guest(&scratch.sandbox_root());
+    wait_for_guest(&scratch);
     signal(&child, "KILL");
     child.wait().expect("reaped");
     let input = scratch.write("orders.csv", crate::util::seven_rows());
     let output = Command::new(env!("CARGO_BIN_EXE_host"))
         .arg("run")
         .arg(&input)
-        .arg("--sandbox-root")
-        .arg(scratch.sandbox_root())
+        .args(scratch.root_args())
         .output()
         .expect("host runs");
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(entries(&scratch.sandbox_root()), Vec::<String>::new(), "the dead host's sandbox was swept");
+    assert_eq!(scratch.leftovers(), Vec::<String>::new(), "the dead host's sandbox was swept");
 }

@@ -155,13 +155,13 @@ async fn outputs_larger_than_the_limit_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_the_guest_creates_are_owner_only() {
     let host = TestHost::new("guest-file-mode");
-    let root = host.scratch.sandbox_root();
     let (sleep, limits) = (host.component(programs::SLEEP), limits());
     let run = host.run_with(&sleep, b"1000", &limits);
     let watch = async {
         for _ in 0..400 {
-            let sandbox = std::fs::read_dir(&root).expect("list").filter_map(Result::ok).find(|e| e.path().is_dir());
-            if let Some(meta) = sandbox.and_then(|s| std::fs::metadata(s.path().join("out/slept.txt")).ok()) {
+            if let Some(meta) =
+                host.scratch.running_sandbox().and_then(|s| std::fs::metadata(s.join("out/slept.txt")).ok())
+            {
                 return meta.permissions().mode() & 0o777;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;

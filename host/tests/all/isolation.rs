@@ -53,7 +53,7 @@ async fn links_and_folders_planted_in_the_output_are_never_delivered() {
         .runner
         .run(
             &links,
-            &Input::Bytes(seven_rows()),
+            Input::Bytes(seven_rows()),
             &Limits::default(),
             &Destination::Folder { path: destination.clone(), force: false },
         )
@@ -84,16 +84,11 @@ async fn a_report_that_lies_about_its_outputs_is_refused() {
 async fn the_sandbox_is_private_while_the_guest_runs() {
     let host = TestHost::new("mode");
     let sleep = host.component(test_programs_artifacts::SLEEP);
-    let root = host.scratch.sandbox_root();
     let run = host.run_bytes(&sleep, b"1500");
     let watch = async {
         for _ in 0..200 {
-            let found = std::fs::read_dir(&root)
-                .expect("list root")
-                .filter_map(Result::ok)
-                .map(|entry| entry.path())
-                .find(|path| path.is_dir());
-            if let Some(sandbox) = found {
+            if let Some(sandbox) = host.scratch.running_sandbox() {
+                let root = sandbox.parent().expect("root").to_owned();
                 let mode = |path: &Path| std::fs::metadata(path).expect("stat").permissions().mode() & 0o777;
                 let name = sandbox.file_name().expect("name").to_string_lossy().into_owned();
                 let hex = name.strip_prefix("sbx-").expect("prefix");
@@ -114,13 +109,11 @@ async fn the_sandbox_is_private_while_the_guest_runs() {
 async fn the_input_copy_is_owner_only() {
     let host = TestHost::new("input-mode");
     let sleep = host.component(test_programs_artifacts::SLEEP);
-    let root = host.scratch.sandbox_root();
     let run = host.run_bytes(&sleep, b"300");
     let watch = async {
         for _ in 0..500 {
-            let sandbox = std::fs::read_dir(&root).expect("list").filter_map(Result::ok).find(|e| e.path().is_dir());
-            if let Some(sandbox) = sandbox {
-                let input = sandbox.path().join("input/input.csv");
+            if let Some(sandbox) = host.scratch.running_sandbox() {
+                let input = sandbox.join("input/input.csv");
                 if let Ok(meta) = std::fs::metadata(&input) {
                     return meta.permissions().mode() & 0o777;
                 }

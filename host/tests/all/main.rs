@@ -4,6 +4,7 @@
 
 mod cli;
 mod crash;
+mod embedding;
 mod hostile;
 mod isolation;
 mod pipeline;

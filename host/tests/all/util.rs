@@ -34,6 +34,45 @@ impl Scratch {
     pub fn sandbox_root(&self) -> PathBuf {
         self.join("sandboxes")
     }
+
+    /// Stands in for `/dev/shm` in tests, so every run's sandbox is in this
+    /// scratch folder, whichever root it takes.
+    pub fn memory_root(&self) -> PathBuf {
+        self.join("memory")
+    }
+
+    /// Both roots, for `host` command lines.
+    pub fn root_args(&self) -> [std::ffi::OsString; 4] {
+        ["--sandbox-root".into(), self.sandbox_root().into(), "--memory-root".into(), self.memory_root().into()]
+    }
+
+    /// Every entry under both roots (tenant folders included), by path.
+    pub fn leftovers(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for root in [self.sandbox_root(), self.memory_root()] {
+            let mut pending = vec![root];
+            while let Some(dir) = pending.pop() {
+                let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+                for entry in entries {
+                    let path = entry.expect("entry").path();
+                    if path.is_dir() && !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("sbx-")) {
+                        pending.push(path.clone());
+                    }
+                    found.push(path.display().to_string());
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    /// The sandbox folder of a running guest, under either root.
+    pub fn running_sandbox(&self) -> Option<PathBuf> {
+        self.leftovers()
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|path| path.is_dir() && path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("sbx-")))
+    }
 }
 
 impl Drop for Scratch {
@@ -54,8 +93,18 @@ impl TestHost {
     }
 
     pub fn with_config(name: &str, fuel_metering: bool) -> Self {
+        Self::configured(name, |config| config.fuel_metering = fuel_metering)
+    }
+
+    /// A runner whose roots are in a fresh scratch folder, configured further by `adjust`.
+    pub fn configured(name: &str, adjust: impl FnOnce(&mut RunnerConfig)) -> Self {
         let scratch = Scratch::new(name);
-        let config = RunnerConfig { sandbox_root: Some(scratch.sandbox_root()), fuel_metering };
+        let mut config = RunnerConfig {
+            sandbox_root: Some(scratch.sandbox_root()),
+            memory_root: Some(scratch.memory_root()),
+            ..RunnerConfig::default()
+        };
+        adjust(&mut config);
         let runner = Runner::new(&config).expect("runner");
         Self { scratch, runner }
     }
@@ -69,11 +118,11 @@ impl TestHost {
     }
 
     pub async fn run_bytes(&self, component: &Component, input: &[u8]) -> Result<RunOutcome, RunError> {
-        self.runner.run(component, &Input::Bytes(input.to_vec()), &Limits::default(), &Destination::Memory).await
+        self.runner.run(component, Input::Bytes(input.to_vec()), &Limits::default(), &Destination::Memory).await
     }
 
     pub async fn run_with(&self, component: &Component, input: &[u8], limits: &Limits) -> Result<RunOutcome, RunError> {
-        self.runner.run(component, &Input::Bytes(input.to_vec()), limits, &Destination::Memory).await
+        self.runner.run(component, Input::Bytes(input.to_vec()), limits, &Destination::Memory).await
     }
 
     /// After an attack: nothing is left, and the host still runs a normal
@@ -85,18 +134,8 @@ impl TestHost {
         self.assert_root_empty();
     }
 
-    /// Entries left in the sandbox root: must be none between runs.
-    pub fn leftovers(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(self.scratch.sandbox_root())
-            .expect("list sandbox root")
-            .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
-
     pub fn assert_root_empty(&self) {
-        assert_eq!(self.leftovers(), Vec::<String>::new(), "the sandbox root must be empty");
+        assert_eq!(self.scratch.leftovers(), Vec::<String>::new(), "the sandbox roots must be empty");
     }
 }
 
@@ -107,7 +146,9 @@ pub fn files(outcome: &RunOutcome) -> std::collections::BTreeMap<String, String>
             .iter()
             .map(|(name, bytes)| (name.clone(), String::from_utf8(bytes.clone()).expect("outputs are UTF-8")))
             .collect(),
-        host::Delivered::Folder(path) => panic!("expected an in-memory delivery, got {}", path.display()),
+        host::Delivered::Folder(path) | host::Delivered::Tar(path) => {
+            panic!("expected an in-memory delivery, got {}", path.display())
+        }
     }
 }
 

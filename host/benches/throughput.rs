@@ -1,0 +1,578 @@
+//! Throughput and latency of the host, on this machine, in one run:
+//!
+//! 1. **Big export**: a 1,000,000-row dirty export (made at bench time by
+//!    `shared/tools/gen_orders.py --rows 1000000 --seed 7`) run by the `host`
+//!    binary as a process, against the same pipeline built natively
+//!    (`orders_pipeline::process_paths`, in a re-executed copy of this bench so
+//!    it has a process of its own): wall time, rows/s and peak RSS, best of 3.
+//! 2. **Tiny invocations through the library**: the seven-row example through
+//!    `Runner::run` with `Destination::Memory`, sequentially and from two
+//!    concurrent tasks sharing the runner: p50/p99 latency, invocations/s, and
+//!    where the time goes (`RunOutcome::timings`).
+//! 3. **Tiny invocation as a process**: `host run examples/orders.csv`, 20
+//!    times after a warm-up: p50 and mean wall time, start-up included.
+//!
+//! Run it with `cargo bench -p host --bench throughput`. Environment:
+//! `BENCH_ROWS` (rows of the big export, default 1000000), `BENCH_TINY`
+//! (library invocations per mode, default 5000), `ORDERS_SHARED_DIR` (the
+//! folder holding `tools/gen_orders.py`, default `../shared` beside the
+//! checkout).
+//!
+//! Peak RSS is read from `VmHWM` in `/proc/<pid>/status`, polled every 5 ms
+//! while the child runs: rustix (the workspace's safe syscall layer) has no
+//! `getrusage`/`wait4`, and the workspace denies unsafe code. The kernel keeps
+//! the high-water mark itself, so polling only misses growth in the last
+//! few milliseconds before exit.
+
+#![forbid(unsafe_code)]
+
+use std::error::Error;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Read as _;
+use std::os::unix::fs::DirBuilderExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use host::{Destination, Input, Limits, RunError, Runner, RunnerConfig, Timings};
+
+type BenchResult<T> = Result<T, Box<dyn Error>>;
+
+/// Set (to `native`) when this bench re-executes itself to run the native pipeline.
+const CHILD_ENV: &str = "THROUGHPUT_CHILD";
+const RUNS: usize = 3;
+const TINY_WARM_UP: usize = 500;
+const PROCESS_RUNS: usize = 20;
+const RSS_POLL: Duration = Duration::from_millis(5);
+
+// Targets.
+const MAX_WASM_NATIVE_RATIO: f64 = 1.2;
+const MAX_HOST_RSS_BYTES: u64 = 120_000_000;
+const MAX_TINY_P50: Duration = Duration::from_micros(200);
+const MIN_TINY_RATE_2_WORKERS: f64 = 8_000.0;
+
+fn main() -> Result<(), Box<dyn Error>> {
+    if let Ok(mode) = std::env::var(CHILD_ENV) {
+        return child_main(&mode);
+    }
+    let rows: u64 = env_number("BENCH_ROWS", 1_000_000)?;
+    let tiny: usize = env_number("BENCH_TINY", 5_000)?;
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let shared = std::env::var_os("ORDERS_SHARED_DIR").map_or_else(|| repo.join("../shared"), PathBuf::from);
+    let example = repo.join("examples/orders.csv");
+
+    let scratch = Scratch::new()?;
+    println!("throughput bench: host {}, scratch {}", env!("CARGO_BIN_EXE_host"), scratch.path().display());
+    big_export(&scratch, &shared, rows)?;
+    tiny_library(&scratch, &example, tiny)?;
+    tiny_process(&scratch, &example)?;
+    println!(
+        "\nreproduce: cargo bench -p host --bench throughput   (env BENCH_ROWS={rows} BENCH_TINY={tiny} \
+         ORDERS_SHARED_DIR={})",
+        shared.display()
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// 1. Big export
+
+fn big_export(scratch: &Scratch, shared: &Path, rows: u64) -> BenchResult<()> {
+    println!("\n== 1. Big export: {rows} rows, `host run` (wasm) vs orders_pipeline (native), best of {RUNS} ==");
+    let generator = shared.join("tools/gen_orders.py");
+    let input = scratch.path().join("orders-big.csv");
+    let started = Instant::now();
+    let file = fs::File::create(&input).map_err(|err| format!("cannot create {}: {err}", input.display()))?;
+    let status = Command::new("python3")
+        .arg(&generator)
+        .args(["--rows", &rows.to_string(), "--seed", "7"])
+        .stdout(file)
+        .status()
+        .map_err(|err| format!("cannot start python3 {}: {err}", generator.display()))?;
+    if !status.success() {
+        return Err(format!("{} failed: {status}", generator.display()).into());
+    }
+    let input_bytes = fs::metadata(&input)?.len();
+    println!(
+        "input: {} ({:.1} MB), generated in {:.1} s",
+        input.display(),
+        mb(input_bytes),
+        started.elapsed().as_secs_f64()
+    );
+
+    let mut table = Table::new(["run", "wall", "rows/s", "peak RSS", "notes"]);
+    let mut wasm = Vec::new();
+    for run in 1..=RUNS {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_host"));
+        command.arg("run").arg(&input).arg("--out").arg(scratch.path().join("out")).arg("--force");
+        command.arg("--sandbox-root").arg(scratch.path().join("sandboxes")).arg("--json");
+        let measured = measure_child(&mut command)?;
+        let json: serde_json::Value = serde_json::from_str(&measured.stdout)
+            .map_err(|err| format!("host run --json printed something else ({err}): {}", measured.stdout))?;
+        let timing = |name: &str| json["timings_us"][name].as_u64().map_or(Duration::ZERO, Duration::from_micros);
+        let guest = timing("guest");
+        let notes = format!(
+            "in-host total {}, of which guest {}, input copy {}, deliver {}",
+            secs(timing("total")),
+            secs(guest),
+            secs(timing("input_copy")),
+            secs(timing("deliver"))
+        );
+        table.row([
+            format!("wasm #{run}"),
+            secs(measured.wall),
+            rate(rows, measured.wall),
+            rss(measured.peak_rss),
+            notes,
+        ]);
+        wasm.push((measured, guest));
+    }
+
+    let mut native = Vec::new();
+    for run in 1..=RUNS {
+        let out = scratch.path().join(format!("native-out-{run}"));
+        fs::create_dir(&out).map_err(|err| format!("cannot create {}: {err}", out.display()))?;
+        let mut command = Command::new(std::env::current_exe()?);
+        command.env(CHILD_ENV, "native").arg(&input).arg(&out);
+        let measured = measure_child(&mut command)?;
+        fs::remove_dir_all(&out).map_err(|err| format!("cannot remove {}: {err}", out.display()))?;
+        let child = NativeChild::parse(&measured.stdout)?;
+        if child.rows != rows {
+            return Err(format!("the native pipeline saw {} rows, not {rows}", child.rows).into());
+        }
+        // The child's own reading at exit is exact; the poll may miss the last few ms.
+        let peak = measured.peak_rss.max(child.peak_rss);
+        let notes = format!("in-process process_paths {}", secs(child.elapsed));
+        table.row([format!("native #{run}"), secs(measured.wall), rate(rows, measured.wall), rss(peak), notes]);
+        native.push((measured.wall, child.elapsed, peak));
+    }
+    table.print();
+
+    let best_wasm = wasm.iter().map(|(m, _)| m.wall).min().unwrap_or_default();
+    let best_guest = wasm.iter().map(|(_, guest)| *guest).min().unwrap_or_default();
+    let wasm_rss = wasm.iter().map(|(m, _)| m.peak_rss).max().unwrap_or_default();
+    let best_native = native.iter().map(|(wall, _, _)| *wall).min().unwrap_or_default();
+    let best_native_inner = native.iter().map(|(_, inner, _)| *inner).min().unwrap_or_default();
+    let native_rss = native.iter().map(|(_, _, peak)| *peak).max().unwrap_or_default();
+    let ratio = best_wasm.as_secs_f64() / best_native.as_secs_f64();
+    let guest_ratio = best_guest.as_secs_f64() / best_native_inner.as_secs_f64();
+
+    println!();
+    let mut summary = Table::new(["figure", "value", "target", "verdict"]);
+    summary.row(["wasm (host run) wall, best".into(), secs(best_wasm), String::new(), String::new()]);
+    summary.row(["wasm rows/s".into(), rate(rows, best_wasm), String::new(), String::new()]);
+    summary.row(["native (process) wall, best".into(), secs(best_native), String::new(), String::new()]);
+    summary.row(["native rows/s".into(), rate(rows, best_native), String::new(), String::new()]);
+    summary.row([
+        "time ratio wasm/native (process walls)".into(),
+        format!("{ratio:.2}x"),
+        format!("<= {MAX_WASM_NATIVE_RATIO:.1}x"),
+        verdict(ratio <= MAX_WASM_NATIVE_RATIO).into(),
+    ]);
+    summary.row([
+        "  guest only / process_paths only".into(),
+        format!("{guest_ratio:.2}x"),
+        "(info)".into(),
+        String::new(),
+    ]);
+    summary.row([
+        "host peak RSS (max of runs)".into(),
+        rss(wasm_rss),
+        format!("< {:.0} MB", mb(MAX_HOST_RSS_BYTES)),
+        verdict(wasm_rss < MAX_HOST_RSS_BYTES).into(),
+    ]);
+    summary.row(["native peak RSS (max of runs)".into(), rss(native_rss), "(info)".into(), String::new()]);
+    summary.print();
+    println!("(RSS: VmHWM polled every {} ms; 1 MB = 10^6 bytes)", RSS_POLL.as_millis());
+    Ok(())
+}
+
+/// What the native child prints on stdout, one `key=value` per field.
+#[derive(Debug)]
+struct NativeChild {
+    rows: u64,
+    elapsed: Duration,
+    peak_rss: u64,
+}
+
+impl NativeChild {
+    fn parse(stdout: &str) -> BenchResult<Self> {
+        let field = |key: &str| -> BenchResult<u64> {
+            let value = stdout
+                .split_whitespace()
+                .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+                .ok_or_else(|| format!("the native child printed no {key}: {stdout:?}"))?;
+            Ok(value.parse()?)
+        };
+        Ok(Self {
+            rows: field("rows")?,
+            elapsed: Duration::from_nanos(field("elapsed_ns")?),
+            peak_rss: field("vmhwm_kib")? * 1024,
+        })
+    }
+}
+
+/// The re-executed bench: runs the native pipeline once and reports.
+fn child_main(mode: &str) -> Result<(), Box<dyn Error>> {
+    if mode != "native" {
+        return Err(format!("{CHILD_ENV}={mode}: unknown mode (expected `native`)").into());
+    }
+    let args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
+    let [input, out] = args.as_slice() else {
+        return Err(format!("{CHILD_ENV}=native expects INPUT OUT_DIR, got {args:?}").into());
+    };
+    let started = Instant::now();
+    let report = orders_pipeline::process_paths(input, out)?;
+    let elapsed = started.elapsed();
+    let peak_kib = read_vmhwm_kib(std::process::id()).ok_or("cannot read VmHWM from /proc/<pid>/status")?;
+    println!("rows={} elapsed_ns={} vmhwm_kib={peak_kib}", report.rows, elapsed.as_nanos());
+    Ok(())
+}
+
+/// A finished child: wall time from spawn to exit, peak RSS, stdout.
+#[derive(Debug)]
+struct Measured {
+    wall: Duration,
+    peak_rss: u64,
+    stdout: String,
+}
+
+/// Runs `command` to completion while a thread polls its `VmHWM`.
+fn measure_child(command: &mut Command) -> BenchResult<Measured> {
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let started = Instant::now();
+    let child: Child = command.spawn().map_err(|err| format!("cannot start {command:?}: {err}"))?;
+    let pid = child.id();
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut peak_kib = 0;
+            while !stop.load(Ordering::Relaxed) {
+                // A zombie has no VmHWM line: the last reading before exit stands.
+                peak_kib = peak_kib.max(read_vmhwm_kib(pid).unwrap_or(0));
+                std::thread::sleep(RSS_POLL);
+            }
+            peak_kib
+        })
+    };
+    let output = child.wait_with_output();
+    let wall = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let peak_kib = poller.join().map_err(|_| "the RSS poller panicked")?;
+    let output = output.map_err(|err| format!("cannot wait for {command:?}: {err}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{command:?} failed ({}): {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    Ok(Measured { wall, peak_rss: peak_kib * 1024, stdout: String::from_utf8(output.stdout)? })
+}
+
+/// `VmHWM` (peak resident set) of a process, in KiB; `None` once it has exited.
+fn read_vmhwm_kib(pid: u32) -> Option<u64> {
+    let mut status = String::new();
+    fs::File::open(format!("/proc/{pid}/status")).ok()?.read_to_string(&mut status).ok()?;
+    let line = status.lines().find_map(|line| line.strip_prefix("VmHWM:"))?;
+    line.trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+// ---------------------------------------------------------------------------
+// 2. Tiny invocations through the library
+
+fn tiny_library(scratch: &Scratch, example: &Path, n: usize) -> BenchResult<()> {
+    println!("\n== 2. Tiny invocations through the library: seven rows, Destination::Memory ==");
+    let bytes = fs::read(example).map_err(|err| format!("cannot read {}: {err}", example.display()))?;
+    let config = RunnerConfig { sandbox_root: Some(scratch.path().join("tiny-sandboxes")), ..RunnerConfig::default() };
+    println!("config: {config:?}; limits: Limits::default(); tokio multi-thread runtime, 2 workers");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runner = Runner::new(&config)?;
+    let component = runner.bundled()?;
+    let memory_root = runner.memory_root().map_or_else(|| "none".into(), |root| root.path().display().to_string());
+    println!("sandboxes: disk root {}, memory root {memory_root}", runner.sandbox_root().path().display());
+    let input: Arc<[u8]> = bytes.into();
+
+    let joined = |err: tokio::task::JoinError| RunError::Host(format!("a benchmark task failed: {err}"));
+    let (sequential, concurrent, wall_1, wall_2) = runtime.block_on(async {
+        // Every batch runs as a task, on the runtime's workers.
+        let batch = |count| tokio::spawn(invocations(runner.clone(), component.clone(), input.clone(), count));
+        batch(TINY_WARM_UP).await.map_err(joined)??;
+
+        let started = Instant::now();
+        let sequential = batch(n).await.map_err(joined)??;
+        let wall_1 = started.elapsed();
+
+        let started = Instant::now();
+        let tasks = [batch(n / 2), batch(n - n / 2)];
+        let mut concurrent = Batch::default();
+        for task in tasks {
+            let batch = task.await.map_err(joined)??;
+            concurrent.latencies.extend(batch.latencies);
+            concurrent.spooled += batch.spooled;
+            concurrent.wrong_rows += batch.wrong_rows;
+        }
+        let wall_2 = started.elapsed();
+        Ok::<_, RunError>((sequential, concurrent, wall_1, wall_2))
+    })?;
+    drop(runtime);
+    // Waits for sandboxes queued for background removal (when the config asks for it).
+    runner.shutdown()?;
+    if sequential.wrong_rows + concurrent.wrong_rows > 0 {
+        return Err("the seven-row example did not always report 7 rows".into());
+    }
+    println!(
+        "warm-up: {TINY_WARM_UP} invocations; then N = {n} per mode; spooled to the memory root: {} of {n} (1 worker), \
+         {} of {n} (2 workers)",
+        sequential.spooled, concurrent.spooled
+    );
+
+    let mut table = Table::new(["workers", "p50", "p99", "invocations/s", "p50 target", "rate target"]);
+    let timings = sequential.timings.clone();
+    for (workers, mut latencies, wall) in [(1, sequential.latencies, wall_1), (2, concurrent.latencies, wall_2)] {
+        latencies.sort_unstable();
+        let p50 = percentile(&latencies, 50.0);
+        let per_second = latencies.len() as f64 / wall.as_secs_f64();
+        let rate_target = if workers == 2 {
+            format!(">= {MIN_TINY_RATE_2_WORKERS:.0}/s {}", verdict(per_second >= MIN_TINY_RATE_2_WORKERS))
+        } else {
+            "(info)".into()
+        };
+        table.row([
+            workers.to_string(),
+            micros(p50),
+            micros(percentile(&latencies, 99.0)),
+            format!("{per_second:.0}/s"),
+            format!("<= {} {}", micros(MAX_TINY_P50), verdict(p50 <= MAX_TINY_P50)),
+            rate_target,
+        ]);
+    }
+    table.print();
+
+    println!("\nwhere the time goes, 1 worker (mean of RunOutcome::timings over {n} invocations):");
+    let mean = |d: Duration| micros(d / u32::try_from(n.max(1)).unwrap_or(u32::MAX));
+    let mut steps = Table::new(["step", "mean", "share of total"]);
+    let share = |d: Duration| format!("{:.0}%", 100.0 * d.as_secs_f64() / timings.total.as_secs_f64().max(1e-12));
+    for (name, value) in [
+        ("sandbox_create", timings.sandbox_create),
+        ("input_copy", timings.input_copy),
+        ("guest", timings.guest),
+        ("collect", timings.collect),
+        ("deliver", timings.deliver),
+        ("sandbox_remove", timings.sandbox_remove),
+        ("total", timings.total),
+    ] {
+        steps.row([name.into(), mean(value), share(value)]);
+    }
+    steps.print();
+    Ok(())
+}
+
+/// What a run of sequential invocations measured.
+#[derive(Debug, Default)]
+struct Batch {
+    /// Each invocation's latency, around `Runner::run`.
+    latencies: Vec<Duration>,
+    /// The sum of their `RunOutcome::timings`.
+    timings: Timings,
+    /// Invocations whose sandbox was on the memory root (spooled).
+    spooled: usize,
+    /// Invocations whose report did not say 7 rows.
+    wrong_rows: usize,
+}
+
+/// Runs `count` invocations of the seven-row example one after another.
+async fn invocations(
+    runner: Runner,
+    component: host::Component,
+    input: Arc<[u8]>,
+    count: usize,
+) -> Result<Batch, RunError> {
+    let limits = Limits::default();
+    let mut batch = Batch { latencies: Vec::with_capacity(count), ..Batch::default() };
+    for _ in 0..count {
+        // `run` takes the input by value; the copy of a few hundred bytes is made outside the timing.
+        let bytes = Input::Bytes(input.to_vec());
+        let started = Instant::now();
+        let outcome = runner.run(&component, bytes, &limits, &Destination::Memory).await?;
+        batch.latencies.push(started.elapsed());
+        let (sum, t) = (&mut batch.timings, &outcome.timings);
+        sum.sandbox_create += t.sandbox_create;
+        sum.input_copy += t.input_copy;
+        sum.guest += t.guest;
+        sum.collect += t.collect;
+        sum.deliver += t.deliver;
+        sum.sandbox_remove += t.sandbox_remove;
+        sum.total += t.total;
+        batch.spooled += usize::from(outcome.spooled);
+        batch.wrong_rows += usize::from(outcome.report.rows != 7);
+    }
+    Ok(batch)
+}
+
+// ---------------------------------------------------------------------------
+// 3. Tiny invocation as a process
+
+fn tiny_process(scratch: &Scratch, example: &Path) -> BenchResult<()> {
+    println!("\n== 3. Tiny invocation as a process: `host run examples/orders.csv`, {PROCESS_RUNS} runs ==");
+    let help = Command::new(env!("CARGO_BIN_EXE_host")).args(["run", "--help"]).output()?;
+    let cache = String::from_utf8_lossy(&help.stdout).contains("--cache-dir").then(|| scratch.path().join("cache"));
+    match &cache {
+        Some(dir) => println!("cache: --cache-dir {} (warmed by the first run)", dir.display()),
+        None => println!("cache: no cache (`host run --help` has no --cache-dir)"),
+    }
+    let command = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_host"));
+        command.arg("run").arg(example).arg("--out").arg(scratch.path().join("tiny-out")).arg("--force");
+        command.arg("--sandbox-root").arg(scratch.path().join("sandboxes"));
+        if let Some(dir) = &cache {
+            command.arg("--cache-dir").arg(dir);
+        }
+        command
+    };
+    let warm_up = measure_child(&mut command())?;
+    let mut walls = Vec::with_capacity(PROCESS_RUNS);
+    for _ in 0..PROCESS_RUNS {
+        walls.push(measure_child(&mut command())?.wall);
+    }
+    walls.sort_unstable();
+    let mean = walls.iter().sum::<Duration>() / u32::try_from(walls.len()).unwrap_or(u32::MAX);
+    let mut table = Table::new(["figure", "value"]);
+    table.row(["warm-up run wall".into(), millis(warm_up.wall)]);
+    table.row(["p50 wall".into(), millis(percentile(&walls, 50.0))]);
+    table.row(["mean wall".into(), millis(mean)]);
+    table.row(["min / max wall".into(), format!("{} / {}", millis(walls[0]), millis(walls[walls.len() - 1]))]);
+    table.row(["peak RSS (warm-up run)".into(), rss(warm_up.peak_rss)]);
+    table.print();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+/// A private scratch folder (0700), removed with everything in it on drop.
+#[derive(Debug)]
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> BenchResult<Self> {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.subsec_nanos();
+        let path = std::env::temp_dir().join(format!("host-throughput-{}-{nanos:08x}", std::process::id()));
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|err| format!("cannot create the scratch folder {}: {err}", path.display()))?;
+        Ok(Self(path))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Err(err) = fs::remove_dir_all(&self.0) {
+            eprintln!("warning: cannot remove the scratch folder {}: {err}", self.0.display());
+        }
+    }
+}
+
+/// A plain text table, columns padded to their widest cell.
+#[derive(Debug)]
+struct Table<const N: usize> {
+    rows: Vec<[String; N]>,
+}
+
+impl<const N: usize> Table<N> {
+    fn new(header: [&str; N]) -> Self {
+        Self { rows: vec![header.map(str::to_owned)] }
+    }
+
+    fn row(&mut self, row: [String; N]) {
+        self.rows.push(row);
+    }
+
+    fn print(&self) {
+        let mut widths = [0; N];
+        for row in &self.rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        for (index, row) in self.rows.iter().enumerate() {
+            let mut line = String::new();
+            for (column, (cell, width)) in row.iter().zip(widths).enumerate() {
+                // Text left, figures right; the last column is never padded.
+                let numeric = index > 0 && column > 0 && cell.starts_with(|c: char| c.is_ascii_digit());
+                match (column + 1 == N, numeric) {
+                    (true, _) => line.push_str(cell),
+                    (false, true) => {
+                        let _ = write!(line, "{cell:>width$}  ");
+                    }
+                    (false, false) => {
+                        let _ = write!(line, "{cell:<width$}  ");
+                    }
+                }
+            }
+            println!("  {}", line.trim_end());
+            if index == 0 {
+                let total = widths.iter().sum::<usize>() + 2 * (N - 1);
+                println!("  {}", "-".repeat(total));
+            }
+        }
+    }
+}
+
+fn env_number<T: std::str::FromStr>(name: &str, default: T) -> BenchResult<T>
+where
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(text) => text.trim().parse().map_err(|err| format!("{name}={text}: {err}").into()),
+        Err(_) => Ok(default),
+    }
+}
+
+/// Nearest-rank percentile of sorted samples.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn verdict(pass: bool) -> &'static str {
+    if pass { "PASS" } else { "MISS" }
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
+fn rss(bytes: u64) -> String {
+    format!("{:.1} MB", mb(bytes))
+}
+
+fn rate(rows: u64, wall: Duration) -> String {
+    format!("{:.0} rows/s", rows as f64 / wall.as_secs_f64())
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.3} s", d.as_secs_f64())
+}
+
+fn millis(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}

@@ -1,0 +1,512 @@
+//! A persistent cache of precompiled components, so that a second `host`
+//! process loads machine code instead of compiling the same component again.
+//!
+//! Layout of the cache folder (0700, owned by this user, checked on open):
+//!
+//! ```text
+//! <cache>/
+//!   <64 hex: sha256 of the component>-<16 hex: engine digest>.cwasm   0600
+//!   .tmp-<32 hex>                                                     0600, an entry being written
+//! ```
+//!
+//! An entry is a header followed by the payload, the artifact wasmtime
+//! produced for that component with that engine. All integers little-endian:
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  magic "ORDHCWSM"
+//!      8     4  format version (1)
+//!     12    32  sha256 of the component's bytes          } the key: must equal
+//!     44    32  engine digest (sha256 of its settings)    } the expected one
+//!     76     8  payload length in bytes
+//!     84    32  sha256 of the payload
+//!    116     …  payload
+//! ```
+//!
+//! The engine digest is sha256 over wasmtime's
+//! [`Engine::precompile_compatibility_hash`] (target, compiler flags,
+//! tunables such as fuel or epochs, wasm features, wasmtime version), so two
+//! engines with different settings never share an entry. An entry is used only
+//! when every header field checks out and the payload's sha256 matches; then
+//! wasmtime checks its own header and the engine's compatibility again while
+//! deserializing. Anything else (unreadable, truncated, corrupt, foreign, or
+//! refused by wasmtime) is compiled afresh and replaced, atomically (temp file,
+//! fsync, rename). Failing to write the cache never fails a load.
+
+// The one `unsafe` block of the crate, `Component::deserialize`, is below; the
+// crate root denies unsafe code everywhere else.
+#![allow(unsafe_code)]
+
+use std::ffi::OsString;
+use std::fmt;
+use std::hash::{Hash as _, Hasher};
+use std::io::{self, ErrorKind, Write as _};
+use std::path::{Path, PathBuf};
+
+use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt as _};
+use sha2::{Digest as _, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+use crate::sandbox::{open_private_dir, random_hex};
+
+const MAGIC: [u8; 8] = *b"ORDHCWSM";
+const FORMAT_VERSION: u32 = 1;
+const DIGEST_LEN: usize = 32;
+/// magic, version, component sha256, engine digest, payload length, payload sha256.
+const HEADER_LEN: usize = 8 + 4 + DIGEST_LEN + DIGEST_LEN + 8 + DIGEST_LEN;
+/// Hex digits of the engine digest in an entry's name (the header holds all of it).
+const ENGINE_NAME_HEX_DIGITS: usize = 16;
+const ENTRY_SUFFIX: &str = ".cwasm";
+const TEMP_PREFIX: &str = ".tmp-";
+
+/// How [`CodeCache::load_or_compile`] got its component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// A valid entry was loaded: nothing was compiled.
+    Hit,
+    /// There was no entry: the component was compiled and (best effort) stored.
+    Miss,
+    /// The entry was unreadable, corrupt or written for other engine settings:
+    /// the component was compiled and (best effort) stored in its place.
+    Rebuilt,
+}
+
+/// A folder of precompiled components, private to this user.
+pub struct CodeCache {
+    dir: Dir,
+    path: PathBuf,
+}
+
+impl fmt::Debug for CodeCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CodeCache").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl CodeCache {
+    /// The default cache folder: `$XDG_CACHE_HOME/orders-host`, else
+    /// `$HOME/.cache/orders-host`; `None` when neither variable is usable.
+    #[must_use]
+    pub fn default_path() -> Option<PathBuf> {
+        default_path_from(std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME"))
+    }
+
+    /// Opens the cache folder at `path`, creating it (and missing parents) 0700.
+    ///
+    /// This is the one place where the cache uses ambient authority: the path
+    /// becomes a capability, and every entry is reached through it.
+    ///
+    /// # Errors
+    ///
+    /// When the folder cannot be created or opened, or when it is not private:
+    /// owned by another user, or writable by group or others (anyone who can
+    /// write the folder could plant machine code that this process would run).
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let dir = open_private_dir(path, "code cache folder", "choose another cache folder")?;
+        Ok(Self { dir, path: path.to_owned() })
+    }
+
+    /// Where the cache is on disk (for messages and logs).
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Loads the component compiled from `bytes` for `engine` from the cache,
+    /// or compiles it and stores it for the next process.
+    ///
+    /// # Errors
+    ///
+    /// Only when `bytes` do not compile ([`Component::new`]'s error). Problems
+    /// with the cache itself are logged and end in a compile instead.
+    pub fn load_or_compile(&self, engine: &Engine, bytes: &[u8]) -> Result<(Component, CacheStatus), wasmtime::Error> {
+        let key = Key::new(engine, bytes);
+        let name = key.file_name();
+        let path = self.path.join(&name);
+        let status = match self.dir.read(&name) {
+            Ok(entry) => match load_entry(engine, &key, &entry) {
+                Ok(component) => {
+                    tracing::debug!(entry = %path.display(), "code cache hit");
+                    return Ok((component, CacheStatus::Hit));
+                }
+                Err(reason) => {
+                    tracing::warn!(entry = %path.display(), "bad code cache entry, rebuilding it: {reason}");
+                    CacheStatus::Rebuilt
+                }
+            },
+            Err(err) if err.kind() == ErrorKind::NotFound => CacheStatus::Miss,
+            Err(err) => {
+                tracing::warn!(entry = %path.display(), "cannot read code cache entry, rebuilding it: {err}");
+                CacheStatus::Rebuilt
+            }
+        };
+        let component = Component::new(engine, bytes)?;
+        // `serialize` returns the artifact `Engine::precompile_component` would
+        // produce, without compiling a second time.
+        let stored = component
+            .serialize()
+            .map_err(|err| io::Error::other(format!("cannot serialize the component: {err:#}")))
+            .and_then(|payload| self.write_entry(&name, &encode_header(&key, &payload), &payload));
+        match stored {
+            Ok(()) => tracing::debug!(entry = %path.display(), ?status, "code cache entry written"),
+            Err(err) => {
+                tracing::warn!(entry = %path.display(), "cannot write code cache entry: {err}");
+            }
+        }
+        Ok((component, status))
+    }
+
+    /// Writes `header` and `payload` to a fresh 0600 temp file in the cache
+    /// folder, syncs it, and renames it over `name`: readers see the old entry
+    /// or the new one, never half of one.
+    fn write_entry(&self, name: &str, header: &[u8], payload: &[u8]) -> io::Result<()> {
+        let temp = format!("{TEMP_PREFIX}{}", random_hex()?);
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true).mode(0o600);
+        let written = (|| {
+            let mut file = self.dir.open_with(&temp, &options)?;
+            file.write_all(header)?;
+            file.write_all(payload)?;
+            file.sync_all()?;
+            drop(file);
+            self.dir.rename(&temp, &self.dir, name)
+        })();
+        if written.is_err() {
+            // Best effort: the temp file may not even exist.
+            let _ = self.dir.remove_file(&temp);
+        }
+        written
+    }
+}
+
+fn default_path_from(xdg_cache_home: Option<OsString>, home: Option<OsString>) -> Option<PathBuf> {
+    // The XDG spec says to ignore a relative (or empty) $XDG_CACHE_HOME.
+    if let Some(base) = xdg_cache_home.map(PathBuf::from).filter(|p| p.is_absolute()) {
+        return Some(base.join("orders-host"));
+    }
+    home.filter(|home| !home.is_empty()).map(|home| PathBuf::from(home).join(".cache").join("orders-host"))
+}
+
+/// What an entry must have been written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Key {
+    component: [u8; DIGEST_LEN],
+    engine: [u8; DIGEST_LEN],
+}
+
+impl Key {
+    fn new(engine: &Engine, bytes: &[u8]) -> Self {
+        Self { component: Sha256::digest(bytes).into(), engine: engine_digest(engine) }
+    }
+
+    fn file_name(&self) -> String {
+        let engine = self.engine.get(..ENGINE_NAME_HEX_DIGITS / 2).unwrap_or(&self.engine);
+        format!("{}-{}{ENTRY_SUFFIX}", hex(&self.component), hex(engine))
+    }
+}
+
+/// sha256 over `engine.precompile_compatibility_hash()`: unlike
+/// `DefaultHasher`, stable from one process to the next.
+fn engine_digest(engine: &Engine) -> [u8; DIGEST_LEN] {
+    let mut hasher = Sha256Hasher(Sha256::new());
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    hasher.0.finalize().into()
+}
+
+/// A [`Hasher`] that feeds everything it is given to sha256.
+struct Sha256Hasher(Sha256);
+
+impl Hasher for Sha256Hasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        let digest: [u8; DIGEST_LEN] = self.0.clone().finalize().into();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(digest.get(..8).unwrap_or(&[0; 8]));
+        u64::from_le_bytes(first)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+    out
+}
+
+fn encode_header(key: &Key, payload: &[u8]) -> Vec<u8> {
+    let mut header = Vec::with_capacity(HEADER_LEN);
+    header.extend_from_slice(&MAGIC);
+    header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header.extend_from_slice(&key.component);
+    header.extend_from_slice(&key.engine);
+    header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    header.extend_from_slice(&Sha256::digest(payload));
+    debug_assert_eq!(header.len(), HEADER_LEN);
+    header
+}
+
+/// Checks an entry's header against `key` and its payload against the
+/// header, and returns the payload; the error says what is wrong.
+fn check_entry<'a>(key: &Key, entry: &'a [u8]) -> Result<&'a [u8], String> {
+    let truncated = || format!("truncated header ({} bytes)", entry.len());
+    let (magic, rest) = entry.split_first_chunk::<8>().ok_or_else(truncated)?;
+    if *magic != MAGIC {
+        return Err("not a cache entry (bad magic)".to_owned());
+    }
+    let (version, rest) = rest.split_first_chunk::<4>().ok_or_else(truncated)?;
+    let version = u32::from_le_bytes(*version);
+    if version != FORMAT_VERSION {
+        return Err(format!("format version {version}, expected {FORMAT_VERSION}"));
+    }
+    let (component, rest) = rest.split_first_chunk::<DIGEST_LEN>().ok_or_else(truncated)?;
+    if *component != key.component {
+        return Err("written for another component".to_owned());
+    }
+    let (engine, rest) = rest.split_first_chunk::<DIGEST_LEN>().ok_or_else(truncated)?;
+    if *engine != key.engine {
+        return Err("written by an engine with other settings".to_owned());
+    }
+    let (length, rest) = rest.split_first_chunk::<8>().ok_or_else(truncated)?;
+    let (checksum, payload) = rest.split_first_chunk::<DIGEST_LEN>().ok_or_else(truncated)?;
+    let length = u64::from_le_bytes(*length);
+    if payload.len() as u64 != length {
+        return Err(format!("payload is {} bytes, the header says {length}", payload.len()));
+    }
+    if Sha256::digest(payload).as_slice() != checksum {
+        return Err("payload checksum mismatch".to_owned());
+    }
+    Ok(payload)
+}
+
+fn load_entry(engine: &Engine, key: &Key, entry: &[u8]) -> Result<Component, String> {
+    let payload = check_entry(key, entry)?;
+    // SAFETY: `Component::deserialize` trusts its input to be an artifact that
+    // wasmtime produced, as it maps it as executable code. This payload is one:
+    // - it was written by `write_entry` from `Component::serialize` (the same
+    //   artifact as `Engine::precompile_component`) of an engine whose
+    //   compatibility hash has the same sha256 as `engine`'s (the header's key);
+    // - its integrity is verified: its length and sha256 match the header, over
+    //   exactly the bytes that were written after it;
+    // - the cache folder belongs to this user and is not writable by group or
+    //   others (checked on open), so no one else could have planted it;
+    // - wasmtime re-checks its own ELF header, the artifact kind and the
+    //   engine's settings, and returns an error (handled as a bad entry) on a
+    //   mismatch.
+    let component = unsafe { Component::deserialize(engine, payload) };
+    component.map_err(|err| format!("wasmtime refused it: {err:#}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BUNDLED_PIPELINE;
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::time::Instant;
+    use wasmtime::Config;
+
+    fn scratch() -> PathBuf {
+        std::env::temp_dir().join(format!("cache-unit-{}", random_hex().expect("rng")))
+    }
+
+    fn new_engine(fuel: bool) -> Engine {
+        let mut config = Config::new();
+        config.consume_fuel(fuel);
+        Engine::new(&config).expect("engine")
+    }
+
+    fn entry_path(cache: &CodeCache, engine: &Engine) -> PathBuf {
+        cache.path().join(Key::new(engine, BUNDLED_PIPELINE).file_name())
+    }
+
+    fn names(path: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(path)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn assert_usable(component: &Component, engine: &Engine) {
+        let exports = component.component_type().exports(engine).count();
+        assert!(exports > 0, "the pipeline exports something");
+    }
+
+    fn load(cache: &CodeCache, engine: &Engine) -> CacheStatus {
+        let (component, status) = cache.load_or_compile(engine, BUNDLED_PIPELINE).expect("loads");
+        assert_usable(&component, engine);
+        status
+    }
+
+    #[test]
+    fn miss_then_hit() {
+        let base = scratch();
+        let cache = CodeCache::open(&base.join("cache")).expect("open");
+        let engine = new_engine(false);
+
+        let started = Instant::now();
+        assert_eq!(load(&cache, &engine), CacheStatus::Miss);
+        let cold = started.elapsed();
+        let started = Instant::now();
+        assert_eq!(load(&cache, &engine), CacheStatus::Hit);
+        let hit = started.elapsed();
+        eprintln!("bundled pipeline: compile and store {cold:?}, cache hit {hit:?}");
+
+        let mode = std::fs::metadata(cache.path()).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let entry = entry_path(&cache, &engine);
+        let mode = std::fs::metadata(&entry).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let name = entry.file_name().expect("name").to_string_lossy().into_owned();
+        assert_eq!(names(cache.path()), vec![name.clone()], "no temp file left behind");
+        assert_eq!(name.len(), 64 + 1 + ENGINE_NAME_HEX_DIGITS + ENTRY_SUFFIX.len());
+
+        // Another handle on the same folder (as another process would have)
+        // with an identically configured engine hits too.
+        let again = CodeCache::open(cache.path()).expect("reopen");
+        assert_eq!(load(&again, &new_engine(false)), CacheStatus::Hit);
+        std::fs::remove_dir_all(base).expect("cleanup");
+    }
+
+    #[test]
+    fn corrupt_entries_are_rebuilt() {
+        let base = scratch();
+        let cache = CodeCache::open(&base.join("cache")).expect("open");
+        let engine = new_engine(false);
+        assert_eq!(load(&cache, &engine), CacheStatus::Miss);
+        let entry = entry_path(&cache, &engine);
+        let good = std::fs::read(&entry).expect("read");
+
+        let mut flipped_payload = good.clone();
+        *flipped_payload.last_mut().expect("payload") ^= 0x01;
+        let mut flipped_header = good.clone();
+        flipped_header[HEADER_LEN - 1] ^= 0x80;
+        let mut longer = good.clone();
+        longer.push(0);
+        let corruptions: [(&str, &[u8]); 6] = [
+            ("a byte flipped in the payload", &flipped_payload),
+            ("a byte flipped in the header", &flipped_header),
+            ("truncated in the payload", &good[..good.len() / 2]),
+            ("truncated in the header", &good[..HEADER_LEN / 2]),
+            ("empty", &[]),
+            ("a byte appended", &longer),
+        ];
+        for (what, bytes) in corruptions {
+            std::fs::write(&entry, bytes).expect("corrupt");
+            assert_eq!(load(&cache, &engine), CacheStatus::Rebuilt, "{what}");
+            assert_eq!(std::fs::read(&entry).expect("read"), good, "{what}: the entry is replaced");
+            assert_eq!(load(&cache, &engine), CacheStatus::Hit, "{what}");
+        }
+        assert_eq!(names(cache.path()).len(), 1, "no temp file left behind");
+        std::fs::remove_dir_all(base).expect("cleanup");
+    }
+
+    #[test]
+    fn foreign_entries_are_rebuilt() {
+        let base = scratch();
+        let cache = CodeCache::open(&base.join("cache")).expect("open");
+        let plain = new_engine(false);
+        let fuel = new_engine(true);
+        let plain_entry = entry_path(&cache, &plain);
+        let fuel_entry = entry_path(&cache, &fuel);
+        assert_ne!(plain_entry, fuel_entry, "the engine settings are part of the name");
+
+        // An entry of the fuel engine, copied over the name the plain engine
+        // expects: its header names the other engine.
+        assert_eq!(load(&cache, &fuel), CacheStatus::Miss);
+        std::fs::copy(&fuel_entry, &plain_entry).expect("copy");
+        assert_eq!(load(&cache, &plain), CacheStatus::Rebuilt);
+        assert_eq!(load(&cache, &plain), CacheStatus::Hit);
+        assert_eq!(load(&cache, &fuel), CacheStatus::Hit, "each engine keeps its own entry");
+
+        // A forged entry: a header that is right for the plain engine in every
+        // field, over the fuel engine's payload. Only wasmtime's own check can
+        // tell, and it does.
+        let fuel_bytes = std::fs::read(&fuel_entry).expect("read");
+        let payload = &fuel_bytes[HEADER_LEN..];
+        let key = Key::new(&plain, BUNDLED_PIPELINE);
+        let mut forged = encode_header(&key, payload);
+        forged.extend_from_slice(payload);
+        assert_eq!(check_entry(&key, &forged).expect("the header checks out"), payload);
+        std::fs::write(&plain_entry, &forged).expect("forge");
+        assert_eq!(load(&cache, &plain), CacheStatus::Rebuilt);
+        assert_eq!(load(&cache, &plain), CacheStatus::Hit);
+
+        // Same bytes under another component's key: refused by the header.
+        let other = Key { component: Sha256::digest(b"another component").into(), ..key };
+        assert!(check_entry(&other, &std::fs::read(&plain_entry).expect("read")).is_err());
+        std::fs::remove_dir_all(base).expect("cleanup");
+    }
+
+    #[test]
+    fn a_cache_folder_writable_by_others_is_refused() {
+        for mode in [0o777, 0o770, 0o702] {
+            let base = scratch();
+            std::fs::create_dir_all(&base).expect("mkdir");
+            std::fs::set_permissions(&base, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let err = CodeCache::open(&base).expect_err("not private");
+            assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+            assert!(err.to_string().contains("code cache folder") && err.to_string().contains("not private"), "{err}");
+            std::fs::remove_dir_all(base).expect("cleanup");
+        }
+    }
+
+    #[test]
+    fn an_unwritable_cache_still_loads() {
+        let engine = new_engine(false);
+
+        // A read-only folder. Root ignores permission bits, so there the write
+        // succeeds; the load must work either way.
+        let base = scratch();
+        let cache = CodeCache::open(&base).expect("open");
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o500)).expect("chmod");
+        assert_eq!(load(&cache, &engine), CacheStatus::Miss);
+        if !rustix::process::geteuid().is_root() {
+            assert!(names(&base).is_empty(), "nothing could be written");
+        }
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        std::fs::remove_dir_all(&base).expect("cleanup");
+
+        // A folder removed from under the open handle: no file can be created
+        // in it, not even by root.
+        let base = scratch();
+        let cache = CodeCache::open(&base).expect("open");
+        std::fs::remove_dir(&base).expect("rmdir");
+        assert_eq!(load(&cache, &engine), CacheStatus::Miss);
+        assert_eq!(load(&cache, &engine), CacheStatus::Miss, "still nothing stored");
+        assert!(!base.exists());
+
+        // An entry that cannot be read nor replaced (a folder in its place).
+        let base = scratch();
+        let cache = CodeCache::open(&base).expect("open");
+        std::fs::create_dir_all(entry_path(&cache, &engine).join("in-the-way")).expect("mkdir");
+        assert_eq!(load(&cache, &engine), CacheStatus::Rebuilt);
+        assert!(entry_path(&cache, &engine).is_dir(), "not replaced");
+        assert_eq!(names(&base).len(), 1, "no temp file left behind");
+        std::fs::remove_dir_all(base).expect("cleanup");
+    }
+
+    #[test]
+    fn default_path_follows_xdg() {
+        let path = |xdg: Option<&str>, home: Option<&str>| default_path_from(xdg.map(Into::into), home.map(Into::into));
+        assert_eq!(path(Some("/x/cache"), Some("/home/u")), Some(PathBuf::from("/x/cache/orders-host")));
+        assert_eq!(path(Some("relative"), Some("/home/u")), Some(PathBuf::from("/home/u/.cache/orders-host")));
+        assert_eq!(path(Some(""), Some("/home/u")), Some(PathBuf::from("/home/u/.cache/orders-host")));
+        assert_eq!(path(None, Some("/home/u")), Some(PathBuf::from("/home/u/.cache/orders-host")));
+        assert_eq!(path(None, None), None);
+        assert_eq!(path(None, Some("")), None);
+    }
+
+    #[test]
+    fn engine_digest_is_stable_and_tracks_settings() {
+        assert_eq!(engine_digest(&new_engine(false)), engine_digest(&new_engine(false)));
+        assert_ne!(engine_digest(&new_engine(false)), engine_digest(&new_engine(true)));
+    }
+}

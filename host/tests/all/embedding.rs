@@ -1,0 +1,216 @@
+//! The embedding API: many tenants at once, concurrency bounds, spooling,
+//! destinations, progress and the compiled-code cache.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use host::{Destination, Input, Invocation, Limits, Outcome, Progress};
+
+use crate::util::{TestHost, files, seven_rows};
+
+/// A distinct small export per `index`: its own ids, regions, amounts and
+/// faults, so a mix-up between invocations shows in the outputs.
+fn distinct_input(index: usize) -> Vec<u8> {
+    const REGIONS: [&str; 5] = ["north", "south", "east", "west", "islands"];
+    let mut csv = String::from("order_id,region,amount,status,note\n");
+    for row in 0..(10 + index % 40) {
+        let region = REGIONS[(index + row) % REGIONS.len()];
+        let status = if row % 4 == 0 { "cancelled" } else { "completed" };
+        let amount = if row % 9 == 8 { "n/a".to_owned() } else { format!("{}.{:02}", index * 7 + row, row % 100) };
+        csv.push_str(&format!("{index}-{row},{region},{amount},{status},\"invocation {index}, row {row}\"\n"));
+    }
+    csv.into_bytes()
+}
+
+/// What the pipeline built natively makes of `input`: the reference each
+/// sandboxed run is checked against.
+fn native_outputs(input: &[u8]) -> BTreeMap<String, String> {
+    let mut sink = orders_pipeline::MemorySink::default();
+    orders_pipeline::process(input, &mut sink).expect("native run");
+    sink.into_files().into_iter().map(|(name, bytes)| (name, String::from_utf8(bytes).expect("UTF-8"))).collect()
+}
+
+#[test]
+fn two_hundred_invocations_over_eight_threads_and_three_tenants_each_get_their_own_outputs() {
+    let host = TestHost::configured("many", |config| {
+        config.max_concurrent = 4;
+        config.max_concurrent_per_tenant = 2;
+    });
+    let pipeline = host.bundled();
+    let tenants = ["acme", "globex", "initech"];
+    std::thread::scope(|scope| {
+        for thread in 0..8 {
+            let (runner, pipeline) = (host.runner.clone(), pipeline.clone());
+            scope.spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                for index in (thread..200).step_by(8) {
+                    let input = distinct_input(index);
+                    let tenant = tenants[index % tenants.len()];
+                    let invocation = Invocation::new(&pipeline, Input::Bytes(input.clone())).tenant(tenant);
+                    let outcome = runtime.block_on(runner.invoke(invocation)).expect("invocation succeeds");
+                    assert_eq!(outcome.tenant.as_deref(), Some(tenant));
+                    assert_eq!(files(&outcome), native_outputs(&input), "invocation {index} got its own outputs");
+                }
+            });
+        }
+    });
+    host.runner.shutdown().expect("shutdown");
+    host.assert_root_empty();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_never_runs_more_than_its_bound_and_fail_fast_is_refused() {
+    let host = TestHost::configured("bound", |config| {
+        config.max_concurrent = 8;
+        config.max_concurrent_per_tenant = 2;
+    });
+    let sleep = host.component(test_programs_artifacts::SLEEP);
+    let running = || {
+        host.scratch
+            .leftovers()
+            .iter()
+            .filter(|path| path.contains("tenant-slow/sbx-") && !path.ends_with(".lock"))
+            .count()
+    };
+    let invoke = || host.runner.invoke(Invocation::new(&sleep, Input::Bytes(b"400".to_vec())).tenant("slow"));
+    let watch = async {
+        let mut most = 0;
+        let mut refused = None;
+        for _ in 0..300 {
+            let now = running();
+            most = most.max(now);
+            if now == 2 && refused.is_none() {
+                let fail_fast = Invocation::new(&sleep, Input::Bytes(b"1".to_vec())).tenant("slow").fail_fast();
+                refused = Some(host.runner.invoke(fail_fast).await.expect_err("the tenant is at its bound"));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (most, refused)
+    };
+    let (a, b, c, d, e, (most, refused)) = tokio::join!(invoke(), invoke(), invoke(), invoke(), invoke(), watch);
+    for outcome in [a, b, c, d, e] {
+        outcome.expect("every waiting invocation runs in turn");
+    }
+    assert_eq!(most, 2, "two at a time for one tenant");
+    let refused = refused.expect("the bound was reached while watching");
+    assert_eq!(refused.outcome(), Outcome::Busy, "{refused}");
+    // Another tenant is not held up by the busy one.
+    let pipeline = host.bundled();
+    let other = host.runner.invoke(Invocation::new(&pipeline, Input::Bytes(seven_rows())).tenant("quick").fail_fast());
+    other.await.expect("another tenant has room");
+    host.runner.shutdown().expect("shutdown");
+    host.assert_root_empty();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spooled_and_on_disk_inputs_give_identical_outputs() {
+    let host = TestHost::configured("spool", |config| config.spool_threshold = 64 << 10);
+    let pipeline = host.bundled();
+    let small = crate::util::gen_orders(&["--rows", "300", "--seed", "5", "--dirty", "0.3"]);
+    let large = crate::util::gen_orders(&["--rows", "3000", "--seed", "5", "--dirty", "0.3"]);
+    assert!(small.len() < 64 << 10 && large.len() > 64 << 10, "{} {}", small.len(), large.len());
+    let spooled = host.run_bytes(&pipeline, &small).await.expect("small");
+    let on_disk = host.run_bytes(&pipeline, &large).await.expect("large");
+    assert!(spooled.spooled && !on_disk.spooled);
+
+    // The same input both ways: a runner that never spools.
+    let disk_only = TestHost::configured("no-spool", |config| config.spool_threshold = 0);
+    let same = disk_only.run_bytes(&disk_only.bundled(), &small).await.expect("on disk");
+    assert!(!same.spooled);
+    assert_eq!(files(&spooled), files(&same));
+    assert_eq!(spooled.outputs, same.outputs, "same names, sizes and hashes");
+    host.assert_root_empty();
+    disk_only.assert_root_empty();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_input_spools_when_small_and_streams_when_large() {
+    let host = TestHost::configured("reader", |config| config.spool_threshold = 1024);
+    let pipeline = host.bundled();
+    let small = host
+        .runner
+        .invoke(Invocation::new(&pipeline, Input::Reader(Box::new(std::io::Cursor::new(seven_rows())))))
+        .await
+        .expect("small reader");
+    assert!(small.spooled);
+    let input = crate::util::gen_orders(&["--rows", "500", "--seed", "2"]);
+    let large = host
+        .runner
+        .invoke(Invocation::new(&pipeline, Input::Reader(Box::new(std::io::Cursor::new(input.clone())))))
+        .await
+        .expect("large reader");
+    assert!(!large.spooled);
+    assert_eq!(files(&large), native_outputs(&input));
+    host.assert_root_empty();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_follows_what_the_guest_reads() {
+    let host = TestHost::new("progress");
+    let input = crate::util::gen_orders(&["--rows", "2000", "--seed", "9"]);
+    let progress = Arc::new(Progress::default());
+    let pipeline = host.bundled();
+    let invocation = Invocation::new(&pipeline, Input::Bytes(input.clone())).progress(Arc::clone(&progress));
+    host.runner.invoke(invocation).await.expect("run");
+    assert_eq!(progress.total_bytes(), input.len() as u64);
+    assert_eq!(progress.bytes_read(), input.len() as u64, "the guest read its whole input");
+    let lines = input.iter().filter(|&&b| b == b'\n').count() as u64;
+    assert_eq!(progress.lines_read(), lines);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_can_be_delivered_as_one_tar_archive() {
+    let host = TestHost::new("tar");
+    let archive = host.scratch.join("orders.tar");
+    let pipeline = host.bundled();
+    let invocation = Invocation::new(&pipeline, Input::Bytes(seven_rows()))
+        .destination(Destination::Tar { path: archive.clone(), force: false });
+    let outcome = host.runner.invoke(invocation).await.expect("run");
+    let listing = std::process::Command::new("tar").arg("-tvf").arg(&archive).output().expect("tar lists");
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for file in &outcome.outputs {
+        assert!(listing.contains(&file.name), "{listing}");
+    }
+    assert!(listing.lines().all(|line| line.starts_with("-rw-------")), "{listing}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&archive).expect("stat").permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    // An existing archive is kept without force.
+    let again = Invocation::new(&pipeline, Input::Bytes(seven_rows()))
+        .destination(Destination::Tar { path: archive.clone(), force: false });
+    assert_eq!(host.runner.invoke(again).await.expect_err("exists").outcome(), Outcome::DeliveryFailed);
+    host.assert_root_empty();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_limit_profiles_apply_to_their_invocations() {
+    let host = TestHost::new("profiles");
+    let strict = Limits { timeout: Duration::from_millis(300), ..Limits::default() };
+    host.runner.set_tenant_limits("strict", strict).expect("profile");
+    let sleep = host.component(test_programs_artifacts::SLEEP);
+    let err = host
+        .runner
+        .invoke(Invocation::new(&sleep, Input::Bytes(b"2000".to_vec())).tenant("strict"))
+        .await
+        .expect_err("the tenant's timeout applies");
+    assert_eq!(err.outcome(), Outcome::Timeout);
+    host.runner
+        .invoke(Invocation::new(&sleep, Input::Bytes(b"500".to_vec())).tenant("relaxed"))
+        .await
+        .expect("another tenant keeps the defaults");
+    let bad = host.runner.invoke(Invocation::new(&sleep, Input::Bytes(b"1".to_vec())).tenant("../escape")).await;
+    assert!(bad.expect_err("tenant ids are plain names").to_string().contains("tenant id"));
+    host.runner.shutdown().expect("shutdown");
+    host.assert_root_empty();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_removal_finishes_by_shutdown() {
+    let host = TestHost::configured("background", |config| config.background_removal = true);
+    let pipeline = host.bundled();
+    for _ in 0..20 {
+        host.run_bytes(&pipeline, &seven_rows()).await.expect("run");
+    }
+    host.runner.shutdown().expect("shutdown waits for every removal");
+    host.assert_root_empty();
+}
