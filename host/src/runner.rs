@@ -546,8 +546,9 @@ impl Runner {
             (None, false) => Some(&self.inner.disk_root),
         }
         .unwrap_or(&self.inner.disk_root);
+        let creating = Instant::now();
         let sandbox = root.create().map_err(RunError::Sandbox)?;
-        let created = started.elapsed();
+        let created = creating.elapsed();
         tracing::info!(sandbox = %sandbox.path().display(), component = component.name(), spooled, "run started");
 
         let result = self.run_in(&sandbox, component, staged, &limits, &destination, progress).await;
@@ -560,7 +561,7 @@ impl Runner {
             (Ok(mut outcome), Ok(())) => {
                 outcome.tenant = tenant_id;
                 outcome.spooled = spooled;
-                outcome.timings.sandbox_create = created.saturating_sub(outcome.timings.input_copy);
+                outcome.timings.sandbox_create = created;
                 outcome.timings.sandbox_remove = removal;
                 outcome.timings.total = started.elapsed();
                 tracing::info!(timings = ?outcome.timings, "run finished");
