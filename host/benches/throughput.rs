@@ -62,13 +62,18 @@ fn main() -> Result<(), Box<dyn Error>> {
     let tiny: usize = env_number("BENCH_TINY", 5_000)?;
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let shared = std::env::var_os("ORDERS_SHARED_DIR").map_or_else(|| repo.join("../shared"), PathBuf::from);
-    let example = repo.join("examples/orders.csv");
+    let shared = fs::canonicalize(&shared).map_err(|err| format!("shared folder {}: {err}", shared.display()))?;
+    let example = fs::canonicalize(repo.join("examples/orders.csv"))?;
 
     let scratch = Scratch::new()?;
+    // A persistent compiled-code cache, if this `host` has one: each section
+    // gets its own, inside the scratch folder, so `~/.cache` is never touched.
+    let help = Command::new(env!("CARGO_BIN_EXE_host")).args(["run", "--help"]).output()?;
+    let has_cache = String::from_utf8_lossy(&help.stdout).contains("--cache-dir");
     println!("throughput bench: host {}, scratch {}", env!("CARGO_BIN_EXE_host"), scratch.path().display());
-    big_export(&scratch, &shared, rows)?;
+    big_export(&scratch, &shared, &example, rows, has_cache)?;
     tiny_library(&scratch, &example, tiny)?;
-    tiny_process(&scratch, &example)?;
+    tiny_process(&scratch, &example, has_cache)?;
     println!(
         "\nreproduce: cargo bench -p host --bench throughput   (env BENCH_ROWS={rows} BENCH_TINY={tiny} \
          ORDERS_SHARED_DIR={})",
@@ -80,7 +85,7 @@ fn main() -> Result<(), Box<dyn Error>> {
 // ---------------------------------------------------------------------------
 // 1. Big export
 
-fn big_export(scratch: &Scratch, shared: &Path, rows: u64) -> BenchResult<()> {
+fn big_export(scratch: &Scratch, shared: &Path, example: &Path, rows: u64, has_cache: bool) -> BenchResult<()> {
     println!("\n== 1. Big export: {rows} rows, `host run` (wasm) vs orders_pipeline (native), best of {RUNS} ==");
     let generator = shared.join("tools/gen_orders.py");
     let input = scratch.path().join("orders-big.csv");
@@ -103,13 +108,28 @@ fn big_export(scratch: &Scratch, shared: &Path, rows: u64) -> BenchResult<()> {
         started.elapsed().as_secs_f64()
     );
 
+    let cache = has_cache.then(|| scratch.path().join("cache-big"));
+    let host_run = |input: &Path| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_host"));
+        command.arg("run").arg(input).arg("--out").arg(scratch.path().join("out")).arg("--force");
+        command.arg("--sandbox-root").arg(scratch.path().join("sandboxes")).arg("--json");
+        if let Some(dir) = &cache {
+            command.arg("--cache-dir").arg(dir);
+        }
+        command
+    };
+    match &cache {
+        Some(dir) => {
+            measure_child(&mut host_run(example))?;
+            println!("cache: --cache-dir {} (warmed by one seven-row run)", dir.display());
+        }
+        None => println!("cache: no cache (`host run --help` has no --cache-dir): every run compiles the component"),
+    }
+
     let mut table = Table::new(["run", "wall", "rows/s", "peak RSS", "notes"]);
     let mut wasm = Vec::new();
     for run in 1..=RUNS {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_host"));
-        command.arg("run").arg(&input).arg("--out").arg(scratch.path().join("out")).arg("--force");
-        command.arg("--sandbox-root").arg(scratch.path().join("sandboxes")).arg("--json");
-        let measured = measure_child(&mut command)?;
+        let measured = measure_child(&mut host_run(&input))?;
         let json: serde_json::Value = serde_json::from_str(&measured.stdout)
             .map_err(|err| format!("host run --json printed something else ({err}): {}", measured.stdout))?;
         let timing = |name: &str| json["timings_us"][name].as_u64().map_or(Duration::ZERO, Duration::from_micros);
@@ -362,7 +382,8 @@ fn tiny_library(scratch: &Scratch, example: &Path, n: usize) -> BenchResult<()> 
     for (name, value) in [
         ("sandbox_create", timings.sandbox_create),
         ("input_copy", timings.input_copy),
-        ("guest", timings.guest),
+        ("  instantiate", timings.instantiate),
+        ("guest (incl. instantiate)", timings.guest),
         ("collect", timings.collect),
         ("deliver", timings.deliver),
         ("sandbox_remove", timings.sandbox_remove),
@@ -406,6 +427,7 @@ async fn invocations(
         sum.sandbox_create += t.sandbox_create;
         sum.input_copy += t.input_copy;
         sum.guest += t.guest;
+        sum.instantiate += t.instantiate;
         sum.collect += t.collect;
         sum.deliver += t.deliver;
         sum.sandbox_remove += t.sandbox_remove;
@@ -419,10 +441,9 @@ async fn invocations(
 // ---------------------------------------------------------------------------
 // 3. Tiny invocation as a process
 
-fn tiny_process(scratch: &Scratch, example: &Path) -> BenchResult<()> {
+fn tiny_process(scratch: &Scratch, example: &Path, has_cache: bool) -> BenchResult<()> {
     println!("\n== 3. Tiny invocation as a process: `host run examples/orders.csv`, {PROCESS_RUNS} runs ==");
-    let help = Command::new(env!("CARGO_BIN_EXE_host")).args(["run", "--help"]).output()?;
-    let cache = String::from_utf8_lossy(&help.stdout).contains("--cache-dir").then(|| scratch.path().join("cache"));
+    let cache = has_cache.then(|| scratch.path().join("cache"));
     match &cache {
         Some(dir) => println!("cache: --cache-dir {} (warmed by the first run)", dir.display()),
         None => println!("cache: no cache (`host run --help` has no --cache-dir)"),

@@ -436,9 +436,10 @@ impl Drop for Sandbox {
 /// Removes `parent/name` and everything below it, whatever a guest left there:
 /// folder chains thousands deep, many files, odd names, read-only folders.
 ///
-/// It never recurses and never builds long paths: a non-empty folder's
-/// children are moved up into the top folder (fresh names, never replacing
-/// anything), so every step works at depth one or two with two handles open.
+/// It recurses only [`MAX_REMOVAL_DEPTH`] folders deep, holding one handle per
+/// level, and never builds long paths; below that, a non-empty folder's
+/// children are moved up (under fresh names, never replacing anything) and
+/// removed from there, so any depth is removed with bounded handles and stack.
 pub(crate) fn remove_tree(parent: &Dir, name: &OsStr) -> io::Result<()> {
     match parent.symlink_metadata(name) {
         Ok(meta) if !meta.is_dir() => return parent.remove_file(name),
@@ -446,38 +447,71 @@ pub(crate) fn remove_tree(parent: &Dir, name: &OsStr) -> io::Result<()> {
         Err(err) => return Err(err),
     }
     let top = parent.open_dir_nofollow(name)?;
-    let mut fresh = 0u64;
-    loop {
-        let mut entries = Vec::new();
-        for entry in top.entries()? {
-            let entry = entry?;
-            entries.push((entry.file_name(), entry.file_type()?.is_dir()));
-        }
-        if entries.is_empty() {
-            break;
-        }
-        for (entry, is_dir) in entries {
-            if !is_dir {
-                retry_writable(&top, Path::new("."), || top.remove_file(&entry))?;
-                continue;
-            }
-            match top.remove_dir(&entry) {
-                Ok(()) => {}
-                Err(err) if err.kind() == ErrorKind::DirectoryNotEmpty => hoist_children(&top, &entry, &mut fresh)?,
-                Err(err) if err.kind() == ErrorKind::PermissionDenied => {
-                    make_writable(&top, Path::new("."))?;
-                    top.remove_dir(&entry)?;
-                }
-                Err(err) => return Err(err),
-            }
-        }
-    }
+    empty_dir(&top, 0, &mut 0)?;
     drop(top);
     retry_writable(parent, Path::new("."), || parent.remove_dir(name))
 }
 
+/// Folders that removal descends into with its own handle; deeper ones are
+/// flattened instead.
+const MAX_REMOVAL_DEPTH: usize = 16;
+
+/// Removes everything in `dir`: one pass over its entries, repeated only
+/// when a flattened folder moved new entries in.
+fn empty_dir(dir: &Dir, depth: usize, fresh: &mut u64) -> io::Result<()> {
+    loop {
+        let mut entries = Vec::new();
+        for entry in dir.entries()? {
+            let entry = entry?;
+            entries.push((entry.file_name(), entry.file_type()?.is_dir()));
+        }
+        let mut hoisted = false;
+        for (entry, is_dir) in entries {
+            if !is_dir {
+                retry_writable(dir, Path::new("."), || dir.remove_file(&entry))?;
+                continue;
+            }
+            // Descend at once while handles are cheap; deeper, try the
+            // removal first (an empty folder needs no handle).
+            let attempt = if depth < MAX_REMOVAL_DEPTH {
+                Err(io::Error::from(ErrorKind::DirectoryNotEmpty))
+            } else {
+                dir.remove_dir(&entry)
+            };
+            match attempt {
+                Ok(()) => {}
+                Err(err) if err.kind() == ErrorKind::DirectoryNotEmpty && depth < MAX_REMOVAL_DEPTH => {
+                    let sub = match dir.open_dir_nofollow(&entry) {
+                        Err(err) if err.kind() == ErrorKind::PermissionDenied => {
+                            make_writable(dir, Path::new(&entry))?;
+                            dir.open_dir_nofollow(&entry)?
+                        }
+                        other => other?,
+                    };
+                    empty_dir(&sub, depth + 1, fresh)?;
+                    drop(sub);
+                    dir.remove_dir(&entry)?;
+                }
+                Err(err) if err.kind() == ErrorKind::DirectoryNotEmpty => {
+                    hoist_children(dir, &entry, fresh)?;
+                    hoisted = true;
+                }
+                Err(err) if err.kind() == ErrorKind::PermissionDenied => {
+                    make_writable(dir, Path::new("."))?;
+                    dir.remove_dir(&entry)?;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        if !hoisted {
+            return Ok(());
+        }
+    }
+}
+
 /// Moves every entry of `top/child` into `top` under names no entry has.
 fn hoist_children(top: &Dir, child: &OsStr, fresh: &mut u64) -> io::Result<()> {
+    // A read-only folder cannot give its entries away.
     make_writable(top, Path::new(child))?;
     let sub = top.open_dir_nofollow(child)?;
     let names: Vec<OsString> = sub.entries()?.map(|entry| entry.map(|e| e.file_name())).collect::<io::Result<_>>()?;
