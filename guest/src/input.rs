@@ -17,7 +17,7 @@ use crate::PipelineError;
 
 /// Every `read` on the input is a host call in WebAssembly, so read in large
 /// blocks.
-const INPUT_BUFFER_BYTES: usize = 256 * 1024;
+pub(crate) const INPUT_BUFFER_BYTES: usize = 256 * 1024;
 
 /// A record with more field data than this fails the run instead of growing
 /// memory without bound; in practice it means a quote was left open and the
@@ -90,13 +90,19 @@ pub(crate) struct RecordReader<R> {
 }
 
 impl<R: Read> RecordReader<R> {
+    #[cfg(test)]
     pub(crate) fn new(source: R) -> Self {
+        Self::with_buffer(source, INPUT_BUFFER_BYTES)
+    }
+
+    /// A reader whose block size is `buffer_bytes` (at least 4 KiB).
+    pub(crate) fn with_buffer(source: R, buffer_bytes: usize) -> Self {
         Self {
             source,
             // The defaults are RFC 4180: `,`, `"` doubled inside quotes, and
             // `\r`, `\n` or `\r\n` ending a record.
             parser: CsvParser::new(),
-            buffer: vec![0; INPUT_BUFFER_BYTES].into_boxed_slice(),
+            buffer: vec![0; buffer_bytes.max(4096)].into_boxed_slice(),
             consumed: 0,
             filled: 0,
             source_exhausted: false,

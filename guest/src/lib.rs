@@ -189,10 +189,26 @@ impl std::error::Error for PipelineError {}
 /// [`InvalidInput`](PipelineError::InvalidInput) error leaves `outputs`
 /// untouched. `input` is read in large blocks: it needs no buffering.
 pub fn process<R: Read>(input: R, outputs: &mut impl OutputSink) -> Result<Report, PipelineError> {
-    let mut reader = RecordReader::new(input);
+    process_sized(input, None, outputs)
+}
+
+/// [`process`], with buffers sized for an input of `size_hint` bytes: a
+/// small input then touches little memory (every page a guest touches is
+/// paid for, per invocation), a large one reads and writes in large blocks.
+///
+/// # Errors
+///
+/// As [`process`].
+pub fn process_sized<R: Read>(
+    input: R,
+    size_hint: Option<u64>,
+    outputs: &mut impl OutputSink,
+) -> Result<Report, PipelineError> {
+    let buffers = Buffers::for_input(size_hint);
+    let mut reader = RecordReader::with_buffer(input, buffers.input);
     let mut record = RawRecord::new();
     let columns = read_header(&mut reader, &mut record)?;
-    let mut run = Run::start(columns, outputs)?;
+    let mut run = Run::start(columns, outputs, buffers.output)?;
     while reader.read(&mut record)? {
         if !record.is_blank() {
             run.add_row(&record)?;
@@ -213,7 +229,29 @@ pub fn process_paths(input: &Path, output_dir: &Path) -> Result<Report, Pipeline
             output_dir.display()
         )));
     }
-    process(file, &mut DirectorySink::new(output_dir))
+    let size_hint = file.metadata().ok().map(|meta| meta.len());
+    process_sized(file, size_hint, &mut DirectorySink::new(output_dir))
+}
+
+/// Block sizes of one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Buffers {
+    input: usize,
+    output: usize,
+}
+
+impl Buffers {
+    fn for_input(size_hint: Option<u64>) -> Self {
+        let Some(size) = size_hint.and_then(|size| usize::try_from(size).ok()) else {
+            return Self { input: input::INPUT_BUFFER_BYTES, output: outputs::OUTPUT_BUFFER_BYTES };
+        };
+        Self {
+            // The whole input and the read that finds its end, in one block.
+            input: size.saturating_add(1).clamp(8 * 1024, input::INPUT_BUFFER_BYTES),
+            // Outputs are at most about the input's size, split over files.
+            output: (size / 4).clamp(4 * 1024, outputs::OUTPUT_BUFFER_BYTES),
+        }
+    }
 }
 
 fn read_header<R: Read>(reader: &mut RecordReader<R>, record: &mut RawRecord) -> Result<Columns, PipelineError> {
@@ -243,16 +281,18 @@ struct Run<'s, S: OutputSink> {
     // Reused for every row, so that rows need no allocation of their own.
     region: String,
     record_text: Vec<u8>,
+    buffer_bytes: usize,
 }
 
 impl<'s, S: OutputSink> Run<'s, S> {
-    fn start(columns: Columns, sink: &'s mut S) -> Result<Self, PipelineError> {
-        let rejected_file = outputs::create_csv(sink, REJECTED_FILE, ["line", "reason", "record"])?;
+    fn start(columns: Columns, sink: &'s mut S, buffer_bytes: usize) -> Result<Self, PipelineError> {
+        let rejected_file = outputs::create_csv(sink, REJECTED_FILE, ["line", "reason", "record"], buffer_bytes)?;
         Ok(Self {
             sink,
             columns,
             seen_ids: SeenIds::default(),
-            regions: RegionFiles::new(outputs::MAX_OPEN_REGION_FILES),
+            regions: RegionFiles::new(outputs::MAX_OPEN_REGION_FILES, buffer_bytes),
+            buffer_bytes,
             rejected_file,
             rows: 0,
             accepted: 0,
@@ -294,7 +334,7 @@ impl<'s, S: OutputSink> Run<'s, S> {
     fn finish(self) -> Result<Report, PipelineError> {
         outputs::close(self.rejected_file, REJECTED_FILE)?;
         let (regions, mut files) = self.regions.finish()?;
-        outputs::write_summary(self.sink, &regions)?;
+        outputs::write_summary(self.sink, &regions, self.buffer_bytes)?;
         files.extend([REJECTED_FILE.to_owned(), SUMMARY_FILE.to_owned()]);
         files.sort_unstable();
 

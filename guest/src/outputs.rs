@@ -22,8 +22,9 @@ pub(crate) const REJECTED_FILE: &str = "rejected.csv";
 pub(crate) const MAX_OPEN_REGION_FILES: usize = 64;
 
 /// Each write is a host call in WebAssembly; 64 KiB per file keeps calls rare
-/// while 64 open region files stay at 4 MiB of buffers.
-const OUTPUT_BUFFER_BYTES: usize = 64 * 1024;
+/// while 64 open region files stay at 4 MiB of buffers. Small inputs get
+/// smaller buffers (see `Buffers`).
+pub(crate) const OUTPUT_BUFFER_BYTES: usize = 64 * 1024;
 
 pub(crate) fn region_file_name(region: &str) -> String {
     format!("{region}_orders.csv")
@@ -47,9 +48,10 @@ pub(crate) fn create_csv<S: OutputSink>(
     sink: &mut S,
     name: &str,
     header: [&str; 3],
+    buffer_bytes: usize,
 ) -> Result<csv::Writer<S::Writer>, PipelineError> {
     let file = sink.create(name).map_err(|err| PipelineError::Io(format!("cannot create `{name}`: {err}")))?;
-    let mut writer = csv_writer(file, OUTPUT_BUFFER_BYTES);
+    let mut writer = csv_writer(file, buffer_bytes);
     writer.write_record(header).map_err(|err| write_error(name, err))?;
     Ok(writer)
 }
@@ -103,18 +105,20 @@ pub(crate) struct RegionFiles<W: Write> {
     regions: Vec<Region>,
     open: Vec<OpenFile<W>>,
     max_open: usize,
+    buffer_bytes: usize,
     /// Counts writes, to find the least recently used open file.
     clock: u64,
     amount_text: String,
 }
 
 impl<W: Write> RegionFiles<W> {
-    pub(crate) fn new(max_open: usize) -> Self {
+    pub(crate) fn new(max_open: usize, buffer_bytes: usize) -> Self {
         Self {
             index: HashMap::new(),
             regions: Vec::new(),
             open: Vec::new(),
             max_open: max_open.max(1),
+            buffer_bytes,
             clock: 0,
             amount_text: String::new(),
         }
@@ -174,10 +178,10 @@ impl<W: Write> RegionFiles<W> {
         }
         let name = region_file_name(&self.regions[region_index].name);
         let writer = if first_order {
-            create_csv(sink, &name, ["order_id", "region", "amount"])?
+            create_csv(sink, &name, ["order_id", "region", "amount"], self.buffer_bytes)?
         } else {
             let file = sink.append(&name).map_err(|err| PipelineError::Io(format!("cannot reopen `{name}`: {err}")))?;
-            csv_writer(file, OUTPUT_BUFFER_BYTES)
+            csv_writer(file, self.buffer_bytes)
         };
         self.open.push(OpenFile { region: region_index, writer, last_used: self.clock });
         let slot = self.open.len() - 1;
@@ -229,8 +233,12 @@ impl<W: Write> RegionFiles<W> {
 }
 /// Writes `summary.csv`: one line per region, sorted, totals with two
 /// decimals.
-pub(crate) fn write_summary<S: OutputSink>(sink: &mut S, totals: &[RegionTotal]) -> Result<(), PipelineError> {
-    let mut writer = create_csv(sink, SUMMARY_FILE, ["region", "orders", "total"])?;
+pub(crate) fn write_summary<S: OutputSink>(
+    sink: &mut S,
+    totals: &[RegionTotal],
+    buffer_bytes: usize,
+) -> Result<(), PipelineError> {
+    let mut writer = create_csv(sink, SUMMARY_FILE, ["region", "orders", "total"], buffer_bytes)?;
     let mut total_text = String::new();
     for total in totals {
         format_cents(total.total_cents, &mut total_text);

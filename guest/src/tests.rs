@@ -460,7 +460,7 @@ fn the_report_lists_only_reasons_that_occurred_in_table_order() {
 #[test]
 fn a_total_too_large_for_u64_fails_with_overflow_naming_the_region() {
     let mut sink = MemorySink::new();
-    let mut regions = RegionFiles::new(MAX_OPEN_REGION_FILES);
+    let mut regions = RegionFiles::new(MAX_OPEN_REGION_FILES, 64 * 1024);
     regions.seed_total("north", u64::MAX - 100);
     regions.add_order(&mut sink, "north", "1", 100).expect("u64::MAX itself still fits");
     let err = regions.add_order(&mut sink, "north", "2", 1).expect_err("one cent more overflows");
@@ -743,4 +743,25 @@ fn a_generated_crlf_export_gives_the_same_results_as_lf() {
     // Same line numbers, and records differ only where a quoted field
     // holds a line break, which the generator writes as LF in both.
     assert_eq!(lf_sink.into_files(), crlf_sink.into_files());
+}
+
+#[test]
+fn buffer_sizes_follow_the_input_and_never_change_the_outputs() {
+    use crate::Buffers;
+    assert_eq!(Buffers::for_input(None), Buffers { input: 256 * 1024, output: 64 * 1024 });
+    assert_eq!(Buffers::for_input(Some(222)), Buffers { input: 8 * 1024, output: 4 * 1024 });
+    assert_eq!(Buffers::for_input(Some(1 << 30)), Buffers { input: 256 * 1024, output: 64 * 1024 });
+
+    // A hint far too small for the input: many refills, quoted line breaks
+    // across block boundaries, many buffer flushes; the same bytes out.
+    let mut input = String::from(HEADER.trim_end());
+    input.push_str(",note\n");
+    for row in 0..5000 {
+        input.push_str(&format!("{row},r{},{}.{:02},completed,\"multi\nline, {row}\"\n", row % 70, row, row % 100));
+    }
+    let (expected_report, expected) = run(&input);
+    let mut sink = MemorySink::new();
+    let report = crate::process_sized(input.as_bytes(), Some(0), &mut sink).expect("the run succeeds");
+    assert_eq!(report, expected_report);
+    assert_eq!(sink.into_files(), expected.into_files());
 }

@@ -72,7 +72,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     let has_cache = String::from_utf8_lossy(&help.stdout).contains("--cache-dir");
     println!("throughput bench: host {}, scratch {}", env!("CARGO_BIN_EXE_host"), scratch.path().display());
     big_export(&scratch, &shared, &example, rows, has_cache)?;
-    tiny_library(&scratch, &example, tiny)?;
+    tiny_library(&scratch, &example, tiny, false)?;
+    tiny_library(&scratch, &example, tiny, true)?;
     tiny_process(&scratch, &example, has_cache)?;
     println!(
         "\nreproduce: cargo bench -p host --bench throughput   (env BENCH_ROWS={rows} BENCH_TINY={tiny} \
@@ -307,10 +308,17 @@ fn read_vmhwm_kib(pid: u32) -> Option<u64> {
 // ---------------------------------------------------------------------------
 // 2. Tiny invocations through the library
 
-fn tiny_library(scratch: &Scratch, example: &Path, n: usize) -> BenchResult<()> {
-    println!("\n== 2. Tiny invocations through the library: seven rows, Destination::Memory ==");
+/// Runs section 2 with sandboxes removed before `run` returns, or (with
+/// `background_removal`) on the runner's remover thread.
+fn tiny_library(scratch: &Scratch, example: &Path, n: usize, background_removal: bool) -> BenchResult<()> {
+    let removal = if background_removal { "background removal" } else { "removal before return" };
+    println!("\n== 2. Tiny invocations through the library: seven rows, Destination::Memory, {removal} ==");
     let bytes = fs::read(example).map_err(|err| format!("cannot read {}: {err}", example.display()))?;
-    let config = RunnerConfig { sandbox_root: Some(scratch.path().join("tiny-sandboxes")), ..RunnerConfig::default() };
+    let config = RunnerConfig {
+        sandbox_root: Some(scratch.path().join("tiny-sandboxes")),
+        background_removal,
+        ..RunnerConfig::default()
+    };
     println!("config: {config:?}; limits: Limits::default(); tokio multi-thread runtime, 2 workers");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let runner = Runner::new(&config)?;

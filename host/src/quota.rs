@@ -7,8 +7,9 @@
 //! nothing), and every file, folder or link created. Unlinking a file, or
 //! shrinking it, gives its bytes back. Past the quota the call fails *inside
 //! the guest*: `insufficient-space` (ENOSPC) for bytes, `quota` (EDQUOT) for
-//! the file count; a write through an output stream fails with the same
-//! error. Nothing is measured after the run: the sandbox never holds more.
+//! the file count; a write through an output stream fails with a stream
+//! error carrying ENOSPC. Output streams of files are the host's own
+//! ([`QuotaStream`]), writing on the calling thread. Nothing is measured after the run: the sandbox never holds more.
 //!
 //! The input file is not charged: the host writes it, and the guest sees it
 //! read-only.
@@ -18,7 +19,7 @@
 
 use std::fs::Permissions;
 use std::io;
-use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::fs::{FileExt as _, PermissionsExt as _};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -505,16 +506,17 @@ impl HostDescriptor for QuotaFilesystemView<'_> {
 }
 
 impl QuotaFilesystemView<'_> {
-    /// Takes wasmtime-wasi's stream out of the table and puts it back behind
-    /// a [`QuotaStream`], under a new handle.
+    /// Replaces wasmtime-wasi's stream (made for its permission checks) by a
+    /// [`QuotaStream`] on the same file, under a new handle.
     fn wrap_stream(
         &mut self,
         stream: Resource<DynOutputStream>,
         file: Arc<std::fs::File>,
         position: Option<u64>,
     ) -> FsResult<Resource<DynOutputStream>> {
-        let inner: DynOutputStream = self.table().delete(stream)?;
-        let wrapped: DynOutputStream = Box::new(QuotaStream { inner, file, position, quota: Arc::clone(self.quota) });
+        drop(self.table().delete(stream)?);
+        let quota = Arc::clone(self.quota);
+        let wrapped: DynOutputStream = Box::new(QuotaStream { file, position, quota, closed: false });
         Ok(self.table().push(wrapped)?)
     }
 }
@@ -571,61 +573,77 @@ fn growth(file: &std::fs::File, offset: Option<u64>, len: u64) -> io::Result<u64
     Ok(end.saturating_sub(size))
 }
 
-/// An output stream of a file that charges each write's growth to the quota
-/// before the write happens.
+/// How much one stream write may carry, as announced by `check-write`.
+const STREAM_WRITE_PERMIT: usize = 1 << 20;
+
+/// A file's output stream that charges each write's growth to the quota and
+/// then writes on the current thread. It replaces wasmtime-wasi's stream,
+/// whose non-blocking `write` hands every chunk to a worker thread (a thread
+/// hop per write); file writes here are small and bounded by the permit.
 struct QuotaStream {
-    inner: DynOutputStream,
     file: Arc<std::fs::File>,
     /// Where the next write lands; `None` for an append stream.
     position: Option<u64>,
     quota: Arc<Quota>,
+    /// Set by the first failed write: the stream is closed after it.
+    closed: bool,
 }
 
 impl QuotaStream {
-    fn charge(&mut self, len: usize) -> Result<(), StreamError> {
-        let len = len as u64;
-        let growth =
-            growth(&self.file, self.position, len).map_err(|err| StreamError::LastOperationFailed(err.into()))?;
-        self.quota.reserve_bytes(growth).map_err(|err| StreamError::LastOperationFailed(err.into()))?;
-        if let Some(position) = &mut self.position {
-            *position += len;
+    fn write_now(&mut self, bytes: &[u8]) -> Result<(), StreamError> {
+        if self.closed {
+            return Err(StreamError::Closed);
         }
-        Ok(())
+        let result = (|| -> io::Result<()> {
+            let len = bytes.len() as u64;
+            let offset = match self.position {
+                Some(position) => position,
+                None => self.file.metadata()?.len(),
+            };
+            let size = self.file.metadata()?.len();
+            let growth = offset.saturating_add(len).saturating_sub(size);
+            self.quota.reserve_bytes(growth)?;
+            if let Err(err) = self.file.write_all_at(bytes, offset) {
+                self.quota.release_bytes(growth);
+                return Err(err);
+            }
+            if let Some(position) = &mut self.position {
+                *position = offset + len;
+            }
+            Ok(())
+        })();
+        result.map_err(|err| {
+            self.closed = true;
+            StreamError::LastOperationFailed(err.into())
+        })
     }
 }
 
 #[wasmtime_wasi::async_trait]
 impl OutputStream for QuotaStream {
     fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
-        self.charge(bytes.len())?;
-        self.inner.write(bytes)
+        if bytes.len() > STREAM_WRITE_PERMIT {
+            return Err(StreamError::trap("write larger than `check-write` permitted"));
+        }
+        self.write_now(&bytes)
     }
 
     fn flush(&mut self) -> Result<(), StreamError> {
-        self.inner.flush()
+        if self.closed { Err(StreamError::Closed) } else { Ok(()) }
     }
 
     fn check_write(&mut self) -> Result<usize, StreamError> {
-        self.inner.check_write()
+        if self.closed { Err(StreamError::Closed) } else { Ok(STREAM_WRITE_PERMIT) }
     }
 
     async fn blocking_write_and_flush(&mut self, bytes: Bytes) -> Result<(), StreamError> {
-        // Charged up front for the whole buffer; the inner stream keeps its
-        // fast path (one blocking write instead of a task per chunk).
-        self.charge(bytes.len())?;
-        self.inner.blocking_write_and_flush(bytes).await
-    }
-
-    async fn cancel(&mut self) {
-        self.inner.cancel().await;
+        self.write_now(&bytes)
     }
 }
 
 #[wasmtime_wasi::async_trait]
 impl Pollable for QuotaStream {
-    async fn ready(&mut self) {
-        self.inner.ready().await;
-    }
+    async fn ready(&mut self) {}
 }
 
 #[cfg(test)]
