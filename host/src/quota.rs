@@ -11,6 +11,11 @@
 //! error carrying ENOSPC. Output streams of files are the host's own
 //! ([`QuotaStream`]), writing on the calling thread. Nothing is measured after the run: the sandbox never holds more.
 //!
+//! Every descriptor and directory listing the guest holds is a descriptor of
+//! the host process, shared by all tenants: one guest may hold at most
+//! [`MAX_OPEN_HANDLES`]; past that, opening fails with `insufficient-memory`
+//! (WASI has no EMFILE).
+//!
 //! The input file is not charged: the host writes it, and the guest sees it
 //! read-only.
 //!
@@ -37,6 +42,9 @@ use wasmtime_wasi::p2::{
 
 use crate::guest::GuestState;
 
+/// Descriptors and directory listings one guest may hold at once.
+pub const MAX_OPEN_HANDLES: u64 = 256;
+
 /// What one sandbox may hold, and what it holds now. Shared by the
 /// filesystem calls and the output streams they hand out.
 #[derive(Debug)]
@@ -47,6 +55,7 @@ pub struct Quota {
     files: AtomicU64,
     bytes_hit: AtomicBool,
     files_hit: AtomicBool,
+    handles: AtomicU64,
 }
 
 /// Which limit a run ran into.
@@ -65,6 +74,7 @@ impl Quota {
             files: AtomicU64::new(0),
             bytes_hit: AtomicBool::new(false),
             files_hit: AtomicBool::new(false),
+            handles: AtomicU64::new(0),
         })
     }
 
@@ -122,6 +132,18 @@ impl Quota {
 
     fn release_file(&self) {
         Self::release(&self.files, 1);
+    }
+
+    fn reserve_handle(&self) -> FsResult<()> {
+        let fits = self
+            .handles
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| (held < MAX_OPEN_HANDLES).then_some(held + 1))
+            .is_ok();
+        if fits { Ok(()) } else { Err(ErrorCode::InsufficientMemory.into()) }
+    }
+
+    fn release_handle(&self) {
+        Self::release(&self.handles, 1);
     }
 }
 
@@ -317,7 +339,12 @@ impl HostDescriptor for QuotaFilesystemView<'_> {
     }
 
     async fn read_directory(&mut self, fd: Resource<Descriptor>) -> FsResult<Resource<types::DirectoryEntryStream>> {
-        HostDescriptor::read_directory(&mut self.inner, fd).await
+        self.quota.reserve_handle()?;
+        let listing = HostDescriptor::read_directory(&mut self.inner, fd).await;
+        if listing.is_err() {
+            self.quota.release_handle();
+        }
+        listing
     }
 
     async fn sync(&mut self, fd: Resource<Descriptor>) -> FsResult<()> {
@@ -402,10 +429,15 @@ impl HostDescriptor for QuotaFilesystemView<'_> {
             None
         };
         let creates = oflags.contains(OpenFlags::CREATE) && before.is_none();
-        if creates {
-            self.quota.reserve_file()?;
+        self.quota.reserve_handle()?;
+        if creates && let Err(err) = self.quota.reserve_file() {
+            self.quota.release_handle();
+            return Err(err);
         }
         let opened = HostDescriptor::open_at(&mut self.inner, fd, path_flags, path, oflags, flags).await;
+        if opened.is_err() {
+            self.quota.release_handle();
+        }
         match &opened {
             Ok(new) if creates => self.make_private(new, 0o600),
             Ok(_) => {
@@ -420,6 +452,7 @@ impl HostDescriptor for QuotaFilesystemView<'_> {
     }
 
     fn drop(&mut self, fd: Resource<Descriptor>) -> wasmtime::Result<()> {
+        self.quota.release_handle();
         HostDescriptor::drop(&mut self.inner, fd)
     }
 
@@ -530,6 +563,7 @@ impl HostDirectoryEntryStream for QuotaFilesystemView<'_> {
     }
 
     fn drop(&mut self, stream: Resource<types::DirectoryEntryStream>) -> wasmtime::Result<()> {
+        self.quota.release_handle();
         HostDirectoryEntryStream::drop(&mut self.inner, stream)
     }
 }
@@ -661,6 +695,17 @@ mod tests {
         quota.release_bytes(50);
         assert!(quota.reserve_bytes(50).is_ok(), "freed bytes can be used again");
         assert!(quota.reserve_bytes(u64::MAX).is_err(), "no overflow");
+    }
+
+    #[test]
+    fn handles_are_refused_past_the_cap_and_given_back() {
+        let quota = Quota::new(100, 2);
+        for _ in 0..MAX_OPEN_HANDLES {
+            assert!(quota.reserve_handle().is_ok());
+        }
+        assert!(quota.reserve_handle().is_err());
+        quota.release_handle();
+        assert!(quota.reserve_handle().is_ok());
     }
 
     #[test]

@@ -172,3 +172,20 @@ async fn files_the_guest_creates_are_owner_only() {
     outcome.expect("run");
     assert_eq!(mode, 0o600);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_cannot_hold_more_than_its_share_of_host_descriptors() {
+    let host = TestHost::new("handles");
+    let err = host.run_with(&host.component(programs::MANY_HANDLES), b"x", &limits()).await.expect_err("capped");
+    assert_eq!(err.outcome(), Outcome::PipelineError, "{err}");
+    // The guest's own preopens and stdio take a few; the cap is 256 in all.
+    let text = err.to_string();
+    let opened: u64 = text
+        .split("opened ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the guest reports how many it opened: {text}"));
+    assert!((200..=256).contains(&opened), "{text}");
+    host.assert_recovers().await;
+}

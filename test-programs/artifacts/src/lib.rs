@@ -41,6 +41,7 @@ mod tests {
             "flood",
             "liar",
             "links",
+            "many_handles",
             "memory_bomb",
             "million_files",
             "odd_names",
@@ -54,7 +55,7 @@ mod tests {
         ];
         let names: Vec<&str> = ALL.iter().map(|(name, _)| *name).collect();
         assert_eq!(names, expected);
-        assert_eq!(PROBE, ALL[9].1);
-        assert_eq!(WELL_BEHAVED, ALL[13].1);
+        assert_eq!(PROBE, ALL[10].1);
+        assert_eq!(WELL_BEHAVED, ALL[14].1);
     }
 }
