@@ -79,9 +79,12 @@ fn check_output_name(name: &str) -> Result<(), String> {
 /// [`RunError::ContractViolation`] for a refused entry or a report that lies,
 /// [`RunError::OutputTooLarge`] past `max_output`, [`RunError::Host`] when the
 /// folder cannot be read.
-pub fn collect(out: &Dir, report: &Report, max_output: ByteSize) -> Result<Vec<OutputFile>, RunError> {
+pub(crate) fn collect(out: &Dir, report: &Report, max_output: ByteSize) -> Result<Vec<Collected>, RunError> {
     let host_error = |err: io::Error| RunError::Host(format!("cannot read the sandbox's output folder: {err}"));
-    let mut files = Vec::new();
+    let refuse = |name: &str, kind: &str| {
+        RunError::ContractViolation(format!("the output `{name}` is {kind}; outputs must be regular files"))
+    };
+    let mut collected = Vec::new();
     let mut total = 0u64;
     for entry in out.entries().map_err(host_error)? {
         let entry = entry.map_err(host_error)?;
@@ -91,30 +94,34 @@ pub fn collect(out: &Dir, report: &Report, max_output: ByteSize) -> Result<Vec<O
             .ok_or_else(|| RunError::ContractViolation(format!("the output name {os_name:?} is not UTF-8")))?
             .to_owned();
         check_output_name(&name).map_err(RunError::ContractViolation)?;
-        let meta = out.symlink_metadata(&name).map_err(host_error)?;
-        let kind = if meta.is_symlink() {
-            Some("a symbolic link (it was not followed)")
-        } else if meta.is_dir() {
-            Some("a folder")
-        } else if !meta.is_file() {
-            Some("a special file")
+        // The entry's own type first, so nothing but a regular file is opened.
+        let file_type = entry.file_type().map_err(host_error)?;
+        if file_type.is_symlink() {
+            return Err(refuse(&name, "a symbolic link (it was not followed)"));
+        } else if file_type.is_dir() {
+            return Err(refuse(&name, "a folder"));
+        } else if !file_type.is_file() {
+            return Err(refuse(&name, "a special file"));
+        }
+        // Opened without following links and checked on the handle: what is
+        // checked is what is delivered.
+        let mut options = OpenOptions::new();
+        options.read(true).follow(FollowSymlinks::No);
+        let handle = out.open_with(&name, &options).map_err(host_error)?;
+        let meta = handle.metadata().map_err(host_error)?;
+        if !meta.is_file() {
+            return Err(refuse(&name, "not a regular file"));
         } else if meta.nlink() > 1 {
-            Some("a hard link to another file")
-        } else {
-            None
-        };
-        if let Some(kind) = kind {
-            return Err(RunError::ContractViolation(format!(
-                "the output `{name}` is {kind}; outputs must be regular files"
-            )));
+            return Err(refuse(&name, "a hard link to another file"));
         }
         total = total.saturating_add(meta.len());
-        files.push(OutputFile { name, bytes: meta.len(), sha256: String::new() });
+        collected.push(Collected { file: OutputFile { name, bytes: meta.len(), sha256: String::new() }, handle });
     }
     if total > max_output.bytes() {
         return Err(RunError::OutputTooLarge { limit: max_output, size: total });
     }
-    files.sort_by(|a, b| a.name.cmp(&b.name));
+    collected.sort_by(|a, b| a.file.name.cmp(&b.file.name));
+    let files: Vec<&OutputFile> = collected.iter().map(|c| &c.file).collect();
 
     let on_disk: BTreeSet<&str> = files.iter().map(|f| f.name.as_str()).collect();
     let mut listed = BTreeSet::new();
@@ -133,7 +140,14 @@ pub fn collect(out: &Dir, report: &Report, max_output: ByteSize) -> Result<Vec<O
             "the guest wrote `{unlisted}` but its report does not list it"
         )));
     }
-    Ok(files)
+    Ok(collected)
+}
+
+/// An output that passed the checks, with the handle it was checked on.
+#[derive(Debug)]
+pub(crate) struct Collected {
+    pub(crate) file: OutputFile,
+    handle: cap_std::fs::File,
 }
 
 /// Checks before a run that `destination` can take the outputs, so a run
@@ -163,19 +177,18 @@ pub fn check_destination(destination: &Destination) -> Result<(), RunError> {
 /// # Errors
 ///
 /// [`RunError::Delivery`] with the reason; nothing is left at the destination.
-pub fn deliver(
-    out: &Dir,
-    files: &[OutputFile],
+pub(crate) fn deliver(
+    files: Vec<Collected>,
     destination: &Destination,
 ) -> Result<(Delivered, Vec<OutputFile>), RunError> {
     match destination {
         Destination::Memory => {
             let mut delivered = Vec::with_capacity(files.len());
             let mut hashed = Vec::with_capacity(files.len());
-            for file in files {
-                let mut contents = Vec::new();
-                open_output(out, file)
-                    .and_then(|mut source| source.read_to_end(&mut contents))
+            for Collected { file, mut handle } in files {
+                let mut contents = Vec::with_capacity(usize::try_from(file.bytes).unwrap_or(0));
+                handle
+                    .read_to_end(&mut contents)
                     .map_err(|err| RunError::Host(format!("cannot read the output `{}`: {err}", file.name)))?;
                 hashed.push(OutputFile { sha256: hex_digest(Sha256::digest(&contents).as_slice()), ..file.clone() });
                 delivered.push((file.name.clone(), contents));
@@ -183,10 +196,10 @@ pub fn deliver(
             Ok((Delivered::Memory(delivered), hashed))
         }
         Destination::Folder { path, force } => {
-            deliver_to_folder(out, files, path, *force).map(|hashed| (Delivered::Folder(path.clone()), hashed))
+            deliver_to_folder(files, path, *force).map(|hashed| (Delivered::Folder(path.clone()), hashed))
         }
         Destination::Tar { path, force } => {
-            deliver_to_tar(out, files, path, *force).map(|hashed| (Delivered::Tar(path.clone()), hashed))
+            deliver_to_tar(files, path, *force).map(|hashed| (Delivered::Tar(path.clone()), hashed))
         }
     }
 }
@@ -208,17 +221,6 @@ fn copy_hashed(source: &mut impl io::Read, target: &mut impl io::Write) -> io::R
         target.write_all(&buffer[..read])?;
     }
     Ok(hex_digest(hasher.finalize().as_slice()))
-}
-
-fn open_output(out: &Dir, file: &OutputFile) -> io::Result<cap_std::fs::File> {
-    let mut options = OpenOptions::new();
-    options.read(true).follow(FollowSymlinks::No);
-    let opened = out.open_with(&file.name, &options)?;
-    let meta = opened.metadata()?;
-    if !meta.is_file() || meta.nlink() > 1 {
-        return Err(io::Error::new(ErrorKind::InvalidData, "the file changed after it was checked"));
-    }
-    Ok(opened)
 }
 
 fn split_destination(path: &Path) -> Result<(PathBuf, &str), RunError> {
@@ -263,7 +265,7 @@ fn existing_destination(parent: &Path, name: &str, path: &Path, force: bool) -> 
     }
 }
 
-fn deliver_to_folder(out: &Dir, files: &[OutputFile], path: &Path, force: bool) -> Result<Vec<OutputFile>, RunError> {
+fn deliver_to_folder(files: Vec<Collected>, path: &Path, force: bool) -> Result<Vec<OutputFile>, RunError> {
     let fail = |reason: String| RunError::Delivery { path: path.to_owned(), reason };
     let (parent_path, name) = split_destination(path)?;
     let existing = existing_destination(&parent_path, name, path, force)?;
@@ -277,7 +279,7 @@ fn deliver_to_folder(out: &Dir, files: &[OutputFile], path: &Path, force: bool) 
         .map_err(|err| fail(format!("cannot create a staging folder beside it: {err}")))?;
 
     let mut hashed = Vec::new();
-    let staged = stage_files(out, files, &parent, &staging, &mut hashed).and_then(|()| {
+    let staged = stage_files(files, &parent, &staging, &mut hashed).and_then(|()| {
         match existing {
             // rename(2) replaces a missing or empty folder atomically.
             None | Some(true) => parent.rename(&staging, &parent, name),
@@ -303,22 +305,15 @@ fn deliver_to_folder(out: &Dir, files: &[OutputFile], path: &Path, force: bool) 
     Ok(hashed)
 }
 
-fn stage_files(
-    out: &Dir,
-    files: &[OutputFile],
-    parent: &Dir,
-    staging: &str,
-    hashed: &mut Vec<OutputFile>,
-) -> io::Result<()> {
+fn stage_files(files: Vec<Collected>, parent: &Dir, staging: &str, hashed: &mut Vec<OutputFile>) -> io::Result<()> {
     let staging_dir = parent.open_dir(staging)?;
     let mut options = OpenOptions::new();
     options.write(true).create_new(true).mode(0o600);
-    for file in files {
-        let mut source = open_output(out, file)?;
+    for Collected { file, mut handle } in files {
         let mut target = staging_dir.open_with(&file.name, &options)?;
-        let sha256 = copy_hashed(&mut source, &mut target)?;
+        let sha256 = copy_hashed(&mut handle, &mut target)?;
         target.sync_all()?;
-        hashed.push(OutputFile { sha256, ..file.clone() });
+        hashed.push(OutputFile { sha256, ..file });
     }
     staging_dir.open(".")?.sync_all()
 }
@@ -336,7 +331,7 @@ fn check_tar_destination(parent: &Dir, name: &str, path: &Path, force: bool) -> 
 
 /// Writes the outputs as one tar archive: staged beside `path`, synced, then
 /// renamed over it, so a reader sees the old archive or the whole new one.
-fn deliver_to_tar(out: &Dir, files: &[OutputFile], path: &Path, force: bool) -> Result<Vec<OutputFile>, RunError> {
+fn deliver_to_tar(files: Vec<Collected>, path: &Path, force: bool) -> Result<Vec<OutputFile>, RunError> {
     let fail = |reason: String| RunError::Delivery { path: path.to_owned(), reason };
     let (parent_path, name) = split_destination(path)?;
     let parent = open_parent(&parent_path, path)?;
@@ -348,15 +343,15 @@ fn deliver_to_tar(out: &Dir, files: &[OutputFile], path: &Path, force: bool) -> 
         let archive = parent.open_with(&staging, &options)?;
         let mut builder = tar::Builder::new(io::BufWriter::new(archive));
         let mut hashed = Vec::with_capacity(files.len());
-        for file in files {
+        for Collected { file, mut handle } in files {
             let mut contents = Vec::new();
-            open_output(out, file)?.read_to_end(&mut contents)?;
+            handle.read_to_end(&mut contents)?;
             let mut header = tar::Header::new_ustar();
             header.set_size(contents.len() as u64);
             header.set_mode(0o600);
             header.set_entry_type(tar::EntryType::Regular);
             builder.append_data(&mut header, &file.name, contents.as_slice())?;
-            hashed.push(OutputFile { sha256: hex_digest(Sha256::digest(&contents).as_slice()), ..file.clone() });
+            hashed.push(OutputFile { sha256: hex_digest(Sha256::digest(&contents).as_slice()), ..file });
         }
         let archive = builder.into_inner()?.into_inner().map_err(io::IntoInnerError::into_error)?;
         archive.sync_all()?;

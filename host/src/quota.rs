@@ -423,30 +423,10 @@ impl HostDescriptor for QuotaFilesystemView<'_> {
         oflags: OpenFlags,
         flags: DescriptorFlags,
     ) -> FsResult<Resource<Descriptor>> {
-        let before = if oflags.intersects(OpenFlags::CREATE | OpenFlags::TRUNCATE) {
-            self.existing(&fd, &path).await
-        } else {
-            None
-        };
-        let creates = oflags.contains(OpenFlags::CREATE) && before.is_none();
         self.quota.reserve_handle()?;
-        if creates && let Err(err) = self.quota.reserve_file() {
-            self.quota.release_handle();
-            return Err(err);
-        }
-        let opened = HostDescriptor::open_at(&mut self.inner, fd, path_flags, path, oflags, flags).await;
+        let opened = self.open_counted(fd, path_flags, path, oflags, flags).await;
         if opened.is_err() {
             self.quota.release_handle();
-        }
-        match &opened {
-            Ok(new) if creates => self.make_private(new, 0o600),
-            Ok(_) => {
-                if let Some(stat) = before.filter(|s| oflags.contains(OpenFlags::TRUNCATE) && s.link_count <= 1) {
-                    self.quota.release_bytes(stat.size);
-                }
-            }
-            Err(_) if creates => self.quota.release_file(),
-            Err(_) => {}
         }
         opened
     }
@@ -539,6 +519,46 @@ impl HostDescriptor for QuotaFilesystemView<'_> {
 }
 
 impl QuotaFilesystemView<'_> {
+    /// `open-at`, charging a file it creates and giving back the bytes a
+    /// truncation frees. A new file is the common case, so creation is tried
+    /// exclusively first: one call tells whether it is new, with no stat.
+    async fn open_counted(
+        &mut self,
+        fd: Resource<Descriptor>,
+        path_flags: PathFlags,
+        path: String,
+        oflags: OpenFlags,
+        flags: DescriptorFlags,
+    ) -> FsResult<Resource<Descriptor>> {
+        let borrow = |fd: &Resource<Descriptor>| Resource::new_borrow(fd.rep());
+        if oflags.contains(OpenFlags::CREATE) {
+            self.quota.reserve_file()?;
+            let exclusive = oflags | OpenFlags::EXCLUSIVE;
+            match HostDescriptor::open_at(&mut self.inner, borrow(&fd), path_flags, path.clone(), exclusive, flags)
+                .await
+            {
+                Ok(new) => {
+                    self.make_private(&new, 0o600);
+                    return Ok(new);
+                }
+                Err(err) => {
+                    self.quota.release_file();
+                    let exists = matches!(err.downcast_ref(), Some(ErrorCode::Exist));
+                    if oflags.contains(OpenFlags::EXCLUSIVE) || !exists {
+                        return Err(err);
+                    }
+                }
+            }
+        }
+        // The entry exists: open it as asked, giving back what a truncation frees.
+        let before = if oflags.contains(OpenFlags::TRUNCATE) { self.existing(&fd, &path).await } else { None };
+        let opened = HostDescriptor::open_at(&mut self.inner, fd, path_flags, path, oflags, flags).await?;
+        if let Some(stat) = before.filter(|s| s.type_ == DescriptorType::RegularFile && s.link_count <= 1) {
+            self.quota.release_bytes(stat.size);
+        }
+        Ok(opened)
+    }
+
     /// Replaces wasmtime-wasi's stream (made for its permission checks) by a
     /// [`QuotaStream`] on the same file, under a new handle.
     fn wrap_stream(

@@ -668,10 +668,10 @@ impl Runner {
             .map_err(|err| RunError::Host(format!("cannot open the sandbox's output folder: {err}")))?;
         let files = outputs::collect(&out, &report, limits.effective_max_output())?;
         timings.collect = step.elapsed();
-        tracing::info!(outputs = ?files, "outputs collected");
+        tracing::info!(outputs = ?files.iter().map(|c| (&c.file.name, c.file.bytes)).collect::<Vec<_>>(), "outputs collected");
 
         let step = Instant::now();
-        let (delivered, files) = outputs::deliver(&out, &files, destination)?;
+        let (delivered, files) = outputs::deliver(files, destination)?;
         timings.deliver = step.elapsed();
         tracing::info!(destination = ?destination, elapsed = ?timings.deliver, "outputs delivered");
 
