@@ -531,6 +531,8 @@ impl Runner {
         if limits.fuel.is_some() && !self.inner.config.fuel_metering {
             return Err(RunError::Host("a fuel limit needs a runner built with fuel metering".into()));
         }
+        // A destination that would refuse the outputs fails before any work.
+        outputs::check_destination(&destination)?;
 
         // The tenant's slot first, so a tenant at its bound holds no global slot.
         let busy = || RunError::Busy { tenant: tenant_id.clone() };

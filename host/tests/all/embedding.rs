@@ -214,3 +214,20 @@ async fn background_removal_finishes_by_shutdown() {
     host.runner.shutdown().expect("shutdown waits for every removal");
     host.assert_root_empty();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_that_would_refuse_the_outputs_fails_before_the_guest_runs() {
+    let host = TestHost::new("refused-destination");
+    let taken = host.scratch.join("taken");
+    std::fs::create_dir(&taken).expect("mkdir");
+    std::fs::write(taken.join("keep.txt"), "keep").expect("write");
+    let sleep = host.component(test_programs_artifacts::SLEEP);
+    let started = std::time::Instant::now();
+    let invocation = Invocation::new(&sleep, Input::Bytes(b"3600000".to_vec()))
+        .destination(Destination::Folder { path: taken.clone(), force: false });
+    let err = host.runner.invoke(invocation).await.expect_err("refused");
+    assert_eq!(err.outcome(), Outcome::DeliveryFailed, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30), "the hour-long guest never ran");
+    assert_eq!(std::fs::read_to_string(taken.join("keep.txt")).expect("kept"), "keep");
+    host.assert_root_empty();
+}
