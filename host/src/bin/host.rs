@@ -321,7 +321,8 @@ fn print_summary(outcome: &RunOutcome) {
     }
     let width = report.regions.iter().map(|r| r.region.len()).max().unwrap_or(0);
     for region in &report.regions {
-        println!("  {:<width$}  {:>8} orders  {:>16}", region.region, region.orders, format_cents(region.total_cents));
+        let noun = if region.orders == 1 { "order " } else { "orders" };
+        println!("  {:<width$}  {:>8} {noun}  {:>16}", region.region, region.orders, format_cents(region.total_cents));
     }
     let names: Vec<&str> = outcome.outputs.iter().map(|f| f.name.as_str()).collect();
     match &outcome.delivered {
