@@ -4,8 +4,11 @@
 //! `csv::Reader` reports `Position::line` as the line count at the end of the
 //! previous record, which is off after CRLF endings (the `\n` of a `\r\n` is
 //! consumed with the *next* record) and after skipped blank lines. So this
-//! module drives `csv_core` itself over its own buffer, where it can see
-//! exactly which bytes precede the first byte of each record.
+//! module parses its own buffer, where it can see exactly which bytes
+//! precede the first byte of each record: records that end within the buffer
+//! by its own fast paths (in WebAssembly, `csv_core`'s byte-at-a-time state
+//! machine was the largest cost of a run), anything else with `csv_core`,
+//! whose results the fast paths reproduce exactly (see the tests).
 
 #![forbid(unsafe_code)]
 
@@ -29,64 +32,246 @@ pub(crate) const MAX_RECORD_FIELDS: usize = 1024 * 1024;
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
-/// One record: its unescaped fields stored back to back, as `csv_core`
-/// produces them.
+/// Space for the records `csv_core` parses, reused from record to record.
 #[derive(Debug)]
 pub(crate) struct RawRecord {
+    /// The unescaped fields, back to back.
     data: Vec<u8>,
-    /// `ends[i]` is the end of field `i` in `data`.
+    /// `ends[i]` is the end of field `i` in `data` (or, for the fast path,
+    /// of the line). Its length only ever doubles (from 16), like `data`'s
+    /// (from 1 KiB), so that the caps of `grow` apply at the same record size
+    /// as they always did.
     ends: Vec<usize>,
-    field_count: usize,
-    line: u64,
 }
 
 impl RawRecord {
     pub(crate) fn new() -> Self {
-        Self { data: vec![0; 1024], ends: vec![0; 16], field_count: 0, line: 0 }
+        Self { data: vec![0; 1024], ends: vec![0; 16] }
     }
+}
 
+/// One record, borrowed from the reader's buffer (a quote-free line) or from
+/// a `RawRecord` (anything `csv_core` parsed).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Record<'a> {
+    data: &'a [u8],
+    /// `ends[i]` is the end of field `i` in `data`; one per field.
+    ends: &'a [usize],
+    /// What lies between one field's end and the next one's start: 1 (the
+    /// comma) when `data` is the line itself, 0 for `csv_core`'s output.
+    separator: usize,
+    /// True if `data` is known to be all ASCII (the fast path finds out as
+    /// it splits the line); false if unknown.
+    known_ascii: bool,
+    line: u64,
+}
+
+impl<'a> Record<'a> {
     /// The 1-based physical line of the input on which the record starts.
     pub(crate) fn line(&self) -> u64 {
         self.line
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.field_count
+        self.ends.len()
     }
 
     /// The raw bytes of field `index`; `index` must be below `len()`.
-    pub(crate) fn field(&self, index: usize) -> &[u8] {
+    pub(crate) fn field(&self, index: usize) -> &'a [u8] {
         let start = match index {
             0 => 0,
-            _ => self.ends[index - 1],
+            _ => self.ends[index - 1] + self.separator,
         };
         &self.data[start..self.ends[index]]
     }
 
-    pub(crate) fn fields(&self) -> impl Iterator<Item = &[u8]> {
-        (0..self.field_count).map(|index| self.field(index))
+    pub(crate) fn fields(&self) -> impl Iterator<Item = &'a [u8]> {
+        let record = *self;
+        (0..record.len()).map(move |index| record.field(index))
+    }
+
+    /// True if every byte of every field is ASCII (then every field is valid
+    /// UTF-8), checked in one pass over the record instead of per field.
+    pub(crate) fn is_ascii(&self) -> bool {
+        self.known_ascii || self.data.is_ascii()
     }
 
     /// A line with nothing but whitespace (or one empty quoted field) carries
     /// no data: it is treated like an empty line, which the parser already
     /// skips.
     pub(crate) fn is_blank(&self) -> bool {
-        self.field_count == 1 && self.field(0).trim_ascii().is_empty()
+        self.len() == 1 && self.field(0).trim_ascii().is_empty()
     }
 }
 
+/// Splits a quote-free record at the start of `rest` at its commas, writing
+/// the end of each field into `ends`, and returns the line's length (its
+/// terminator is the next byte), the number of fields and whether the line
+/// is all ASCII. `None` if the record holds a quote, does not end within
+/// `rest`, or has more fields than `ends` holds: then `unescape_line` or
+/// `csv_core` parses it, with the same result for the records this accepts.
+///
+/// Records are short, so rather than a search call per comma (whose set-up
+/// costs more than the search), this classifies 16 bytes at a time and
+/// walks the bit masks.
+fn split_plain_line(rest: &[u8], ends: &mut [usize]) -> Option<(usize, usize, bool)> {
+    let mut fields = 0;
+    let mut non_ascii = 0;
+    let mut chunks = rest.chunks_exact(CHUNK);
+    let mut padded = [0; CHUNK];
+    let mut base = 0;
+    loop {
+        let chunk: &[u8; CHUNK] = match chunks.next() {
+            Some(chunk) => chunk.try_into().ok()?,
+            None => {
+                // Zeros are plain bytes: the padding finds nothing.
+                let tail = chunks.remainder();
+                padded[..tail.len()].copy_from_slice(tail);
+                &padded
+            }
+        };
+        let (commas, stops, high) = classify(chunk);
+        if stops != 0 {
+            let stop = stops.trailing_zeros();
+            let before_stop = (1 << stop) - 1;
+            fields = push_commas(ends, fields, base, commas & before_stop)?;
+            non_ascii |= high & before_stop;
+            let len = base + stop as usize;
+            if rest[len] == b'"' {
+                return None;
+            }
+            *ends.get_mut(fields)? = len;
+            return Some((len, fields + 1, non_ascii == 0));
+        }
+        fields = push_commas(ends, fields, base, commas)?;
+        non_ascii |= high;
+        base += CHUNK;
+        if base >= rest.len() {
+            return None;
+        }
+    }
+}
+
+/// Writes the positions of the set bits of `commas`, offset by `base`, into
+/// `ends` from `fields` on, and returns the new number of fields.
+fn push_commas(ends: &mut [usize], mut fields: usize, base: usize, mut commas: u32) -> Option<usize> {
+    while commas != 0 {
+        *ends.get_mut(fields)? = base + commas.trailing_zeros() as usize;
+        fields += 1;
+        commas &= commas - 1;
+    }
+    Some(fields)
+}
+
+const CHUNK: usize = 16;
+
+/// Bit `i` of the first mask is set if `chunk[i]` is a comma, of the second
+/// if it ends a line or is a quote, of the third if it is not ASCII.
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+fn classify(chunk: &[u8; CHUNK]) -> (u32, u32, u32) {
+    let mut commas = 0;
+    let mut stops = 0;
+    let mut high = 0;
+    for (index, &byte) in chunk.iter().enumerate() {
+        commas |= u32::from(byte == b',') << index;
+        stops |= u32::from(byte == b'\n' || byte == b'\r' || byte == b'"') << index;
+        high |= u32::from(!byte.is_ascii()) << index;
+    }
+    (commas, stops, high)
+}
+
+/// `classify` in four vector comparisons (the compiler does not vectorise
+/// the loop above by itself). Same result, bit for bit.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn classify(chunk: &[u8; CHUNK]) -> (u32, u32, u32) {
+    use core::arch::wasm32::{u8x16, u8x16_bitmask, u8x16_eq, u8x16_splat, v128_or};
+    let [b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15] = *chunk;
+    let bytes = u8x16(b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15);
+    let commas = u8x16_eq(bytes, u8x16_splat(b','));
+    let line_ends = v128_or(u8x16_eq(bytes, u8x16_splat(b'\n')), u8x16_eq(bytes, u8x16_splat(b'\r')));
+    let stops = v128_or(line_ends, u8x16_eq(bytes, u8x16_splat(b'"')));
+    // The bitmask of the bytes themselves is their top bits.
+    (u32::from(u8x16_bitmask(commas)), u32::from(u8x16_bitmask(stops)), u32::from(u8x16_bitmask(bytes)))
+}
+
+/// Parses a record at the start of `rest` that holds quotes, the way
+/// `csv_core` does: a quote opens a quoted part only as a field's first
+/// byte; inside, `""` is a quote and anything else (commas, line breaks) is
+/// data; after the closing quote the field goes on unquoted, where quotes
+/// are plain data. The fields are unescaped into `data`, back to back, and
+/// their ends written into `ends`. Returns the position of the record's
+/// terminator in `rest`, the length of the data and the number of fields.
+/// `None` if the record does not end within `rest` or does not fit in
+/// `data` and `ends`: `csv_core` then parses it (across refills, growing
+/// the buffers up to their caps).
+fn unescape_line(rest: &[u8], data: &mut [u8], ends: &mut [usize]) -> Option<(usize, usize, usize)> {
+    let mut position = 0;
+    let mut written = 0;
+    let mut fields = 0;
+    loop {
+        if *rest.get(position)? == b'"' {
+            position += 1;
+            loop {
+                let quote = position + memchr::memchr(b'"', &rest[position..])?;
+                let part = &rest[position..quote];
+                data.get_mut(written..written + part.len())?.copy_from_slice(part);
+                written += part.len();
+                position = quote + 1;
+                if *rest.get(position)? != b'"' {
+                    break;
+                }
+                *data.get_mut(written)? = b'"';
+                written += 1;
+                position += 1;
+            }
+        }
+        let stop = position + memchr::memchr3(b',', b'\n', b'\r', &rest[position..])?;
+        let part = &rest[position..stop];
+        data.get_mut(written..written + part.len())?.copy_from_slice(part);
+        written += part.len();
+        *ends.get_mut(fields)? = written;
+        fields += 1;
+        if rest[stop] != b',' {
+            return Some((stop, written, fields));
+        }
+        position = stop + 1;
+    }
+}
+
+/// A record that `csv_core` is part way through, across buffer refills.
+#[derive(Debug, Clone, Copy)]
+struct Partial {
+    data_len: usize,
+    ends_len: usize,
+    line: u64,
+}
+
 /// Reads records from any `Read`, buffering it itself.
+///
+/// A record that ends inside the buffer (nearly all of them) is split at
+/// commas directly, with vectorised scans, or unescaped if it holds quotes;
+/// any other record is handed to `csv_core` from its first byte, which also
+/// applies the caps on record size. Between records `csv_core` is
+/// always in a state equivalent to its start state (its states after a
+/// record terminator skip `\r` and `\n` just like the start state does, and
+/// this reader skips those bytes itself), so the two paths can alternate
+/// record by record.
 pub(crate) struct RecordReader<R> {
     source: R,
     parser: CsvParser,
     buffer: Box<[u8]>,
-    /// The bytes not yet given to the parser are `buffer[consumed..filled]`.
+    /// The bytes not yet parsed are `buffer[consumed..filled]`.
     consumed: usize,
     filled: usize,
     source_exhausted: bool,
-    /// True until the parser has been called once: only that call can strip
-    /// a byte order mark.
+    /// True until the first block was read: only its start can hold a byte
+    /// order mark.
     first_call: bool,
+    /// The physical line of `buffer[consumed]`: one more than the `\n` bytes
+    /// consumed so far.
+    line: u64,
+    /// Set while `csv_core` has a record part way.
+    partial: Option<Partial>,
 }
 
 impl<R: Read> RecordReader<R> {
@@ -97,74 +282,132 @@ impl<R: Read> RecordReader<R> {
 
     /// A reader whose block size is `buffer_bytes` (at least 4 KiB).
     pub(crate) fn with_buffer(source: R, buffer_bytes: usize) -> Self {
+        // The defaults are RFC 4180: `,`, `"` doubled inside quotes, and
+        // `\r`, `\n` or `\r\n` ending a record.
+        let mut parser = CsvParser::new();
+        // `csv_core` drops a byte order mark at the start of the first input
+        // it is given, but it may first see the input mid-file here (at the
+        // first quoted record), so the mark is handled by `read` and the
+        // parser is told it has already started. With no room for output it
+        // returns at once, consuming nothing and staying in its start state.
+        let _ = parser.read_record(b",", &mut [], &mut []);
         Self {
             source,
-            // The defaults are RFC 4180: `,`, `"` doubled inside quotes, and
-            // `\r`, `\n` or `\r\n` ending a record.
-            parser: CsvParser::new(),
+            parser,
             buffer: vec![0; buffer_bytes.max(4096)].into_boxed_slice(),
             consumed: 0,
             filled: 0,
             source_exhausted: false,
             first_call: true,
+            line: 1,
+            partial: None,
         }
     }
 
-    /// Reads the next record into `record`. Returns `false` at the end of the
-    /// input. Empty lines are skipped by the parser and never returned.
-    pub(crate) fn read(&mut self, record: &mut RawRecord) -> Result<bool, PipelineError> {
-        let mut data_len = 0;
-        let mut ends_len = 0;
-        let mut start_line = None;
+    /// Reads the next record, using `raw` for space if needed. `None` at the
+    /// end of the input. Empty lines are skipped and never returned.
+    pub(crate) fn read<'a>(&'a mut self, raw: &'a mut RawRecord) -> Result<Option<Record<'a>>, PipelineError> {
         loop {
             if self.consumed == self.filled && !self.source_exhausted {
                 self.fill().map_err(|err| {
-                    PipelineError::Io(format!("reading the input failed after line {}: {err}", self.parser.line()))
+                    PipelineError::Io(format!("reading the input failed after line {}: {err}", self.line))
                 })?;
+                if std::mem::take(&mut self.first_call) && self.buffer[..self.filled].starts_with(UTF8_BOM) {
+                    self.consumed = UTF8_BOM.len();
+                }
             }
-            // An empty slice tells the parser that the input has ended.
-            let input = &self.buffer[self.consumed..self.filled];
-            let line_before = self.parser.line();
-            let (result, read, written, ends_written) =
-                self.parser.read_record(input, &mut record.data[data_len..], &mut record.ends[ends_len..]);
-            if start_line.is_none() {
-                let mut consumed = &input[..read];
-                if std::mem::take(&mut self.first_call) && consumed.starts_with(UTF8_BOM) {
-                    // The parser stripped it; it is not the record's first byte.
-                    consumed = &consumed[UTF8_BOM.len()..];
+            let partial = match self.partial.take() {
+                Some(partial) => partial,
+                None => {
+                    // Between records, line ends are empty lines.
+                    let rest = &self.buffer[self.consumed..self.filled];
+                    let skipped = rest.iter().position(|&byte| byte != b'\n' && byte != b'\r').unwrap_or(rest.len());
+                    self.line += count_line_feeds(&rest[..skipped]);
+                    self.consumed += skipped;
+                    let rest = &rest[skipped..];
+                    if rest.is_empty() {
+                        if self.source_exhausted {
+                            return Ok(None);
+                        }
+                        continue;
+                    }
+                    if let Some((len, fields, ascii)) = split_plain_line(rest, &mut raw.ends) {
+                        let line = self.line;
+                        self.line += u64::from(rest[len] == b'\n');
+                        self.consumed += len + 1;
+                        let data = &self.buffer[self.consumed - len - 1..self.consumed - 1];
+                        let ends = &raw.ends[..fields];
+                        return Ok(Some(Record { data, ends, separator: 1, known_ascii: ascii, line }));
+                    }
+                    if let Some((len, data_len, fields)) = unescape_line(rest, &mut raw.data, &mut raw.ends) {
+                        let line = self.line;
+                        self.line += count_line_feeds(&rest[..=len]);
+                        self.consumed += len + 1;
+                        return Ok(Some(Record {
+                            data: &raw.data[..data_len],
+                            ends: &raw.ends[..fields],
+                            separator: 0,
+                            known_ascii: false,
+                            line,
+                        }));
+                    }
+                    Partial { data_len: 0, ends_len: 0, line: self.line }
                 }
-                start_line = line_of_first_record_byte(consumed, line_before);
-            }
-            self.consumed += read;
-            data_len += written;
-            ends_len += ends_written;
-            match result {
-                ReadRecordResult::InputEmpty => {}
-                ReadRecordResult::OutputFull => {
-                    grow(&mut record.data, MAX_RECORD_BYTES, start_line, "MiB of data")?;
-                }
-                ReadRecordResult::OutputEndsFull => {
-                    grow(&mut record.ends, MAX_RECORD_FIELDS, start_line, "Mi fields")?;
-                }
-                ReadRecordResult::Record => {
-                    record.field_count = ends_len;
-                    record.line = start_line.unwrap_or(line_before);
-                    return Ok(true);
-                }
-                ReadRecordResult::End => return Ok(false),
+            };
+            if let Some(fields) = self.parse_with_csv_core(raw, partial)? {
+                let data_len = raw.ends[..fields].last().copied().unwrap_or(0);
+                return Ok(Some(Record {
+                    data: &raw.data[..data_len],
+                    ends: &raw.ends[..fields],
+                    separator: 0,
+                    known_ascii: false,
+                    line: partial.line,
+                }));
             }
         }
+    }
+
+    /// Gives `csv_core` the rest of the buffer (or the end of the input) for
+    /// the record `partial`; its number of fields once it is complete.
+    fn parse_with_csv_core(
+        &mut self,
+        raw: &mut RawRecord,
+        mut partial: Partial,
+    ) -> Result<Option<usize>, PipelineError> {
+        // An empty slice tells the parser that the input has ended.
+        let input = &self.buffer[self.consumed..self.filled];
+        let (result, read, written, ends_written) =
+            self.parser.read_record(input, &mut raw.data[partial.data_len..], &mut raw.ends[partial.ends_len..]);
+        self.line += count_line_feeds(&input[..read]);
+        self.consumed += read;
+        partial.data_len += written;
+        partial.ends_len += ends_written;
+        match result {
+            ReadRecordResult::InputEmpty => {}
+            ReadRecordResult::OutputFull => {
+                grow(&mut raw.data, MAX_RECORD_BYTES, Some(partial.line), "MiB of data")?;
+            }
+            ReadRecordResult::OutputEndsFull => {
+                grow(&mut raw.ends, MAX_RECORD_FIELDS, Some(partial.line), "Mi fields")?;
+            }
+            ReadRecordResult::Record => return Ok(Some(partial.ends_len)),
+            // Not reached: the parser was given the record's first byte, so
+            // it ends the input with that record.
+            ReadRecordResult::End => return Ok(None),
+        }
+        self.partial = Some(partial);
+        Ok(None)
     }
 
     /// Refills the buffer once everything in it has been parsed.
     fn fill(&mut self) -> io::Result<()> {
         self.consumed = 0;
         self.filled = 0;
-        // The parser recognises a byte order mark only if its first call sees
-        // all three bytes, and takes a call whose input is nothing *but* the
-        // mark for the end of the input. So the first fill waits for a byte
-        // past the mark (or the real end), even from a source that returns
-        // one byte at a time.
+        // A byte order mark is recognised only if the first block holds all
+        // three bytes, and a block of nothing *but* the mark is taken for
+        // the whole input. So the first fill waits for a byte past the mark
+        // (or the real end), even from a source that returns one byte at a
+        // time.
         let wanted = if self.first_call { UTF8_BOM.len() + 1 } else { 1 };
         while self.filled < wanted {
             match self.source.read(&mut self.buffer[self.filled..]) {
@@ -180,19 +423,9 @@ impl<R: Read> RecordReader<R> {
         Ok(())
     }
 }
-/// Before a record the parser skips `\r` and `\n` (empty lines, or the `\n`
-/// left over from the previous record's `\r\n`); the record starts at the
-/// first other byte. `line_before` is the line of `consumed[0]`.
-fn line_of_first_record_byte(consumed: &[u8], line_before: u64) -> Option<u64> {
-    let mut line = line_before;
-    for &byte in consumed {
-        match byte {
-            b'\n' => line += 1,
-            b'\r' => {}
-            _ => return Some(line),
-        }
-    }
-    None
+
+fn count_line_feeds(bytes: &[u8]) -> u64 {
+    memchr::memchr_iter(b'\n', bytes).count() as u64
 }
 
 /// Doubles a record buffer, failing the run past `limit` entries.
@@ -235,9 +468,9 @@ mod tests {
 
     fn records_from(source: impl Read) -> Vec<(u64, Vec<String>)> {
         let mut reader = RecordReader::new(source);
-        let mut record = RawRecord::new();
+        let mut raw = RawRecord::new();
         let mut records = Vec::new();
-        while reader.read(&mut record).expect("in-memory input") {
+        while let Some(record) = reader.read(&mut raw).expect("in-memory input") {
             let fields = record.fields().map(|field| String::from_utf8_lossy(field).into_owned()).collect();
             records.push((record.line(), fields));
         }
@@ -255,6 +488,279 @@ mod tests {
 
     fn lines(input: &str) -> Vec<u64> {
         records(input).into_iter().map(|(line, _)| line).collect()
+    }
+
+    /// The reader as it was before its quote-free fast path: `csv_core` on
+    /// every byte. The fast path must give exactly its records, lines and
+    /// errors.
+    struct ReferenceReader<R> {
+        source: R,
+        parser: CsvParser,
+        buffer: Vec<u8>,
+        consumed: usize,
+        filled: usize,
+        source_exhausted: bool,
+        first_call: bool,
+    }
+
+    impl<R: Read> ReferenceReader<R> {
+        fn new(source: R) -> Self {
+            Self {
+                source,
+                parser: CsvParser::new(),
+                buffer: vec![0; INPUT_BUFFER_BYTES],
+                consumed: 0,
+                filled: 0,
+                source_exhausted: false,
+                first_call: true,
+            }
+        }
+
+        fn read(&mut self, record: &mut RawRecord) -> Result<Option<Fields>, PipelineError> {
+            let mut data_len = 0;
+            let mut ends_len = 0;
+            let mut start_line = None;
+            loop {
+                if self.consumed == self.filled && !self.source_exhausted {
+                    self.consumed = 0;
+                    self.filled = 0;
+                    let wanted = if self.first_call { UTF8_BOM.len() + 1 } else { 1 };
+                    while self.filled < wanted {
+                        match self.source.read(&mut self.buffer[self.filled..]) {
+                            Ok(0) => {
+                                self.source_exhausted = true;
+                                break;
+                            }
+                            Ok(count) => self.filled += count,
+                            Err(err) => {
+                                return Err(PipelineError::Io(format!(
+                                    "reading the input failed after line {}: {err}",
+                                    self.parser.line()
+                                )));
+                            }
+                        }
+                    }
+                }
+                let input = &self.buffer[self.consumed..self.filled];
+                let line_before = self.parser.line();
+                let (result, read, written, ends_written) =
+                    self.parser.read_record(input, &mut record.data[data_len..], &mut record.ends[ends_len..]);
+                if start_line.is_none() {
+                    let mut consumed = &input[..read];
+                    if std::mem::take(&mut self.first_call) && consumed.starts_with(UTF8_BOM) {
+                        consumed = &consumed[UTF8_BOM.len()..];
+                    }
+                    let mut line = line_before;
+                    for &byte in consumed {
+                        match byte {
+                            b'\n' => line += 1,
+                            b'\r' => {}
+                            _ => {
+                                start_line = Some(line);
+                                break;
+                            }
+                        }
+                    }
+                }
+                self.consumed += read;
+                data_len += written;
+                ends_len += ends_written;
+                match result {
+                    ReadRecordResult::InputEmpty => {}
+                    ReadRecordResult::OutputFull => {
+                        grow(&mut record.data, MAX_RECORD_BYTES, start_line, "MiB of data")?;
+                    }
+                    ReadRecordResult::OutputEndsFull => {
+                        grow(&mut record.ends, MAX_RECORD_FIELDS, start_line, "Mi fields")?;
+                    }
+                    ReadRecordResult::Record => {
+                        let mut start = 0;
+                        let fields = record.ends[..ends_len]
+                            .iter()
+                            .map(|&end| {
+                                let field = record.data[start..end].to_vec();
+                                start = end;
+                                field
+                            })
+                            .collect();
+                        return Ok(Some((start_line.unwrap_or(line_before), fields)));
+                    }
+                    ReadRecordResult::End => return Ok(None),
+                }
+            }
+        }
+    }
+
+    /// A record's line and fields.
+    type Fields = (u64, Vec<Vec<u8>>);
+    type Records = (Vec<Fields>, Option<PipelineError>);
+
+    fn collect(mut read: impl FnMut(&mut RawRecord) -> Result<Option<Fields>, PipelineError>) -> Records {
+        let mut raw = RawRecord::new();
+        let mut records = Vec::new();
+        loop {
+            match read(&mut raw) {
+                Ok(Some(record)) => records.push(record),
+                Ok(None) => return (records, None),
+                Err(err) => return (records, Some(err)),
+            }
+        }
+    }
+
+    fn owned(record: Option<Record<'_>>) -> Option<Fields> {
+        record.map(|record| {
+            assert_eq!(record.is_ascii(), record.fields().all(|field| field.is_ascii()));
+            (record.line(), record.fields().map(<[u8]>::to_vec).collect())
+        })
+    }
+
+    /// Hands out its data `step` bytes per `read`, then fails if `fail`.
+    struct Pieces<'a> {
+        data: &'a [u8],
+        step: usize,
+        fail: bool,
+    }
+
+    impl Read for Pieces<'_> {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            if self.data.is_empty() && self.fail {
+                return Err(io::Error::other("disk on fire"));
+            }
+            let count = self.step.min(out.len()).min(self.data.len());
+            out[..count].copy_from_slice(&self.data[..count]);
+            self.data = &self.data[count..];
+            Ok(count)
+        }
+    }
+
+    fn assert_same_as_reference(input: &[u8]) {
+        for step in [usize::MAX, 1, 2, 3, 5, 7, 16] {
+            for fail in [false, true] {
+                let pieces = || Pieces { data: input, step, fail };
+                let mut reader = RecordReader::new(pieces());
+                let mut reference = ReferenceReader::new(pieces());
+                let got = collect(|raw| reader.read(raw).map(owned));
+                let expected = collect(|record| reference.read(record));
+                assert_eq!(got, expected, "input {:?} read {step} bytes at a time", String::from_utf8_lossy(input));
+            }
+        }
+    }
+
+    #[test]
+    fn quoted_lines_are_unescaped_or_left_to_csv_core() {
+        let mut data = [0; 16];
+        let mut ends = [0; 4];
+        let mut parse = |text: &str| {
+            unescape_line(text.as_bytes(), &mut data, &mut ends).map(|(len, data_len, fields)| {
+                let mut start = 0;
+                let parsed: Vec<String> = ends[..fields]
+                    .iter()
+                    .map(|&end| {
+                        let field = String::from_utf8_lossy(&data[start..end]).into_owned();
+                        start = end;
+                        field
+                    })
+                    .collect();
+                assert_eq!(start, data_len);
+                (len, parsed)
+            })
+        };
+        assert_eq!(parse("\"a,b\",c\nx"), Some((7, vec!["a,b".into(), "c".into()])));
+        assert_eq!(parse("\"\"\r\n"), Some((2, vec!["".into()])));
+        assert_eq!(parse("\"x\ny\"\"z\"q\"r,\n"), Some((12, vec!["x\ny\"zq\"r".into(), "".into()])));
+        assert_eq!(parse("a\"b,\"\"\r"), Some((6, vec!["a\"b".into(), "".into()])));
+        // Unfinished within the buffer, or too large for the space given.
+        for unfinished in ["\"a", "\"a\"", "\"a\"\"", "a,\"b\"", "\"a\",", ",,,,\n", "\"0123456789abcdefg\"\n"] {
+            assert_eq!(parse(unfinished), None, "{unfinished:?}");
+        }
+    }
+
+    #[test]
+    fn the_fast_path_gives_what_csv_core_gives() {
+        // Quotes mid-buffer, records split across reads, CRLF, lone CRs, byte
+        // order marks, blank and whitespace lines.
+        for input in [
+            "",
+            "\u{feff}",
+            "\u{feff}a,b\n",
+            "\u{feff}\n\na",
+            "a,b\nc,d",
+            "a,b\r\nc,d\r\n",
+            "a\rb\r\rc\n\rd",
+            "h\n\"q\",x\ny,z\n",
+            "h\n\"x\r\ny\",1\r\nb,2\r\n",
+            "a,\" b,c \",\"say \"\"hi\"\"\"\nnext\n",
+            "a, \"b,c\" \n\"open",
+            "h\n\u{feff}a\n\u{feff}\"b\"\n",
+            "   \n\"\"\n,\n a \n\t\n",
+            "x,\"\"\"\",y\n\"a\"b,c\n",
+            "\n\r\n\r\r\n\n",
+            ",,,\n,\"\",\n",
+        ] {
+            assert_same_as_reference(input.as_bytes());
+        }
+    }
+
+    #[test]
+    fn random_inputs_give_what_csv_core_gives() {
+        const BYTES: &[u8] = b"ab ,,\"\"\r\n\n\xef\xbb\xbf\xff";
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..5_000 {
+            let len = (next() % 60) as usize;
+            let mut input: Vec<u8> = (0..len).map(|_| BYTES[(next() % BYTES.len() as u64) as usize]).collect();
+            if next() % 8 == 0 {
+                input.splice(0..0, UTF8_BOM.iter().copied());
+            }
+            assert_same_as_reference(&input);
+        }
+    }
+
+    #[test]
+    fn records_longer_than_the_buffer_give_what_csv_core_gives() {
+        // Quote-free records that run past a refill go to `csv_core`.
+        let long_field = "x".repeat(INPUT_BUFFER_BYTES + 100);
+        let input = format!("h,i\n{long_field},1\n\"{long_field}\",2\r\n3,4\n,{long_field}");
+        for step in [usize::MAX, 4096, 100_000] {
+            let pieces = || Pieces { data: input.as_bytes(), step, fail: false };
+            let mut reader = RecordReader::new(pieces());
+            let mut reference = ReferenceReader::new(pieces());
+            assert_eq!(collect(|raw| reader.read(raw).map(owned)), collect(|record| reference.read(record)));
+        }
+        let many_fields = ",".repeat(INPUT_BUFFER_BYTES / 2);
+        let input = format!("{many_fields}\n{many_fields}{many_fields}{many_fields}\n");
+        let mut reader = RecordReader::new(input.as_bytes());
+        let mut reference = ReferenceReader::new(input.as_bytes());
+        assert_eq!(collect(|raw| reader.read(raw).map(owned)), collect(|record| reference.read(record)));
+    }
+
+    #[test]
+    fn the_record_caps_apply_as_with_csv_core_alone() {
+        // Exactly at the data cap, at the end of the input: still a record.
+        let mut input = b"h\n\n".to_vec();
+        input.resize(input.len() + MAX_RECORD_BYTES, b'x');
+        let mut reader = RecordReader::new(input.as_slice());
+        let (records, err) = collect(|raw| reader.read(raw).map(owned));
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(records[1].0, 3);
+        assert_eq!(records[1].1[0].len(), MAX_RECORD_BYTES);
+        // One byte more, or a line end after it, fails naming the line.
+        for tail in [&b"x"[..], b"\n", b"\"", b","] {
+            let mut longer = input.clone();
+            longer.extend_from_slice(tail);
+            let mut reader = RecordReader::new(longer.as_slice());
+            let mut reference = ReferenceReader::new(longer.as_slice());
+            let (_, err) = collect(|raw| reader.read(raw).map(owned));
+            let (_, expected) = collect(|record| reference.read(record));
+            assert_eq!(err, expected);
+            let message = err.map(|err| err.to_string()).unwrap_or_default();
+            assert!(message.contains("line 3 is larger than 8 MiB of data"), "{message}");
+        }
     }
 
     #[test]
@@ -299,9 +805,9 @@ mod tests {
     #[test]
     fn blank_means_one_field_of_whitespace() {
         let mut reader = RecordReader::new("   \n\"\"\n,\n a \n".as_bytes());
-        let mut record = RawRecord::new();
+        let mut raw = RawRecord::new();
         let mut blank = Vec::new();
-        while reader.read(&mut record).expect("in-memory input") {
+        while let Some(record) = reader.read(&mut raw).expect("in-memory input") {
             blank.push(record.is_blank());
         }
         assert_eq!(blank, [true, true, false, false]);
@@ -322,9 +828,9 @@ mod tests {
         let mut input = b"h\n\"never closed".to_vec();
         input.resize(MAX_RECORD_BYTES + 10, b'x');
         let mut reader = RecordReader::new(input.as_slice());
-        let mut record = RawRecord::new();
-        assert!(reader.read(&mut record).expect("header"));
-        let err = reader.read(&mut record).expect_err("too large");
+        let mut raw = RawRecord::new();
+        assert!(reader.read(&mut raw).expect("header").is_some());
+        let err = reader.read(&mut raw).expect_err("too large");
         assert!(err.to_string().contains("line 2"), "{err}");
     }
 }

@@ -41,10 +41,11 @@
 //! The input is read in 256 KiB blocks and each accepted row is written to
 //! its region's file as it arrives (through 64 KiB buffers), so memory does
 //! not grow with the input, except for the set of order ids already seen
-//! (needed for exact duplicate detection; ids of up to 10 characters take 8
-//! bytes each) and one small entry per region. At most 64 region files are
-//! open at once; past that the least recently used one is flushed, closed,
-//! and reopened in append mode when its region comes back.
+//! (needed for exact duplicate detection; an id of up to 10 characters takes
+//! at most one 16-byte table entry, shared with the ids that differ from it
+//! only in their last character) and one small entry per region. At most 64
+//! region files are open at once; past that the least recently used one is
+//! flushed, closed, and reopened in append mode when its region comes back.
 //!
 //! # Choices where SPEC.md is silent
 //!
@@ -112,9 +113,9 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
-use crate::input::{RawRecord, RecordReader};
+use crate::input::{RawRecord, Record, RecordReader};
 use crate::outputs::{REJECTED_FILE, RegionFiles, SUMMARY_FILE};
-use crate::rules::{Columns, Status};
+use crate::rules::{Columns, RegionName, Status};
 use crate::seen_ids::SeenIds;
 
 pub use crate::rules::Reason;
@@ -206,10 +207,10 @@ pub fn process_sized<R: Read>(
 ) -> Result<Report, PipelineError> {
     let buffers = Buffers::for_input(size_hint);
     let mut reader = RecordReader::with_buffer(input, buffers.input);
-    let mut record = RawRecord::new();
-    let columns = read_header(&mut reader, &mut record)?;
+    let mut raw = RawRecord::new();
+    let columns = read_header(&mut reader, &mut raw)?;
     let mut run = Run::start(columns, outputs, buffers.output)?;
-    while reader.read(&mut record)? {
+    while let Some(record) = reader.read(&mut raw)? {
         if !record.is_blank() {
             run.add_row(&record)?;
         }
@@ -254,10 +255,10 @@ impl Buffers {
     }
 }
 
-fn read_header<R: Read>(reader: &mut RecordReader<R>, record: &mut RawRecord) -> Result<Columns, PipelineError> {
-    while reader.read(record)? {
+fn read_header<R: Read>(reader: &mut RecordReader<R>, raw: &mut RawRecord) -> Result<Columns, PipelineError> {
+    while let Some(record) = reader.read(raw)? {
         if !record.is_blank() {
-            return Columns::from_header(record);
+            return Columns::from_header(&record);
         }
     }
     Err(PipelineError::InvalidInput(
@@ -279,7 +280,7 @@ struct Run<'s, S: OutputSink> {
     cancelled: u64,
     rejected_by_reason: [u64; Reason::ALL.len()],
     // Reused for every row, so that rows need no allocation of their own.
-    region: String,
+    region: RegionName,
     record_text: Vec<u8>,
     buffer_bytes: usize,
 }
@@ -298,20 +299,20 @@ impl<'s, S: OutputSink> Run<'s, S> {
             accepted: 0,
             cancelled: 0,
             rejected_by_reason: [0; Reason::ALL.len()],
-            region: String::new(),
+            region: RegionName::new(),
             record_text: Vec::new(),
         })
     }
 
-    fn add_row(&mut self, record: &RawRecord) -> Result<(), PipelineError> {
+    fn add_row(&mut self, record: &Record<'_>) -> Result<(), PipelineError> {
         self.rows += 1;
         match rules::validate(record, &self.columns, &self.seen_ids, &mut self.region) {
             Ok(row) => {
-                self.seen_ids.insert(row.order_id.as_bytes());
+                self.seen_ids.insert_looked_up(row.order_id, row.id_lookup);
                 match row.status {
                     Status::Completed => {
                         self.accepted += 1;
-                        self.regions.add_order(self.sink, &self.region, row.order_id, row.amount_cents)
+                        self.regions.add_order(self.sink, self.region.as_bytes(), row.order_id, row.amount_cents)
                     }
                     Status::Cancelled => {
                         self.cancelled += 1;
@@ -323,11 +324,16 @@ impl<'s, S: OutputSink> Run<'s, S> {
         }
     }
 
-    fn reject(&mut self, record: &RawRecord, reason: Reason) -> Result<(), PipelineError> {
+    fn reject(&mut self, record: &Record<'_>, reason: Reason) -> Result<(), PipelineError> {
         self.rejected_by_reason[reason as usize] += 1;
         outputs::encode_record(record, &mut self.record_text)?;
+        let mut line_text = [0; rules::NUMBER_TEXT_BYTES];
         self.rejected_file
-            .write_record([record.line().to_string().as_bytes(), reason.as_str().as_bytes(), &self.record_text])
+            .write_record([
+                rules::format_integer(record.line(), &mut line_text),
+                reason.as_str().as_bytes(),
+                &self.record_text,
+            ])
             .map_err(|err| outputs::write_error(REJECTED_FILE, err))
     }
 

@@ -3,12 +3,13 @@
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::hash::{BuildHasher, Hasher};
+use std::io::{self, Write};
 
 use csv::{QuoteStyle, Terminator, WriterBuilder};
 
-use crate::input::RawRecord;
-use crate::rules::format_cents;
+use crate::input::Record;
+use crate::rules::{NUMBER_TEXT_BYTES, format_cents, format_integer};
 use crate::sink::OutputSink;
 use crate::{PipelineError, RegionTotal};
 
@@ -64,7 +65,7 @@ pub(crate) fn close<W: Write>(mut writer: csv::Writer<W>, name: &str) -> Result<
 /// Re-encodes a record's original fields as one CSV line without its line
 /// ending, for the `record` column of `rejected.csv`. Invalid UTF-8 is
 /// replaced by U+FFFD so that `rejected.csv` stays UTF-8.
-pub(crate) fn encode_record(record: &RawRecord, out: &mut Vec<u8>) -> Result<(), PipelineError> {
+pub(crate) fn encode_record(record: &Record<'_>, out: &mut Vec<u8>) -> Result<(), PipelineError> {
     fn encode_error(err: impl std::fmt::Display) -> PipelineError {
         PipelineError::Io(format!("re-encoding a rejected row failed: {err}"))
     }
@@ -83,6 +84,66 @@ pub(crate) fn encode_record(record: &RawRecord, out: &mut Vec<u8>) -> Result<(),
     Ok(())
 }
 
+/// A hasher for short names (regions, looked up once per row): a
+/// multiply-rotate per 8 bytes, keyed with a random seed from std's
+/// `RandomState` so that crafted names cannot be made to collide. Cheaper
+/// in WebAssembly than std's SipHash, and than hashers built on 128-bit
+/// products.
+#[derive(Debug, Clone, Copy)]
+struct NameHashing {
+    seed: u64,
+}
+
+impl NameHashing {
+    fn random() -> Self {
+        Self { seed: std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64) }
+    }
+}
+
+impl BuildHasher for NameHashing {
+    type Hasher = NameHasher;
+
+    fn build_hasher(&self) -> NameHasher {
+        NameHasher { state: self.seed }
+    }
+}
+
+#[derive(Debug)]
+struct NameHasher {
+    state: u64,
+}
+
+impl NameHasher {
+    fn mix(&mut self, word: u64) {
+        self.state = (self.state ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+    }
+}
+
+impl Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            self.mix(u64::from_le_bytes(word.try_into().unwrap_or_default()));
+        }
+        let tail = words.remainder();
+        if !tail.is_empty() {
+            // Byte by byte: a copy of a variable length would be a call.
+            let word = tail.iter().rev().fold(0, |word, &byte| word << 8 | u64::from(byte));
+            self.mix(word);
+        }
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.mix(value as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        // hashbrown uses both the top and the bottom bits.
+        let mixed = (self.state ^ (self.state >> 32)).wrapping_mul(0xd6e8_feb8_6659_fd93);
+        mixed ^ (mixed >> 32)
+    }
+}
+
 /// Accepted orders of one region so far.
 #[derive(Debug)]
 struct Region {
@@ -93,59 +154,106 @@ struct Region {
     open_slot: Option<usize>,
 }
 
+/// A buffered writer for lines of a region file. Their fields (order id,
+/// region, amount) never need CSV quoting, so the lines are written as they
+/// are, which is what `csv::Writer` with `QuoteStyle::Necessary` writes for
+/// them, without its per-field scanning.
+struct LineWriter<W: Write> {
+    inner: W,
+    buffer: Vec<u8>,
+    capacity: usize,
+}
+
+impl<W: Write> LineWriter<W> {
+    fn new(inner: W, capacity: usize) -> Self {
+        Self { inner, buffer: Vec::with_capacity(capacity), capacity }
+    }
+
+    /// Writes `fields` joined by commas, and a line feed.
+    fn write_line(&mut self, fields: [&[u8]; 3]) -> io::Result<()> {
+        let len = fields.iter().map(|field| field.len() + 1).sum::<usize>();
+        if self.buffer.len() + len > self.capacity {
+            self.write_buffer()?;
+        }
+        for (index, field) in fields.into_iter().enumerate() {
+            if index > 0 {
+                self.buffer.push(b',');
+            }
+            self.buffer.extend_from_slice(field);
+        }
+        self.buffer.push(b'\n');
+        Ok(())
+    }
+
+    fn write_buffer(&mut self) -> io::Result<()> {
+        self.inner.write_all(&self.buffer)?;
+        self.buffer.clear();
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.write_buffer()?;
+        self.inner.flush()
+    }
+}
+
+impl<W: Write> Drop for LineWriter<W> {
+    /// Like `csv::Writer`: when a run fails, the rows so far still reach the
+    /// file (the error that stopped the run is the one reported).
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}
+
 struct OpenFile<W: Write> {
     region: usize,
-    writer: csv::Writer<W>,
+    writer: LineWriter<W>,
     last_used: u64,
 }
 
 /// The per-region totals and `<region>_orders.csv` files.
 pub(crate) struct RegionFiles<W: Write> {
-    index: HashMap<Box<str>, usize>,
+    /// Keyed by the cleaned region's bytes.
+    index: HashMap<Box<[u8]>, usize, NameHashing>,
     regions: Vec<Region>,
     open: Vec<OpenFile<W>>,
     max_open: usize,
     buffer_bytes: usize,
     /// Counts writes, to find the least recently used open file.
     clock: u64,
-    amount_text: String,
 }
 
 impl<W: Write> RegionFiles<W> {
     pub(crate) fn new(max_open: usize, buffer_bytes: usize) -> Self {
         Self {
-            index: HashMap::new(),
+            index: HashMap::with_hasher(NameHashing::random()),
             regions: Vec::new(),
             open: Vec::new(),
             max_open: max_open.max(1),
             buffer_bytes,
             clock: 0,
-            amount_text: String::new(),
         }
     }
 
-    /// Adds an accepted order to its region's total and file.
+    /// Adds an accepted order to its region's total and file. `region` and
+    /// `order_id` are ASCII (the rules allow nothing else).
     pub(crate) fn add_order<S: OutputSink<Writer = W>>(
         &mut self,
         sink: &mut S,
-        region: &str,
-        order_id: &str,
+        region: &[u8],
+        order_id: &[u8],
         amount_cents: u64,
     ) -> Result<(), PipelineError> {
         let region_index = match self.index.get(region) {
             Some(&existing) => existing,
-            None => {
-                let added = self.regions.len();
-                self.regions.push(Region { name: region.into(), orders: 0, total_cents: 0, open_slot: None });
-                self.index.insert(region.into(), added);
-                added
-            }
+            None => self.add_region(region),
         };
         let state = &mut self.regions[region_index];
         let first_order = state.orders == 0;
         state.total_cents = state.total_cents.checked_add(amount_cents).ok_or_else(|| {
             PipelineError::Overflow(format!(
-                "the total of region `{region}` does not fit in 64 bits of cents (more than {} cents)",
+                "the total of region `{}` does not fit in 64 bits of cents (more than {} cents)",
+                state.name,
                 u64::MAX
             ))
         })?;
@@ -156,12 +264,22 @@ impl<W: Write> RegionFiles<W> {
         };
 
         self.clock += 1;
-        format_cents(amount_cents, &mut self.amount_text);
+        let mut amount_text = [0; NUMBER_TEXT_BYTES];
+        let amount_text = format_cents(amount_cents, &mut amount_text);
         let file = &mut self.open[slot];
         file.last_used = self.clock;
         file.writer
-            .write_record([order_id, region, self.amount_text.as_str()])
-            .map_err(|err| write_error(&region_file_name(region), err))
+            .write_line([order_id, region, amount_text])
+            .map_err(|err| write_error(&region_file_name(&self.regions[region_index].name), err))
+    }
+
+    fn add_region(&mut self, region: &[u8]) -> usize {
+        let added = self.regions.len();
+        // Lossless: the region is ASCII.
+        let name = String::from_utf8_lossy(region).into();
+        self.regions.push(Region { name, orders: 0, total_cents: 0, open_slot: None });
+        self.index.insert(region.into(), added);
+        added
     }
 
     /// Opens the region's file, creating it for the region's first order, and
@@ -178,10 +296,13 @@ impl<W: Write> RegionFiles<W> {
         }
         let name = region_file_name(&self.regions[region_index].name);
         let writer = if first_order {
-            create_csv(sink, &name, ["order_id", "region", "amount"], self.buffer_bytes)?
+            let file = sink.create(&name).map_err(|err| PipelineError::Io(format!("cannot create `{name}`: {err}")))?;
+            let mut writer = LineWriter::new(file, self.buffer_bytes);
+            writer.write_line([b"order_id", b"region", b"amount"]).map_err(|err| write_error(&name, err))?;
+            writer
         } else {
             let file = sink.append(&name).map_err(|err| PipelineError::Io(format!("cannot reopen `{name}`: {err}")))?;
-            csv_writer(file, self.buffer_bytes)
+            LineWriter::new(file, self.buffer_bytes)
         };
         self.open.push(OpenFile { region: region_index, writer, last_used: self.clock });
         let slot = self.open.len() - 1;
@@ -200,15 +321,16 @@ impl<W: Write> RegionFiles<W> {
         }
         let closed_region = &mut self.regions[closed.region];
         closed_region.open_slot = None;
-        close(closed.writer, &region_file_name(&closed_region.name))
+        let mut writer = closed.writer;
+        writer.flush().map_err(|err| write_error(&region_file_name(&closed_region.name), err))
     }
 
     /// Flushes and closes every region file and returns the totals sorted by
     /// region name, and the names of the files written.
     pub(crate) fn finish(self) -> Result<(Vec<RegionTotal>, Vec<String>), PipelineError> {
         let Self { mut regions, open, .. } = self;
-        for file in open {
-            close(file.writer, &region_file_name(&regions[file.region].name))?;
+        for mut file in open {
+            file.writer.flush().map_err(|err| write_error(&region_file_name(&regions[file.region].name), err))?;
         }
         regions.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         let files = regions.iter().map(|region| region_file_name(&region.name)).collect();
@@ -227,7 +349,7 @@ impl<W: Write> RegionFiles<W> {
     /// an overflow without the 184 million maximal orders it would take.
     #[cfg(test)]
     pub(crate) fn seed_total(&mut self, region: &str, total_cents: u64) {
-        self.index.insert(region.into(), self.regions.len());
+        self.index.insert(region.as_bytes().into(), self.regions.len());
         self.regions.push(Region { name: region.into(), orders: 0, total_cents, open_slot: None });
     }
 }
@@ -239,11 +361,15 @@ pub(crate) fn write_summary<S: OutputSink>(
     buffer_bytes: usize,
 ) -> Result<(), PipelineError> {
     let mut writer = create_csv(sink, SUMMARY_FILE, ["region", "orders", "total"], buffer_bytes)?;
-    let mut total_text = String::new();
+    let mut orders_text = [0; NUMBER_TEXT_BYTES];
+    let mut total_text = [0; NUMBER_TEXT_BYTES];
     for total in totals {
-        format_cents(total.total_cents, &mut total_text);
         writer
-            .write_record([total.region.as_str(), &total.orders.to_string(), &total_text])
+            .write_record([
+                total.region.as_bytes(),
+                format_integer(total.orders, &mut orders_text),
+                format_cents(total.total_cents, &mut total_text),
+            ])
             .map_err(|err| write_error(SUMMARY_FILE, err))?;
     }
     close(writer, SUMMARY_FILE)

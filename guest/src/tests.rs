@@ -462,8 +462,8 @@ fn a_total_too_large_for_u64_fails_with_overflow_naming_the_region() {
     let mut sink = MemorySink::new();
     let mut regions = RegionFiles::new(MAX_OPEN_REGION_FILES, 64 * 1024);
     regions.seed_total("north", u64::MAX - 100);
-    regions.add_order(&mut sink, "north", "1", 100).expect("u64::MAX itself still fits");
-    let err = regions.add_order(&mut sink, "north", "2", 1).expect_err("one cent more overflows");
+    regions.add_order(&mut sink, b"north", b"1", 100).expect("u64::MAX itself still fits");
+    let err = regions.add_order(&mut sink, b"north", b"2", 1).expect_err("one cent more overflows");
     assert!(matches!(&err, PipelineError::Overflow(message) if message.contains("`north`")), "{err:?}");
 }
 
