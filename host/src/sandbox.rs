@@ -21,6 +21,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io::{self, ErrorKind};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use cap_fs_ext::DirExt as _;
 use cap_std::fs::{
     Dir, DirBuilder, DirBuilderExt as _, OpenOptions, OpenOptionsExt as _, Permissions, PermissionsExt as _,
 };
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 /// The folder the guest reads its input from.
 pub const INPUT_DIR: &str = "input";
@@ -175,8 +177,8 @@ impl SandboxRoot {
     pub fn create(&self) -> io::Result<Sandbox> {
         let started = Instant::now();
         let (name, lock) = self.create_locked_name()?;
-        let sandbox_dir = match self.make_sandbox_dirs(&name) {
-            Ok(dir) => dir,
+        let dirs = match self.make_sandbox_dirs(&name) {
+            Ok(dirs) => dirs,
             Err(err) => {
                 // Best effort: nothing of this half-made sandbox may stay.
                 let _ = remove_tree(&self.dir, OsStr::new(&name));
@@ -184,13 +186,8 @@ impl SandboxRoot {
                 return Err(err);
             }
         };
-        let sandbox = Sandbox {
-            root: self.dir.clone(),
-            path: self.path.join(&name),
-            name,
-            dir: Some(sandbox_dir),
-            lock: Some(lock),
-        };
+        let sandbox =
+            Sandbox { root: self.dir.clone(), path: self.path.join(&name), name, dirs: Some(dirs), lock: Some(lock) };
         tracing::debug!(path = %sandbox.path.display(), elapsed = ?started.elapsed(), "sandbox created");
         Ok(sandbox)
     }
@@ -214,13 +211,17 @@ impl SandboxRoot {
         }
     }
 
-    fn make_sandbox_dirs(&self, name: &str) -> io::Result<Dir> {
+    fn make_sandbox_dirs(&self, name: &str) -> io::Result<SandboxDirs> {
         let builder = private_dir_builder();
         self.dir.create_dir_with(name, &builder)?;
-        let dir = self.dir.open_dir(name)?;
-        dir.create_dir_with(INPUT_DIR, &builder)?;
-        dir.create_dir_with(OUTPUT_DIR, &builder)?;
-        Ok(dir)
+        let top = self.dir.open_dir_nofollow(name)?;
+        top.create_dir_with(INPUT_DIR, &builder)?;
+        top.create_dir_with(OUTPUT_DIR, &builder)?;
+        // Opened once, here, for everything that follows: copying the input
+        // in, the guest's preopens, collecting and removing.
+        let input = open_listable_dir(&top, INPUT_DIR)?;
+        let out = open_listable_dir(&top, OUTPUT_DIR)?;
+        Ok(SandboxDirs { top, input, out })
     }
 
     /// Removes every sandbox of this root whose owner is gone (its lock can be
@@ -354,13 +355,70 @@ fn lock_name(name: &str) -> String {
     format!("{name}{LOCK_SUFFIX}")
 }
 
+/// Opens the folder `name` in `parent` with a handle that can also be
+/// listed (cap-std's `open_dir` gives an `O_PATH` handle, which cannot).
+fn open_listable_dir(parent: &Dir, name: &str) -> io::Result<Dir> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    Ok(Dir::from(rustix::fs::openat(parent, name, flags, Mode::empty())?))
+}
+
+/// A reader of `dir`'s entries, on an open file description of its own, so
+/// listing never moves the offset of `dir` or of the guest's copies of it.
+///
+/// # Errors
+///
+/// When the folder cannot be opened for reading.
+pub(crate) fn list_dir(dir: &Dir) -> io::Result<rustix::fs::Dir> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    Ok(rustix::fs::Dir::new(rustix::fs::openat(dir, ".", flags, Mode::empty())?)?)
+}
+
+/// A sandbox folder and the two folders made in it, as created.
+struct SandboxDirs {
+    top: Dir,
+    input: Dir,
+    out: Dir,
+}
+
+impl SandboxDirs {
+    /// Removes the contents of a sandbox laid out as it was created: plain
+    /// entries in `input/` and `out/`, nothing else. Any surprise (a folder
+    /// the guest made, an entry that will not go) is an error, after which
+    /// the caller removes the folder with [`remove_tree`], which handles
+    /// anything. The usual case thus costs a system call per entry.
+    fn remove_contents(self) -> io::Result<()> {
+        let Self { top, input, out } = self;
+        remove_plain_entries(input)?;
+        remove_plain_entries(out)?;
+        top.remove_dir(INPUT_DIR)?;
+        top.remove_dir(OUTPUT_DIR)
+    }
+}
+
+/// Unlinks every entry of `dir` that is not a folder; fails on a folder.
+fn remove_plain_entries(dir: Dir) -> io::Result<()> {
+    let mut entries = rustix::fs::Dir::new(OwnedFd::from(dir))?;
+    while let Some(entry) = entries.read() {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        if matches!(entry.file_type(), rustix::fs::FileType::Directory | rustix::fs::FileType::Unknown) {
+            return Err(io::Error::from(ErrorKind::DirectoryNotEmpty));
+        }
+        rustix::fs::unlinkat(entries.fd()?, name, AtFlags::empty())?;
+    }
+    Ok(())
+}
+
 /// One invocation's private folder. Remove it with [`Sandbox::close`] to see
 /// the error; dropping it removes it too, logging a failure instead.
 pub struct Sandbox {
     root: Arc<Dir>,
     name: String,
     path: PathBuf,
-    dir: Option<Dir>,
+    dirs: Option<SandboxDirs>,
     lock: Option<std::fs::File>,
 }
 
@@ -390,16 +448,29 @@ impl Sandbox {
     ///
     /// Never after creation; the `Option` only exists for teardown.
     pub fn dir(&self) -> io::Result<&Dir> {
-        self.dir.as_ref().ok_or_else(|| io::Error::other("the sandbox was already removed"))
+        self.dirs().map(|dirs| &dirs.top)
     }
 
-    /// Opens `input/` or `out/` (or any folder inside the sandbox).
+    /// A handle to `input/`, the folder the guest reads from.
     ///
     /// # Errors
     ///
-    /// When the folder cannot be opened.
-    pub fn open_dir(&self, name: &str) -> io::Result<Dir> {
-        self.dir()?.open_dir(name)
+    /// Never after creation; the `Option` only exists for teardown.
+    pub fn input_dir(&self) -> io::Result<&Dir> {
+        self.dirs().map(|dirs| &dirs.input)
+    }
+
+    /// A handle to `out/`, the folder the guest writes into.
+    ///
+    /// # Errors
+    ///
+    /// Never after creation; the `Option` only exists for teardown.
+    pub fn output_dir(&self) -> io::Result<&Dir> {
+        self.dirs().map(|dirs| &dirs.out)
+    }
+
+    fn dirs(&self) -> io::Result<&SandboxDirs> {
+        self.dirs.as_ref().ok_or_else(|| io::Error::other("the sandbox was already removed"))
     }
 
     /// Removes the folder and everything in it, then its lock file, and
@@ -414,10 +485,13 @@ impl Sandbox {
     }
 
     fn teardown(&mut self) -> io::Result<()> {
-        let Some(dir) = self.dir.take() else { return Ok(()) };
-        drop(dir);
+        let Some(dirs) = self.dirs.take() else { return Ok(()) };
         let started = Instant::now();
-        remove_tree(&self.root, OsStr::new(&self.name))?;
+        let removed = dirs.remove_contents().and_then(|()| self.root.remove_dir(&self.name));
+        if let Err(err) = removed {
+            tracing::debug!(path = %self.path.display(), "sandbox not as created ({err}): removing it entry by entry");
+            remove_tree(&self.root, OsStr::new(&self.name))?;
+        }
         self.root.remove_file(lock_name(&self.name))?;
         self.lock = None;
         tracing::debug!(path = %self.path.display(), elapsed = ?started.elapsed(), "sandbox removed");
@@ -577,8 +651,18 @@ mod tests {
         let hex = sandbox.name().strip_prefix(NAME_PREFIX).expect("prefix");
         assert_eq!(hex.len(), 32);
         assert_eq!(entries(root.path()).len(), 2, "folder and lock");
+        // What a run leaves: the input, outputs, and a symlink (removed, never followed).
+        let keep = base.join("outside");
+        std::fs::write(&keep, b"keep").expect("outside file");
+        sandbox.input_dir().expect("input").write("input.csv", b"a,b\n").expect("input");
+        let out = sandbox.output_dir().expect("out");
+        for name in ["summary.csv", "north_orders.csv"] {
+            out.write(name, b"x").expect("output");
+        }
+        std::os::unix::fs::symlink(&keep, sandbox.path().join(OUTPUT_DIR).join("link")).expect("symlink");
         sandbox.close().expect("close");
         assert!(entries(root.path()).is_empty());
+        assert_eq!(std::fs::read(&keep).expect("kept"), b"keep");
         std::fs::remove_dir_all(base).expect("cleanup");
     }
 
@@ -586,7 +670,7 @@ mod tests {
     fn removal_handles_deep_trees_odd_names_and_read_only_folders() {
         let (base, root) = scratch_root();
         let sandbox = root.create().expect("create");
-        let out = sandbox.open_dir(OUTPUT_DIR).expect("out");
+        let out = sandbox.output_dir().and_then(Dir::try_clone).expect("out");
         let mut path = PathBuf::new();
         for _ in 0..3000 {
             path.push("d");
@@ -619,7 +703,7 @@ mod tests {
         // A dead owner: its lock released without removing anything.
         let mut dead = dead;
         dead.lock = None;
-        dead.dir = None;
+        dead.dirs = None;
         std::mem::forget(dead);
         let stray = root.path().join("not-a-sandbox");
         std::fs::create_dir(&stray).expect("stray");
@@ -643,7 +727,7 @@ mod tests {
         let dead = tenant.create().expect("create");
         let mut dead = dead;
         dead.lock = None;
-        dead.dir = None;
+        dead.dirs = None;
         std::mem::forget(dead);
         let sweep = root.sweep().expect("sweep");
         assert_eq!(sweep.removed.len(), 1);
