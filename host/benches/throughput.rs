@@ -47,6 +47,8 @@ const RUNS: usize = 3;
 const TINY_WARM_UP: usize = 500;
 const PROCESS_RUNS: usize = 20;
 const RSS_POLL: Duration = Duration::from_millis(5);
+/// `RunnerConfig::ready_sandboxes` in the background mode of section 2.
+const READY_SANDBOXES: usize = 8;
 
 // Targets.
 const MAX_WASM_NATIVE_RATIO: f64 = 1.2;
@@ -308,15 +310,21 @@ fn read_vmhwm_kib(pid: u32) -> Option<u64> {
 // ---------------------------------------------------------------------------
 // 2. Tiny invocations through the library
 
-/// Runs section 2 with sandboxes removed before `run` returns, or (with
-/// `background_removal`) on the runner's remover thread.
-fn tiny_library(scratch: &Scratch, example: &Path, n: usize, background_removal: bool) -> BenchResult<()> {
-    let removal = if background_removal { "background removal" } else { "removal before return" };
+/// Runs section 2 with sandboxes made and removed inside `run`, or (with
+/// `background`) made ahead of time and removed after `run` returns, on the
+/// runner's housekeeping thread.
+fn tiny_library(scratch: &Scratch, example: &Path, n: usize, background: bool) -> BenchResult<()> {
+    let removal = if background {
+        format!("{READY_SANDBOXES} sandboxes made ahead, background removal")
+    } else {
+        "sandboxes made and removed inside run".to_owned()
+    };
     println!("\n== 2. Tiny invocations through the library: seven rows, Destination::Memory, {removal} ==");
     let bytes = fs::read(example).map_err(|err| format!("cannot read {}: {err}", example.display()))?;
     let config = RunnerConfig {
         sandbox_root: Some(scratch.path().join("tiny-sandboxes")),
-        background_removal,
+        background_removal: background,
+        ready_sandboxes: if background { READY_SANDBOXES } else { 0 },
         ..RunnerConfig::default()
     };
     println!("config: {config:?}; limits: Limits::default(); tokio multi-thread runtime, 2 workers");

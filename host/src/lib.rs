@@ -51,6 +51,7 @@ mod bindings {
 pub mod cache;
 mod error;
 mod guest;
+mod housekeeper;
 pub mod limits;
 mod outputs;
 mod quota;

@@ -18,7 +18,7 @@ use sha2::{Digest as _, Sha256};
 use crate::error::RunError;
 use crate::limits::ByteSize;
 use crate::report::Report;
-use crate::sandbox::{random_hex, remove_tree};
+use crate::sandbox::{list_dir, random_hex, remove_tree};
 
 /// One delivered file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -86,22 +86,28 @@ pub(crate) fn collect(out: &Dir, report: &Report, max_output: ByteSize) -> Resul
     };
     let mut collected = Vec::new();
     let mut total = 0u64;
-    for entry in out.entries().map_err(host_error)? {
-        let entry = entry.map_err(host_error)?;
-        let os_name = entry.file_name();
-        let name = os_name
+    let mut entries = list_dir(out).map_err(host_error)?;
+    while let Some(entry) = entries.read() {
+        let entry = entry.map_err(|errno| host_error(errno.into()))?;
+        let c_name = entry.file_name();
+        if c_name == c"." || c_name == c".." {
+            continue;
+        }
+        let name = c_name
             .to_str()
-            .ok_or_else(|| RunError::ContractViolation(format!("the output name {os_name:?} is not UTF-8")))?
+            .map_err(|_| RunError::ContractViolation(format!("the output name {c_name:?} is not UTF-8")))?
             .to_owned();
         check_output_name(&name).map_err(RunError::ContractViolation)?;
         // The entry's own type first, so nothing but a regular file is opened.
-        let file_type = entry.file_type().map_err(host_error)?;
-        if file_type.is_symlink() {
-            return Err(refuse(&name, "a symbolic link (it was not followed)"));
-        } else if file_type.is_dir() {
-            return Err(refuse(&name, "a folder"));
-        } else if !file_type.is_file() {
-            return Err(refuse(&name, "a special file"));
+        let file_type = match entry.file_type() {
+            rustix::fs::FileType::Unknown => FileType::from_metadata(&out.symlink_metadata(&name).map_err(host_error)?),
+            known => FileType::from_raw(known),
+        };
+        match file_type {
+            FileType::Symlink => return Err(refuse(&name, "a symbolic link (it was not followed)")),
+            FileType::Dir => return Err(refuse(&name, "a folder")),
+            FileType::Special => return Err(refuse(&name, "a special file")),
+            FileType::File => {}
         }
         // Opened without following links and checked on the handle: what is
         // checked is what is delivered.
@@ -150,6 +156,69 @@ pub(crate) struct Collected {
     handle: cap_std::fs::File,
 }
 
+impl Collected {
+    /// The whole contents, read with the size the checks saw: no guest runs
+    /// any more, so a file that changed size since is an error, not data.
+    fn read_all(&mut self) -> io::Result<Vec<u8>> {
+        let expected = usize::try_from(self.file.bytes).map_err(io::Error::other)?;
+        // One byte more than expected, to notice growth without another read.
+        let mut contents = vec![0u8; expected.saturating_add(1)];
+        let mut filled = 0;
+        loop {
+            match self.handle.read(&mut contents[filled..]) {
+                Ok(0) => break,
+                Ok(read) => filled += read,
+                Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+            if filled == contents.len() {
+                break;
+            }
+        }
+        if filled != expected {
+            return Err(io::Error::other(format!(
+                "`{}` changed size after it was checked ({expected} bytes, then {filled})",
+                self.file.name
+            )));
+        }
+        contents.truncate(filled);
+        Ok(contents)
+    }
+}
+
+/// What an entry of the output folder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileType {
+    File,
+    Dir,
+    Symlink,
+    Special,
+}
+
+impl FileType {
+    fn from_raw(raw: rustix::fs::FileType) -> Self {
+        match raw {
+            rustix::fs::FileType::RegularFile => Self::File,
+            rustix::fs::FileType::Directory => Self::Dir,
+            rustix::fs::FileType::Symlink => Self::Symlink,
+            _ => Self::Special,
+        }
+    }
+
+    fn from_metadata(meta: &cap_std::fs::Metadata) -> Self {
+        let file_type = meta.file_type();
+        if file_type.is_symlink() {
+            Self::Symlink
+        } else if file_type.is_dir() {
+            Self::Dir
+        } else if file_type.is_file() {
+            Self::File
+        } else {
+            Self::Special
+        }
+    }
+}
+
 /// Checks before a run that `destination` can take the outputs, so a run
 /// is not wasted on a folder that would be refused afterwards.
 ///
@@ -185,13 +254,13 @@ pub(crate) fn deliver(
         Destination::Memory => {
             let mut delivered = Vec::with_capacity(files.len());
             let mut hashed = Vec::with_capacity(files.len());
-            for Collected { file, mut handle } in files {
-                let mut contents = Vec::with_capacity(usize::try_from(file.bytes).unwrap_or(0));
-                handle
-                    .read_to_end(&mut contents)
-                    .map_err(|err| RunError::Host(format!("cannot read the output `{}`: {err}", file.name)))?;
+            for mut collected in files {
+                let contents = collected.read_all().map_err(|err| {
+                    RunError::Host(format!("cannot read the output `{}`: {err}", collected.file.name))
+                })?;
+                let file = collected.file;
                 hashed.push(OutputFile { sha256: hex_digest(Sha256::digest(&contents).as_slice()), ..file.clone() });
-                delivered.push((file.name.clone(), contents));
+                delivered.push((file.name, contents));
             }
             Ok((Delivered::Memory(delivered), hashed))
         }
@@ -205,13 +274,21 @@ pub(crate) fn deliver(
 }
 
 fn hex_digest(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = String::with_capacity(bytes.len() * 2);
+    for &byte in bytes {
+        hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        hex.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+    hex
 }
 
-/// Copies `source` to `target`, hashing what passes through.
-fn copy_hashed(source: &mut impl io::Read, target: &mut impl io::Write) -> io::Result<String> {
+/// Copies `source` (of about `size` bytes) to `target`, hashing what passes through.
+fn copy_hashed(source: &mut impl io::Read, target: &mut impl io::Write, size: u64) -> io::Result<String> {
+    const MAX_BUFFER: u64 = 256 * 1024;
     let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 256 * 1024];
+    // Sized to the file, so a small output does not cost a large zeroed buffer.
+    let mut buffer = vec![0u8; usize::try_from(size.saturating_add(1).min(MAX_BUFFER)).unwrap_or(4096)];
     loop {
         let read = source.read(&mut buffer)?;
         if read == 0 {
@@ -311,7 +388,7 @@ fn stage_files(files: Vec<Collected>, parent: &Dir, staging: &str, hashed: &mut 
     options.write(true).create_new(true).mode(0o600);
     for Collected { file, mut handle } in files {
         let mut target = staging_dir.open_with(&file.name, &options)?;
-        let sha256 = copy_hashed(&mut handle, &mut target)?;
+        let sha256 = copy_hashed(&mut handle, &mut target, file.bytes)?;
         target.sync_all()?;
         hashed.push(OutputFile { sha256, ..file });
     }
@@ -343,9 +420,9 @@ fn deliver_to_tar(files: Vec<Collected>, path: &Path, force: bool) -> Result<Vec
         let archive = parent.open_with(&staging, &options)?;
         let mut builder = tar::Builder::new(io::BufWriter::new(archive));
         let mut hashed = Vec::with_capacity(files.len());
-        for Collected { file, mut handle } in files {
-            let mut contents = Vec::new();
-            handle.read_to_end(&mut contents)?;
+        for mut collected in files {
+            let contents = collected.read_all()?;
+            let file = collected.file;
             let mut header = tar::Header::new_ustar();
             header.set_size(contents.len() as u64);
             header.set_mode(0o600);

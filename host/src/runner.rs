@@ -3,16 +3,20 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read};
+use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use cap_std::fs::{OpenOptions, OpenOptionsExt as _};
+use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt as _};
+use rustix::fs::AtFlags;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::component::{Component as WasmComponent, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline,
+};
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
 use crate::bindings::orders::pipeline::types::PipelineError;
@@ -20,11 +24,12 @@ use crate::bindings::{Pipeline, PipelinePre};
 use crate::cache::CodeCache;
 use crate::error::RunError;
 use crate::guest::{CappedStderr, GuestState, MemoryLimiter, Preopen, SandboxPreopens};
+use crate::housekeeper::Housekeeper;
 use crate::limits::Limits;
 use crate::outputs::{self, Delivered, Destination, OutputFile};
 use crate::quota::{Progress, Quota, QuotaFilesystem, QuotaHit};
 use crate::report::Report;
-use crate::sandbox::{INPUT_DIR, OUTPUT_DIR, Sandbox, SandboxRoot, Sweep};
+use crate::sandbox::{Sandbox, SandboxRoot, Sweep};
 
 /// The reference pipeline, built from `guest/` when the host is built.
 pub const BUNDLED_PIPELINE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/orders_pipeline.wasm"));
@@ -62,8 +67,16 @@ pub struct RunnerConfig {
     /// copy-on-write memory images) for `max_concurrent` instances.
     pub pooling: bool,
     /// Remove sandboxes on a background thread after the run returns,
-    /// instead of before; [`Runner::shutdown`] waits for them.
+    /// instead of before; [`Runner::shutdown`] waits for them. Until it is
+    /// removed, a finished sandbox stays locked and private (0700), and it
+    /// is never reused.
     pub background_removal: bool,
+    /// Sandboxes made ahead of time, per sandbox root in use, on a
+    /// background thread, so an invocation does not wait for its sandbox to
+    /// be made. Each is made exactly as an invocation would make it and used
+    /// once; [`Runner::shutdown`] removes the unused ones. Each holds four
+    /// file descriptors. Default 0 (off).
+    pub ready_sandboxes: usize,
     /// A persistent cache of compiled components; `None` compiles in memory only.
     pub cache_dir: Option<PathBuf>,
 }
@@ -80,6 +93,7 @@ impl Default for RunnerConfig {
             max_concurrent_per_tenant: cpus,
             pooling: true,
             background_removal: false,
+            ready_sandboxes: 0,
             cache_dir: None,
         }
     }
@@ -101,7 +115,7 @@ struct RunnerInner {
     cache: Option<CodeCache>,
     slots: Arc<Semaphore>,
     tenants: Mutex<HashMap<String, Arc<Tenant>>>,
-    remover: Remover,
+    housekeeper: Housekeeper,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -122,7 +136,7 @@ impl std::fmt::Debug for RunnerInner {
 impl Drop for RunnerInner {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
-        for (path, err) in self.remover.finish() {
+        for (path, err) in self.housekeeper.finish() {
             tracing::error!(sandbox = %path.display(), "cannot remove sandbox: {err}; `host sweep` retries");
         }
     }
@@ -342,7 +356,7 @@ impl Runner {
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(engine.clone(), ticker_stop.clone())?;
-        let remover = if config.background_removal { Remover::spawn()? } else { Remover::inline() };
+        let housekeeper = Housekeeper::start(config.background_removal, config.ready_sandboxes)?;
         // A cache that cannot be used only costs compile time.
         let cache = config.cache_dir.as_deref().and_then(|path| match CodeCache::open(path) {
             Ok(cache) => Some(cache),
@@ -362,7 +376,7 @@ impl Runner {
                 cache,
                 slots: Arc::new(Semaphore::new(max_concurrent)),
                 tenants: Mutex::new(HashMap::new()),
-                remover,
+                housekeeper,
                 ticker_stop,
             }),
         })
@@ -402,14 +416,15 @@ impl Runner {
     }
 
     /// Waits for the sandboxes queued for background removal to be gone,
-    /// removes empty tenant folders, and reports the first removal error.
-    /// Later invocations remove their sandboxes before returning.
+    /// removes the sandboxes made ahead of time and empty tenant folders, and
+    /// reports the first removal error. Later invocations make and remove
+    /// their sandboxes themselves, before returning.
     ///
     /// # Errors
     ///
     /// [`RunError::Cleanup`] for the first sandbox that could not be removed.
     pub fn shutdown(&self) -> Result<(), RunError> {
-        let mut failures = self.inner.remover.finish();
+        let mut failures = self.inner.housekeeper.finish();
         for root in std::iter::once(&self.inner.disk_root).chain(&self.inner.memory_root) {
             if let Err(err) = root.remove_empty_tenants() {
                 failures.push((root.path().to_owned(), err));
@@ -552,7 +567,7 @@ impl Runner {
         }
         .unwrap_or(&self.inner.disk_root);
         let creating = Instant::now();
-        let sandbox = root.create().map_err(RunError::Sandbox)?;
+        let sandbox = self.inner.housekeeper.take(root).map_err(RunError::Sandbox)?;
         let created = creating.elapsed();
         tracing::info!(sandbox = %sandbox.path().display(), component = component.name(), spooled, "run started");
 
@@ -560,7 +575,7 @@ impl Runner {
 
         let removing = Instant::now();
         let path = sandbox.path().to_owned();
-        let removed = self.inner.remover.remove(sandbox);
+        let removed = self.inner.housekeeper.remove(sandbox);
         let removal = removing.elapsed();
         match (result, removed) {
             (Ok(mut outcome), Ok(())) => {
@@ -666,9 +681,9 @@ impl Runner {
 
         let step = Instant::now();
         let out = sandbox
-            .open_dir(OUTPUT_DIR)
+            .output_dir()
             .map_err(|err| RunError::Host(format!("cannot open the sandbox's output folder: {err}")))?;
-        let files = outputs::collect(&out, &report, limits.effective_max_output())?;
+        let files = outputs::collect(out, &report, limits.effective_max_output())?;
         timings.collect = step.elapsed();
         tracing::info!(outputs = ?files.iter().map(|c| (&c.file.name, c.file.bytes)).collect::<Vec<_>>(), "outputs collected");
 
@@ -701,12 +716,12 @@ impl Runner {
         let sandbox_error = |err: io::Error| RunError::Sandbox(err);
         let preopens = vec![
             Preopen {
-                dir: sandbox.open_dir(INPUT_DIR).map_err(sandbox_error)?,
+                dir: sandbox.input_dir().and_then(Dir::try_clone).map_err(sandbox_error)?,
                 guest_path: GUEST_INPUT_DIR.into(),
                 writable: false,
             },
             Preopen {
-                dir: sandbox.open_dir(OUTPUT_DIR).map_err(sandbox_error)?,
+                dir: sandbox.output_dir().and_then(Dir::try_clone).map_err(sandbox_error)?,
                 guest_path: GUEST_OUTPUT_DIR.into(),
                 writable: true,
             },
@@ -744,9 +759,19 @@ struct StagedInput {
     /// Read first (a small input entirely, a stream's first bytes).
     head: Vec<u8>,
     /// The rest, when there is more than `head`.
-    rest: Option<(Box<dyn Read + Send>, Option<PathBuf>)>,
+    rest: Option<InputRest>,
     /// Small enough to spool.
     fits_in_memory: bool,
+}
+
+/// Where the input beyond [`StagedInput::head`] comes from.
+enum InputRest {
+    /// A file the user named, opened and checked to be a regular file.
+    File {
+        file: std::fs::File,
+        path: PathBuf,
+    },
+    Reader(Box<dyn Read + Send>),
 }
 
 fn stage_input(input: Input, threshold: u64) -> Result<StagedInput, RunError> {
@@ -764,7 +789,7 @@ fn stage_input(input: Input, threshold: u64) -> Result<StagedInput, RunError> {
                 return Err(unreadable(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")));
             }
             let fits_in_memory = meta.len() <= threshold;
-            Ok(StagedInput { head: Vec::new(), rest: Some((Box::new(file), Some(path))), fits_in_memory })
+            Ok(StagedInput { head: Vec::new(), rest: Some(InputRest::File { file, path }), fits_in_memory })
         }
         Input::Reader(mut reader) => {
             // Read one byte past the threshold to learn on which side it is.
@@ -775,33 +800,67 @@ fn stage_input(input: Input, threshold: u64) -> Result<StagedInput, RunError> {
                 .read_to_end(&mut head)
                 .map_err(|source| RunError::InputUnreadable { path: PathBuf::from("<reader>"), source })?;
             let fits_in_memory = (head.len() as u64) < limit;
-            let rest = (!fits_in_memory).then_some((reader, None));
+            let rest = (!fits_in_memory).then_some(InputRest::Reader(reader));
             Ok(StagedInput { head, rest, fits_in_memory })
         }
     }
 }
 
-/// Writes the input into the sandbox (0600) and returns its size.
+/// Puts the input into the sandbox as `input/input.csv` and returns its size.
+///
+/// A file the user named is hard-linked in when it can be (same
+/// filesystem, a file the user owns, `/proc` mounted): one system call for
+/// any size instead of a copy, and the guest still only reads it, through
+/// its read-only preopen; the link goes with the sandbox. Anything else is
+/// copied into a new file (0600).
 fn copy_input(sandbox: &Sandbox, input: StagedInput) -> Result<u64, RunError> {
     let target_error =
         |err: io::Error| RunError::Sandbox(io::Error::new(err.kind(), format!("cannot copy the input in: {err}")));
-    let input_dir = sandbox.open_dir(INPUT_DIR).map_err(target_error)?;
+    let input_dir = sandbox.input_dir().map_err(target_error)?;
+    if let Some(InputRest::File { file, .. }) = &input.rest
+        && input.head.is_empty()
+    {
+        match link_input(file, input_dir) {
+            Ok(size) => return Ok(size),
+            Err(err) => tracing::debug!("input not linked ({err}), copying it"),
+        }
+    }
     let mut options = OpenOptions::new();
     options.write(true).create_new(true).mode(0o600);
-    let mut target = input_dir.open_with(GUEST_INPUT_FILE, &options).map_err(target_error)?;
+    let mut target = input_dir.open_with(GUEST_INPUT_FILE, &options).map_err(target_error)?.into_std();
     io::Write::write_all(&mut target, &input.head).map_err(target_error)?;
     let mut copied = input.head.len() as u64;
-    if let Some((mut source, path)) = input.rest {
-        copied += io::copy(&mut source, &mut target).map_err(|err| {
-            // A read error is the input's fault; a full disk the sandbox's.
-            if err.kind() == io::ErrorKind::StorageFull {
-                target_error(err)
-            } else {
-                RunError::InputUnreadable { path: path.unwrap_or_else(|| "<reader>".into()), source: err }
-            }
-        })?;
+    // A read error is the input's fault; a full disk the sandbox's.
+    let classify = |err: io::Error, path: PathBuf| {
+        if err.kind() == io::ErrorKind::StorageFull {
+            target_error(err)
+        } else {
+            RunError::InputUnreadable { path, source: err }
+        }
+    };
+    match input.rest {
+        // File to file: std copies in the kernel (copy_file_range).
+        Some(InputRest::File { mut file, path }) => {
+            copied += io::copy(&mut file, &mut target).map_err(|err| classify(err, path))?;
+        }
+        Some(InputRest::Reader(mut reader)) => {
+            let mut buffered = io::BufWriter::with_capacity(256 * 1024, target);
+            copied += io::copy(&mut reader, &mut buffered).map_err(|err| classify(err, "<reader>".into()))?;
+            io::Write::flush(&mut buffered).map_err(target_error)?;
+        }
+        None => {}
     }
     Ok(copied)
+}
+
+/// Hard-links the open `file` into `input_dir` as the guest's input.
+///
+/// Ambient authority: the link is made through `/proc/self/fd`, so the file
+/// linked is the one opened and checked, whatever its path names now.
+fn link_input(file: &std::fs::File, input_dir: &Dir) -> io::Result<u64> {
+    let opened = format!("/proc/self/fd/{}", file.as_raw_fd());
+    rustix::fs::linkat(rustix::fs::CWD, opened.as_str(), input_dir, GUEST_INPUT_FILE, AtFlags::SYMLINK_FOLLOW)?;
+    Ok(file.metadata()?.len())
 }
 
 async fn acquire(slots: &Arc<Semaphore>, admission: Admission) -> Option<OwnedSemaphorePermit> {
@@ -814,6 +873,9 @@ async fn acquire(slots: &Arc<Semaphore>, admission: Admission) -> Option<OwnedSe
 fn build_engine(config: &RunnerConfig, max_concurrent: usize) -> Result<Engine, RunError> {
     let mut wasm_config = Config::new();
     wasm_config.epoch_interruption(true).consume_fuel(config.fuel_metering);
+    if std::env::var_os("ORDERS_HOST_PERFMAP").is_some() {
+        wasm_config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     if config.pooling {
         // Slots for every instance that may run at once; each reserves
         // address space (not memory) for a 4 GiB linear memory.
@@ -829,7 +891,11 @@ fn build_engine(config: &RunnerConfig, max_concurrent: usize) -> Result<Engine, 
             // returned to the kernel: a small guest then starts without
             // page faults.
             .linear_memory_keep_resident(2 << 20)
-            .table_keep_resident(64 << 10);
+            .table_keep_resident(64 << 10)
+            // Where the kernel can say which pages a guest touched (Linux
+            // 6.7+), only those are reset: a small guest's slot is cleaned
+            // in a few pages instead of the whole resident part.
+            .pagemap_scan(Enabled::Auto);
         let mut pooled = wasm_config.clone();
         pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         match Engine::new(&pooled) {
@@ -838,58 +904,6 @@ fn build_engine(config: &RunnerConfig, max_concurrent: usize) -> Result<Engine, 
         }
     }
     Engine::new(&wasm_config).map_err(|err| RunError::Host(format!("cannot build the engine: {err:#}")))
-}
-
-/// Removes sandboxes: inline, or on a background thread that
-/// [`Remover::finish`] waits for.
-struct Remover {
-    queue: Mutex<Option<mpsc::Sender<Sandbox>>>,
-    thread: Mutex<Option<std::thread::JoinHandle<RemovalFailures>>>,
-}
-
-/// Sandboxes that could not be removed, with the reason.
-type RemovalFailures = Vec<(PathBuf, io::Error)>;
-
-impl Remover {
-    fn inline() -> Self {
-        Self { queue: Mutex::new(None), thread: Mutex::new(None) }
-    }
-
-    fn spawn() -> Result<Self, RunError> {
-        let (queue, sandboxes) = mpsc::channel::<Sandbox>();
-        let thread = std::thread::Builder::new()
-            .name("sandbox-remover".into())
-            .spawn(move || {
-                let mut failures = Vec::new();
-                for sandbox in sandboxes {
-                    let path = sandbox.path().to_owned();
-                    if let Err(err) = sandbox.close() {
-                        tracing::error!(sandbox = %path.display(), "cannot remove sandbox: {err}");
-                        failures.push((path, err));
-                    }
-                }
-                failures
-            })
-            .map_err(|err| RunError::Host(format!("cannot start the sandbox remover: {err}")))?;
-        Ok(Self { queue: Mutex::new(Some(queue)), thread: Mutex::new(Some(thread)) })
-    }
-
-    /// Removes `sandbox` now, or queues it when a remover thread runs.
-    fn remove(&self, sandbox: Sandbox) -> io::Result<()> {
-        let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        match queue.as_ref() {
-            Some(queue) => queue.send(sandbox).or_else(|unsent| unsent.0.close()),
-            None => sandbox.close(),
-        }
-    }
-
-    /// Stops taking sandboxes, waits for the queued ones to be removed, and
-    /// returns the failures.
-    fn finish(&self) -> RemovalFailures {
-        drop(self.queue.lock().unwrap_or_else(PoisonError::into_inner).take());
-        let thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take();
-        thread.map(|thread| thread.join().unwrap_or_default()).unwrap_or_default()
-    }
 }
 
 fn classify_trap(err: &wasmtime::Error, limits: &Limits, stderr: String) -> RunError {

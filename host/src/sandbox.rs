@@ -4,32 +4,34 @@
 //!
 //! ```text
 //! <root>/                       0700, owned by this user
-//!   sbx-<32 hex>.lock           0600, flock-ed by the owning process while it lives
-//!   sbx-<32 hex>/               0700 from the mkdir itself
+//!   sbx-<32 hex>/               0700 from the mkdir itself, flock-ed by its owner
 //!     input/                    0700, preopened read-only to the guest
 //!     out/                      0700, preopened read-write to the guest
 //!   tenant-<id>/                0700, a tenant's own root, laid out the same
 //! ```
 //!
-//! The lock file is created and locked *before* the folder exists and removed
-//! only *after* the folder is gone, so a folder whose lock can be taken has no
-//! living owner: that is what [`SandboxRoot::sweep`] relies on, instead of
-//! guessing from PIDs. Every operation below the root goes through `cap-std`
+//! The owning process holds an exclusive `flock` on the sandbox folder from
+//! just after its `mkdir` until after its `rmdir`, so a folder whose lock can
+//! be taken has no living owner: that is what [`SandboxRoot::sweep`] relies
+//! on, instead of guessing from PIDs. (The one moment without the lock,
+//! between `mkdir` and `flock`, is covered by checking, once locked, that the
+//! folder is still there: a sweep that took it in between removed an empty
+//! folder, and the owner starts over under a new name.) Every operation below the root goes through `cap-std`
 //! handles; the only path-based (ambient) step is opening the root itself, in
 //! [`SandboxRoot::open`].
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io::{self, ErrorKind};
-use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use cap_fs_ext::DirExt as _;
-use cap_std::fs::{
-    Dir, DirBuilder, DirBuilderExt as _, OpenOptions, OpenOptionsExt as _, Permissions, PermissionsExt as _,
-};
+use cap_std::fs::{Dir, DirBuilder, DirBuilderExt as _, OpenOptions, Permissions, PermissionsExt as _};
+use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags};
 
 /// The folder the guest reads its input from.
 pub const INPUT_DIR: &str = "input";
@@ -38,6 +40,8 @@ pub const OUTPUT_DIR: &str = "out";
 
 const NAME_PREFIX: &str = "sbx-";
 const TENANT_PREFIX: &str = "tenant-";
+/// The suffix of the lock files an earlier layout kept beside each sandbox;
+/// the sweep still honours and removes them.
 const LOCK_SUFFIX: &str = ".lock";
 /// Hex digits of randomness in a sandbox name: 128 bits from the OS RNG.
 const NAME_HEX_DIGITS: usize = 32;
@@ -166,61 +170,60 @@ impl SandboxRoot {
         Ok(())
     }
 
-    /// Creates a fresh sandbox: lock file first (created and locked), then the
-    /// folder with mode 0700 from the `mkdir` itself, then `input/` and `out/`.
+    /// Creates a fresh sandbox: the folder, with mode 0700 from the `mkdir`
+    /// itself, locked, then `input/` and `out/` in it.
     ///
     /// # Errors
     ///
-    /// When the OS RNG, the lock or any folder cannot be created.
+    /// When the OS RNG fails, or a folder cannot be created or locked.
     pub fn create(&self) -> io::Result<Sandbox> {
         let started = Instant::now();
-        let (name, lock) = self.create_locked_name()?;
-        let sandbox_dir = match self.make_sandbox_dirs(&name) {
-            Ok(dir) => dir,
+        let (name, top) = self.create_locked_folder()?;
+        let dirs = match make_sandbox_dirs(top) {
+            Ok(dirs) => dirs,
             Err(err) => {
                 // Best effort: nothing of this half-made sandbox may stay.
                 let _ = remove_tree(&self.dir, OsStr::new(&name));
-                let _ = self.dir.remove_file(lock_name(&name));
                 return Err(err);
             }
         };
-        let sandbox = Sandbox {
-            root: self.dir.clone(),
-            path: self.path.join(&name),
-            name,
-            dir: Some(sandbox_dir),
-            lock: Some(lock),
-        };
+        let sandbox = Sandbox { root: self.dir.clone(), path: self.path.join(&name), name, dirs: Some(dirs) };
         tracing::debug!(path = %sandbox.path.display(), elapsed = ?started.elapsed(), "sandbox created");
         Ok(sandbox)
     }
 
-    fn create_locked_name(&self) -> io::Result<(String, std::fs::File)> {
-        let mut options = OpenOptions::new();
-        options.write(true).create_new(true).mode(0o600);
-        loop {
+    /// Makes and locks a folder under a fresh random name; returns the name
+    /// and the handle that holds the lock.
+    fn create_locked_folder(&self) -> io::Result<(String, Dir)> {
+        const ATTEMPTS: usize = 16;
+        let builder = private_dir_builder();
+        let mut last_error = None;
+        for _ in 0..ATTEMPTS {
             let name = random_name()?;
-            let lock = match self.dir.open_with(lock_name(&name), &options) {
-                Ok(file) => file.into_std(),
+            match self.dir.create_dir_with(&name, &builder) {
+                Ok(()) => {}
                 Err(err) if err.kind() == ErrorKind::AlreadyExists => continue,
                 Err(err) => return Err(err),
-            };
-            lock.try_lock().map_err(|err| io::Error::other(format!("cannot lock {}: {err}", lock_name(&name))))?;
-            // A sweep may have taken the lock between our create and our lock
-            // and unlinked the file; then the lock guards nothing: start over.
-            if lock.metadata()?.nlink() > 0 {
-                return Ok((name, lock));
+            }
+            let locked = open_listable_dir(&self.dir, &name).and_then(|top| {
+                rustix::fs::flock(&top, FlockOperation::NonBlockingLockExclusive)?;
+                Ok(top)
+            });
+            match locked {
+                // A sweep may have locked and removed the empty folder
+                // before our lock; then the lock guards nothing.
+                Ok(top) if rustix::fs::fstat(&top)?.st_nlink > 0 => return Ok((name, top)),
+                Ok(_) => last_error = Some(io::Error::from(ErrorKind::NotFound)),
+                // A sweep holds it, or took it away: it will be gone.
+                Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::NotFound) => last_error = Some(err),
+                Err(err) => return Err(err),
             }
         }
-    }
-
-    fn make_sandbox_dirs(&self, name: &str) -> io::Result<Dir> {
-        let builder = private_dir_builder();
-        self.dir.create_dir_with(name, &builder)?;
-        let dir = self.dir.open_dir(name)?;
-        dir.create_dir_with(INPUT_DIR, &builder)?;
-        dir.create_dir_with(OUTPUT_DIR, &builder)?;
-        Ok(dir)
+        Err(io::Error::other(format!(
+            "cannot make a sandbox folder after {ATTEMPTS} attempts (is another process sweeping this root in a \
+             loop?): {}",
+            last_error.map_or_else(|| "every random name was taken".to_owned(), |err| err.to_string())
+        )))
     }
 
     /// Removes every sandbox of this root whose owner is gone (its lock can be
@@ -255,52 +258,67 @@ impl SandboxRoot {
                 Err(err) => sweep.failed.push((name, err)),
             }
         }
-        for name in &locks {
+        for name in &folders {
             self.sweep_one(name, &mut sweep);
         }
-        // A folder whose lock file was not in the listing: either its owner
-        // died before locking (the lock is made first, so: never) or it was
-        // created while we listed. Look again, by name, before touching it.
-        for name in folders.iter().filter(|name| !locks.contains(name)) {
-            self.sweep_one(name, &mut sweep);
+        // Lock files of an earlier layout, whose folder is gone.
+        for name in locks.iter().filter(|name| !folders.contains(name)) {
+            if legacy_lock_is_free(&self.dir, name).unwrap_or(false) {
+                let _ = self.dir.remove_file(legacy_lock_name(name));
+            }
         }
         Ok(sweep)
     }
 
     fn sweep_one(&self, name: &str, sweep: &mut Sweep) {
-        let lock = match self.dir.open_with(lock_name(name), OpenOptions::new().read(true)) {
-            Ok(file) => Some(file.into_std()),
-            Err(err) if err.kind() == ErrorKind::NotFound => None,
+        let top = match open_listable_dir(&self.dir, name) {
+            Ok(top) => top,
+            // Removed meanwhile by its owner, or by another sweep.
+            Err(err) if err.kind() == ErrorKind::NotFound => return,
             Err(err) => {
                 sweep.failed.push((name.to_owned(), err));
                 return;
             }
         };
-        if let Some(lock) = &lock
-            && lock.try_lock().is_err()
-        {
-            sweep.live += 1;
-            return;
-        }
-        let removed = match remove_tree(&self.dir, OsStr::new(name)) {
-            Ok(()) => true,
-            Err(err) if err.kind() == ErrorKind::NotFound => false,
+        let free = match rustix::fs::flock(&top, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => legacy_lock_is_free(&self.dir, name),
+            Err(errno) => Err(io::Error::from(errno)),
+        };
+        match free {
+            Ok(true) => {}
+            Ok(false) => {
+                sweep.live += 1;
+                return;
+            }
+            Err(err) if err.kind() == ErrorKind::WouldBlock => {
+                sweep.live += 1;
+                return;
+            }
             Err(err) => {
                 sweep.failed.push((name.to_owned(), err));
                 return;
             }
-        };
-        if lock.is_some()
-            && let Err(err) = self.dir.remove_file(lock_name(name))
-            && err.kind() != ErrorKind::NotFound
-        {
-            sweep.failed.push((name.to_owned(), err));
-            return;
         }
-        if removed {
-            tracing::info!(sandbox = name, "swept a sandbox whose owner is gone");
-            sweep.removed.push(name.to_owned());
+        // Removed while locked, so no owner can be starting in it.
+        match remove_tree(&self.dir, OsStr::new(name)) {
+            Ok(()) => {
+                let _ = self.dir.remove_file(legacy_lock_name(name));
+                tracing::info!(sandbox = name, "swept a sandbox whose owner is gone");
+                sweep.removed.push(name.to_owned());
+            }
+            Err(err) if err.kind() == ErrorKind::NotFound => {}
+            Err(err) => sweep.failed.push((name.to_owned(), err)),
         }
+    }
+}
+
+/// Whether the lock file an earlier layout kept beside sandbox `name` is
+/// absent or not held by a living process.
+fn legacy_lock_is_free(root: &Dir, name: &str) -> io::Result<bool> {
+    match root.open_with(legacy_lock_name(name), OpenOptions::new().read(true)) {
+        Ok(file) => Ok(file.into_std().try_lock().is_ok()),
+        Err(err) if err.kind() == ErrorKind::NotFound => Ok(true),
+        Err(err) => Err(err),
     }
 }
 
@@ -350,8 +368,86 @@ fn is_tenant_id(id: &str) -> bool {
     (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-fn lock_name(name: &str) -> String {
+fn legacy_lock_name(name: &str) -> String {
     format!("{name}{LOCK_SUFFIX}")
+}
+
+/// Opens the folder `name` in `parent` with a handle that can also be
+/// listed (cap-std's `open_dir` gives an `O_PATH` handle, which cannot).
+fn open_listable_dir(parent: &Dir, name: &str) -> io::Result<Dir> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    Ok(Dir::from(rustix::fs::openat(parent, name, flags, Mode::empty())?))
+}
+
+/// A reader of `dir`'s entries, on an open file description of its own, so
+/// listing never moves the offset of `dir` or of the guest's copies of it.
+///
+/// # Errors
+///
+/// When the folder cannot be opened for reading.
+pub(crate) fn list_dir(dir: &Dir) -> io::Result<rustix::fs::Dir> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    Ok(rustix::fs::Dir::new(rustix::fs::openat(dir, ".", flags, Mode::empty())?)?)
+}
+
+/// Makes `input/` and `out/` in the locked sandbox folder `top`, and opens
+/// them once, here, for everything that follows: copying the input in, the
+/// guest's preopens, collecting and removing.
+fn make_sandbox_dirs(top: Dir) -> io::Result<SandboxDirs> {
+    let builder = private_dir_builder();
+    top.create_dir_with(INPUT_DIR, &builder)?;
+    top.create_dir_with(OUTPUT_DIR, &builder)?;
+    let input = open_listable_dir(&top, INPUT_DIR)?;
+    let out = open_listable_dir(&top, OUTPUT_DIR)?;
+    Ok(SandboxDirs { top, input, out })
+}
+
+/// A sandbox folder (its handle holds the lock) and the two folders made in
+/// it, as created.
+struct SandboxDirs {
+    top: Dir,
+    input: Dir,
+    out: Dir,
+}
+
+impl SandboxDirs {
+    /// Removes the sandbox `name` of `root` (this one), then releases its
+    /// lock. A sandbox laid out as it was created (plain entries in `input/`
+    /// and `out/`, nothing else) is removed by name, a system call per entry;
+    /// on any surprise (a folder the guest made, an entry that will not go)
+    /// [`remove_tree`] takes over, which handles anything.
+    fn remove(self, root: &Dir, name: &str) -> io::Result<()> {
+        let Self { top, input, out } = self;
+        let quick = remove_plain_entries(input)
+            .and_then(|()| remove_plain_entries(out))
+            .and_then(|()| top.remove_dir(INPUT_DIR))
+            .and_then(|()| top.remove_dir(OUTPUT_DIR))
+            .and_then(|()| root.remove_dir(name));
+        if let Err(err) = quick {
+            tracing::debug!(sandbox = name, "sandbox not as created ({err}): removing it entry by entry");
+            remove_tree(root, OsStr::new(name))?;
+        }
+        // Only now, with the folder gone, may the lock go.
+        drop(top);
+        Ok(())
+    }
+}
+
+/// Unlinks every entry of `dir` that is not a folder; fails on a folder.
+fn remove_plain_entries(dir: Dir) -> io::Result<()> {
+    let mut entries = rustix::fs::Dir::new(OwnedFd::from(dir))?;
+    while let Some(entry) = entries.read() {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        if matches!(entry.file_type(), rustix::fs::FileType::Directory | rustix::fs::FileType::Unknown) {
+            return Err(io::Error::from(ErrorKind::DirectoryNotEmpty));
+        }
+        rustix::fs::unlinkat(entries.fd()?, name, AtFlags::empty())?;
+    }
+    Ok(())
 }
 
 /// One invocation's private folder. Remove it with [`Sandbox::close`] to see
@@ -360,8 +456,7 @@ pub struct Sandbox {
     root: Arc<Dir>,
     name: String,
     path: PathBuf,
-    dir: Option<Dir>,
-    lock: Option<std::fs::File>,
+    dirs: Option<SandboxDirs>,
 }
 
 impl fmt::Debug for Sandbox {
@@ -390,36 +485,45 @@ impl Sandbox {
     ///
     /// Never after creation; the `Option` only exists for teardown.
     pub fn dir(&self) -> io::Result<&Dir> {
-        self.dir.as_ref().ok_or_else(|| io::Error::other("the sandbox was already removed"))
+        self.dirs().map(|dirs| &dirs.top)
     }
 
-    /// Opens `input/` or `out/` (or any folder inside the sandbox).
+    /// A handle to `input/`, the folder the guest reads from.
     ///
     /// # Errors
     ///
-    /// When the folder cannot be opened.
-    pub fn open_dir(&self, name: &str) -> io::Result<Dir> {
-        self.dir()?.open_dir(name)
+    /// Never after creation; the `Option` only exists for teardown.
+    pub fn input_dir(&self) -> io::Result<&Dir> {
+        self.dirs().map(|dirs| &dirs.input)
     }
 
-    /// Removes the folder and everything in it, then its lock file, and
-    /// releases the lock.
+    /// A handle to `out/`, the folder the guest writes into.
     ///
     /// # Errors
     ///
-    /// When something inside cannot be removed; the lock file is then kept, so
-    /// that a later `host sweep` retries once this process is gone.
+    /// Never after creation; the `Option` only exists for teardown.
+    pub fn output_dir(&self) -> io::Result<&Dir> {
+        self.dirs().map(|dirs| &dirs.out)
+    }
+
+    fn dirs(&self) -> io::Result<&SandboxDirs> {
+        self.dirs.as_ref().ok_or_else(|| io::Error::other("the sandbox was already removed"))
+    }
+
+    /// Removes the folder and everything in it, then releases the lock.
+    ///
+    /// # Errors
+    ///
+    /// When something inside cannot be removed; the lock is released anyway,
+    /// so that a later sweep (`host sweep`, or the next `host run`) retries.
     pub fn close(mut self) -> io::Result<()> {
         self.teardown()
     }
 
     fn teardown(&mut self) -> io::Result<()> {
-        let Some(dir) = self.dir.take() else { return Ok(()) };
-        drop(dir);
+        let Some(dirs) = self.dirs.take() else { return Ok(()) };
         let started = Instant::now();
-        remove_tree(&self.root, OsStr::new(&self.name))?;
-        self.root.remove_file(lock_name(&self.name))?;
-        self.lock = None;
+        dirs.remove(&self.root, &self.name)?;
         tracing::debug!(path = %self.path.display(), elapsed = ?started.elapsed(), "sandbox removed");
         Ok(())
     }
@@ -428,7 +532,7 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         if let Err(err) = self.teardown() {
-            tracing::error!(path = %self.path.display(), "cannot remove sandbox: {err}; `host sweep` retries once this process is gone");
+            tracing::error!(path = %self.path.display(), "cannot remove sandbox: {err}; `host sweep` retries");
         }
     }
 }
@@ -576,9 +680,19 @@ mod tests {
         }
         let hex = sandbox.name().strip_prefix(NAME_PREFIX).expect("prefix");
         assert_eq!(hex.len(), 32);
-        assert_eq!(entries(root.path()).len(), 2, "folder and lock");
+        assert_eq!(entries(root.path()).len(), 1, "the folder alone: it is its own lock");
+        // What a run leaves: the input, outputs, and a symlink (removed, never followed).
+        let keep = base.join("outside");
+        std::fs::write(&keep, b"keep").expect("outside file");
+        sandbox.input_dir().expect("input").write("input.csv", b"a,b\n").expect("input");
+        let out = sandbox.output_dir().expect("out");
+        for name in ["summary.csv", "north_orders.csv"] {
+            out.write(name, b"x").expect("output");
+        }
+        std::os::unix::fs::symlink(&keep, sandbox.path().join(OUTPUT_DIR).join("link")).expect("symlink");
         sandbox.close().expect("close");
         assert!(entries(root.path()).is_empty());
+        assert_eq!(std::fs::read(&keep).expect("kept"), b"keep");
         std::fs::remove_dir_all(base).expect("cleanup");
     }
 
@@ -586,7 +700,7 @@ mod tests {
     fn removal_handles_deep_trees_odd_names_and_read_only_folders() {
         let (base, root) = scratch_root();
         let sandbox = root.create().expect("create");
-        let out = sandbox.open_dir(OUTPUT_DIR).expect("out");
+        let out = sandbox.output_dir().and_then(Dir::try_clone).expect("out");
         let mut path = PathBuf::new();
         for _ in 0..3000 {
             path.push("d");
@@ -616,10 +730,9 @@ mod tests {
         let live = root.create().expect("live");
         let dead = root.create().expect("dead");
         let dead_name = dead.name().to_owned();
-        // A dead owner: its lock released without removing anything.
+        // A dead owner: its handles closed (the lock with them), nothing removed.
         let mut dead = dead;
-        dead.lock = None;
-        dead.dir = None;
+        dead.dirs = None;
         std::mem::forget(dead);
         let stray = root.path().join("not-a-sandbox");
         std::fs::create_dir(&stray).expect("stray");
@@ -635,6 +748,27 @@ mod tests {
     }
 
     #[test]
+    fn the_sweep_honours_and_removes_lock_files_of_the_earlier_layout() {
+        let (base, root) = scratch_root();
+        let name = random_name().expect("rng");
+        std::fs::create_dir(root.path().join(&name)).expect("folder");
+        let lock_path = root.path().join(legacy_lock_name(&name));
+        let lock = std::fs::File::create(&lock_path).expect("lock file");
+        lock.try_lock().expect("held by a living old host");
+        let orphan = root.path().join(legacy_lock_name(&random_name().expect("rng")));
+        std::fs::write(&orphan, b"").expect("orphan lock file");
+
+        let sweep = root.sweep().expect("sweep");
+        assert_eq!((sweep.removed.len(), sweep.live), (0, 1), "a held lock file keeps its folder");
+        assert!(!orphan.exists(), "a free lock file without a folder goes");
+        drop(lock);
+        let sweep = root.sweep().expect("sweep");
+        assert_eq!(sweep.removed, vec![name]);
+        assert!(entries(root.path()).is_empty(), "folder and lock file are gone");
+        std::fs::remove_dir_all(base).expect("cleanup");
+    }
+
+    #[test]
     fn tenants_get_their_own_folder_and_the_sweep_reaches_into_it() {
         let (base, root) = scratch_root();
         let tenant = root.tenant("acme_1").expect("tenant");
@@ -642,8 +776,7 @@ mod tests {
         assert!(root.tenant("").is_err());
         let dead = tenant.create().expect("create");
         let mut dead = dead;
-        dead.lock = None;
-        dead.dir = None;
+        dead.dirs = None;
         std::mem::forget(dead);
         let sweep = root.sweep().expect("sweep");
         assert_eq!(sweep.removed.len(), 1);

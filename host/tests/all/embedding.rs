@@ -231,3 +231,36 @@ async fn a_destination_that_would_refuse_the_outputs_fails_before_the_guest_runs
     assert_eq!(std::fs::read_to_string(taken.join("keep.txt")).expect("kept"), "keep");
     host.assert_root_empty();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandboxes_made_ahead_are_fresh_for_every_invocation_and_gone_by_shutdown() {
+    let host = TestHost::configured("ready", |config| {
+        config.ready_sandboxes = 3;
+        config.background_removal = true;
+    });
+    let probe = host.component(test_programs_artifacts::PROBE);
+    let pipeline = host.bundled();
+    for index in 0..12 {
+        // Each probe lists its folders before writing: a reused sandbox would
+        // show the previous invocation's files.
+        let outcome = host.run_bytes(&probe, b"probe input").await.expect("probe runs");
+        let listed: Vec<String> = files(&outcome)["probe.txt"]
+            .lines()
+            .filter_map(|line| line.strip_prefix("list\t"))
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(listed, ["input.csv"], "invocation {index} got a fresh sandbox");
+        let input = distinct_input(index);
+        let outcome = host.run_bytes(&pipeline, &input).await.expect("pipeline runs");
+        assert_eq!(files(&outcome), native_outputs(&input), "invocation {index}");
+    }
+    assert!(
+        host.scratch.leftovers().iter().any(|path| path.contains("sbx-")),
+        "sandboxes are made ahead of time while the runner lives"
+    );
+    host.runner.shutdown().expect("shutdown removes queued and unused sandboxes");
+    host.assert_root_empty();
+    // After shutdown, invocations make and remove their own sandboxes.
+    host.run_bytes(&pipeline, &seven_rows()).await.expect("run after shutdown");
+    host.assert_root_empty();
+}

@@ -151,3 +151,48 @@ async fn concurrent_runs_do_not_see_each_others_files() {
     }
     host.assert_root_empty();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_input_file_is_linked_in_read_only_and_left_as_it_was() {
+    use std::os::unix::fs::MetadataExt as _;
+    // Over the spool threshold, so the sandbox is on the disk root, in the
+    // same filesystem as the input: the input is linked, not copied.
+    let host = TestHost::configured("linked-input", |config| config.spool_threshold = 16);
+    // The sleeping guest's input: 300 ms, padded past the threshold.
+    let input = host.scratch.write("orders.csv", format!("300{}", " ".repeat(200)));
+    let user_inode = std::fs::metadata(&input).expect("stat").ino();
+
+    let sleep = host.component(test_programs_artifacts::SLEEP);
+    let limits = Limits::default();
+    let run = host.runner.run(&sleep, Input::Path(input.clone()), &limits, &Destination::Memory);
+    let watch = async {
+        for _ in 0..500 {
+            if let Some(sandbox) = host.scratch.running_sandbox()
+                && let Ok(meta) = std::fs::metadata(sandbox.join("input/input.csv"))
+            {
+                return (meta.ino(), meta.nlink());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("no input file appeared");
+    };
+    let (outcome, (inode, links)) = tokio::join!(run, watch);
+    outcome.expect("the sleeping guest finishes");
+    assert_eq!((inode, links), (user_inode, 2), "the sandbox's input is a second name of the user's file");
+    assert_eq!(std::fs::metadata(&input).expect("stat").nlink(), 1, "the link went with the sandbox");
+
+    let contents = b"probe input, long enough not to be spooled".repeat(4);
+    std::fs::write(&input, &contents).expect("rewrite");
+    let probe = host.component(test_programs_artifacts::PROBE);
+    let outcome =
+        host.runner.run(&probe, Input::Path(input.clone()), &limits, &Destination::Memory).await.expect("probe runs");
+    let files = files(&outcome);
+    let lines = probe_lines(&files["probe.txt"]);
+    for attempt in ["write_input", "create_in_input"] {
+        let (_, result) = lines.iter().find(|(name, _)| *name == attempt).unwrap_or_else(|| panic!("{attempt} ran"));
+        assert!(result.starts_with("err"), "{attempt} must fail on a linked input, got {result}");
+    }
+    assert_eq!(std::fs::read(&input).expect("read"), contents, "the user's file is untouched");
+    assert_eq!(std::fs::metadata(&input).expect("stat").nlink(), 1);
+    host.assert_root_empty();
+}

@@ -1,0 +1,231 @@
+//! Sandbox work kept off an invocation's critical path, on one background
+//! thread: making sandboxes ahead of time (so an invocation takes one that is
+//! ready) and removing finished ones (so an invocation returns before its
+//! sandbox is gone).
+//!
+//! Both only change *when* the work happens, never what a sandbox is: a ready
+//! sandbox is made by [`SandboxRoot::create`] like any other (private, locked)
+//! and is used by exactly one invocation; a finished one stays locked until
+//! it is removed, so a sweep never takes it for a dead host's. The thread
+//! wakes once per batch rather than once per sandbox: on this kind of machine
+//! a wake-up costs as much as removing a small sandbox.
+
+use std::io;
+use std::mem;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::error::RunError;
+use crate::sandbox::{Sandbox, SandboxRoot};
+
+/// Sandboxes that could not be removed, with the reason.
+pub(crate) type RemovalFailures = Vec<(PathBuf, io::Error)>;
+
+/// Finished sandboxes removed per wake-up, at most; fewer wait up to
+/// [`GATHER`] for company.
+const BATCH: usize = 16;
+/// How long a finished sandbox may wait for others before it is removed.
+const GATHER: Duration = Duration::from_millis(2);
+
+/// Makes and removes sandboxes, inline or on its thread.
+pub(crate) struct Housekeeper {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<RemovalFailures>>>,
+    background_removal: bool,
+    ready_target: usize,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+struct State {
+    /// False once [`Housekeeper::finish`] began (or when no thread runs):
+    /// sandboxes are then made and removed inline.
+    running: bool,
+    to_remove: Vec<Sandbox>,
+    pools: Vec<Pool>,
+}
+
+/// Sandboxes made ahead of time in one root.
+struct Pool {
+    root: SandboxRoot,
+    ready: Vec<Sandbox>,
+    /// Set when making one failed; cleared when an invocation finds the pool
+    /// empty, so a broken root is not retried in a loop.
+    paused: bool,
+}
+
+impl Housekeeper {
+    /// Starts the thread when either job is asked for: removal after the
+    /// invocation returns, or `ready_target` sandboxes kept ready per root.
+    pub(crate) fn start(background_removal: bool, ready_target: usize) -> Result<Self, RunError> {
+        let running = background_removal || ready_target > 0;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State { running, to_remove: Vec::new(), pools: Vec::new() }),
+            wake: Condvar::new(),
+        });
+        let thread = if running {
+            let shared = Arc::clone(&shared);
+            let thread = std::thread::Builder::new()
+                .name("sandbox-housekeeper".into())
+                .spawn(move || shared.work(ready_target))
+                .map_err(|err| RunError::Host(format!("cannot start the sandbox housekeeper: {err}")))?;
+            Some(thread)
+        } else {
+            None
+        };
+        Ok(Self { shared, thread: Mutex::new(thread), background_removal, ready_target })
+    }
+
+    /// A fresh sandbox in `root`: one made ahead of time when there is one,
+    /// else made now.
+    ///
+    /// # Errors
+    ///
+    /// As [`SandboxRoot::create`].
+    pub(crate) fn take(&self, root: &SandboxRoot) -> io::Result<Sandbox> {
+        if self.ready_target > 0 {
+            let mut state = self.shared.lock();
+            if state.running {
+                let index = match state.pools.iter().position(|pool| pool.root.path() == root.path()) {
+                    Some(index) => index,
+                    None => {
+                        state.pools.push(Pool { root: root.clone(), ready: Vec::new(), paused: false });
+                        state.pools.len() - 1
+                    }
+                };
+                let pool = &mut state.pools[index];
+                let taken = pool.ready.pop();
+                if taken.is_none() {
+                    pool.paused = false;
+                }
+                // Refill at half, in one wake-up for several sandboxes.
+                if pool.ready.len() == self.ready_target / 2 || taken.is_none() {
+                    self.shared.wake.notify_one();
+                }
+                if let Some(sandbox) = taken {
+                    return Ok(sandbox);
+                }
+            }
+        }
+        root.create()
+    }
+
+    /// Removes `sandbox`: queued for the thread with background removal,
+    /// else now.
+    ///
+    /// # Errors
+    ///
+    /// When it is removed now and that fails; failures on the thread are
+    /// logged and returned by [`Housekeeper::finish`].
+    pub(crate) fn remove(&self, sandbox: Sandbox) -> io::Result<()> {
+        if self.background_removal {
+            let mut state = self.shared.lock();
+            if state.running {
+                state.to_remove.push(sandbox);
+                let queued = state.to_remove.len();
+                if queued == 1 || queued == BATCH {
+                    self.shared.wake.notify_one();
+                }
+                return Ok(());
+            }
+        }
+        sandbox.close()
+    }
+
+    /// Stops the thread after it removed every queued sandbox and every
+    /// ready one; returns what could not be removed. Later calls work inline.
+    pub(crate) fn finish(&self) -> RemovalFailures {
+        self.shared.lock().running = false;
+        self.shared.wake.notify_one();
+        let thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take();
+        thread.map(|thread| thread.join().unwrap_or_default()).unwrap_or_default()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The thread: removes what is queued, tops pools up to `ready_target`,
+    /// sleeps until there is work; drains everything once stopped.
+    fn work(&self, ready_target: usize) -> RemovalFailures {
+        let mut failures = Vec::new();
+        let mut state = self.lock();
+        while state.running {
+            let refill: Vec<(usize, SandboxRoot, usize)> = state
+                .pools
+                .iter()
+                .enumerate()
+                .filter(|(_, pool)| !pool.paused && pool.ready.len() < ready_target)
+                .map(|(index, pool)| (index, pool.root.clone(), ready_target - pool.ready.len()))
+                .collect();
+            if state.to_remove.is_empty() && refill.is_empty() {
+                state = self.wake.wait(state).unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            if refill.is_empty() && state.to_remove.len() < BATCH {
+                state = self.wake.wait_timeout(state, GATHER).unwrap_or_else(PoisonError::into_inner).0;
+            }
+            let finished = mem::take(&mut state.to_remove);
+            drop(state);
+
+            remove_all(finished, &mut failures);
+            let mut made = Vec::new();
+            let mut failed = Vec::new();
+            for (index, root, missing) in refill {
+                for _ in 0..missing {
+                    match root.create() {
+                        Ok(sandbox) => made.push((index, sandbox)),
+                        Err(err) => {
+                            tracing::warn!(root = %root.path().display(), "cannot make a sandbox ahead of time: {err}");
+                            failed.push(index);
+                            break;
+                        }
+                    }
+                }
+            }
+
+            state = self.lock();
+            let mut unused = Vec::new();
+            let running = state.running;
+            for (index, sandbox) in made {
+                match state.pools.get_mut(index) {
+                    Some(pool) if running => pool.ready.push(sandbox),
+                    _ => unused.push(sandbox),
+                }
+            }
+            for index in failed {
+                if let Some(pool) = state.pools.get_mut(index) {
+                    pool.paused = true;
+                }
+            }
+            if !unused.is_empty() {
+                drop(state);
+                remove_all(unused, &mut failures);
+                state = self.lock();
+            }
+        }
+        let finished = mem::take(&mut state.to_remove);
+        let ready: Vec<Sandbox> = state.pools.drain(..).flat_map(|pool| pool.ready).collect();
+        drop(state);
+        remove_all(finished, &mut failures);
+        remove_all(ready, &mut failures);
+        failures
+    }
+}
+
+fn remove_all(sandboxes: Vec<Sandbox>, failures: &mut RemovalFailures) {
+    for sandbox in sandboxes {
+        let path = sandbox.path().to_owned();
+        if let Err(err) = sandbox.close() {
+            tracing::error!(sandbox = %path.display(), "cannot remove sandbox: {err}");
+            failures.push((path, err));
+        }
+    }
+}
