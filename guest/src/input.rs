@@ -238,6 +238,20 @@ fn unescape_line(rest: &[u8], data: &mut [u8], ends: &mut [usize]) -> Option<(us
     }
 }
 
+/// A `csv_core` parser for RFC 4180 (`,`, `"` doubled inside quotes, and
+/// `\r`, `\n` or `\r\n` ending a record) that has already started.
+///
+/// `csv_core` drops a byte order mark at the start of the first input it is
+/// given, but here it first sees the input mid-file (at the first record that
+/// needs it), so the mark is handled by [`RecordReader::read`] and the parser
+/// is told it has already started: with no room for output it returns at
+/// once, consuming nothing and staying in its start state.
+fn started_parser() -> CsvParser {
+    let mut parser = CsvParser::new();
+    let _ = parser.read_record(b",", &mut [], &mut []);
+    parser
+}
+
 /// A record that `csv_core` is part way through, across buffer refills.
 #[derive(Debug, Clone, Copy)]
 struct Partial {
@@ -258,7 +272,9 @@ struct Partial {
 /// record by record.
 pub(crate) struct RecordReader<R> {
     source: R,
-    parser: CsvParser,
+    /// Made at the first record that needs it: building its tables costs
+    /// more than a small export's whole run.
+    parser: Option<CsvParser>,
     buffer: Box<[u8]>,
     /// The bytes not yet parsed are `buffer[consumed..filled]`.
     consumed: usize,
@@ -282,18 +298,9 @@ impl<R: Read> RecordReader<R> {
 
     /// A reader whose block size is `buffer_bytes` (at least 4 KiB).
     pub(crate) fn with_buffer(source: R, buffer_bytes: usize) -> Self {
-        // The defaults are RFC 4180: `,`, `"` doubled inside quotes, and
-        // `\r`, `\n` or `\r\n` ending a record.
-        let mut parser = CsvParser::new();
-        // `csv_core` drops a byte order mark at the start of the first input
-        // it is given, but it may first see the input mid-file here (at the
-        // first quoted record), so the mark is handled by `read` and the
-        // parser is told it has already started. With no room for output it
-        // returns at once, consuming nothing and staying in its start state.
-        let _ = parser.read_record(b",", &mut [], &mut []);
         Self {
             source,
-            parser,
+            parser: None,
             buffer: vec![0; buffer_bytes.max(4096)].into_boxed_slice(),
             consumed: 0,
             filled: 0,
@@ -376,8 +383,9 @@ impl<R: Read> RecordReader<R> {
     ) -> Result<Option<usize>, PipelineError> {
         // An empty slice tells the parser that the input has ended.
         let input = &self.buffer[self.consumed..self.filled];
+        let parser = self.parser.get_or_insert_with(started_parser);
         let (result, read, written, ends_written) =
-            self.parser.read_record(input, &mut raw.data[partial.data_len..], &mut raw.ends[partial.ends_len..]);
+            parser.read_record(input, &mut raw.data[partial.data_len..], &mut raw.ends[partial.ends_len..]);
         self.line += count_line_feeds(&input[..read]);
         self.consumed += read;
         partial.data_len += written;

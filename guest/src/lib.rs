@@ -223,15 +223,20 @@ pub fn process_sized<R: Read>(
 pub fn process_paths(input: &Path, output_dir: &Path) -> Result<Report, PipelineError> {
     let file = File::open(input)
         .map_err(|err| PipelineError::Io(format!("cannot open the input `{}`: {err}", input.display())))?;
-    // Checked up front so the error names the directory, not just a file.
-    if !output_dir.is_dir() {
-        return Err(PipelineError::Io(format!(
-            "the output directory `{}` does not exist or is not a directory",
-            output_dir.display()
-        )));
-    }
     let size_hint = file.metadata().ok().map(|meta| meta.len());
-    process_sized(file, size_hint, &mut DirectorySink::new(output_dir))
+    process_sized(file, size_hint, &mut DirectorySink::new(output_dir)).map_err(|err| {
+        // Checked only on failure (a small run is a few dozen system calls,
+        // and this check a handful), so that the error names the directory,
+        // not just a file in it.
+        if output_dir.is_dir() {
+            err
+        } else {
+            PipelineError::Io(format!(
+                "the output directory `{}` does not exist or is not a directory",
+                output_dir.display()
+            ))
+        }
+    })
 }
 
 /// Block sizes of one run.

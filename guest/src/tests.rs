@@ -642,6 +642,13 @@ fn process_paths_reads_and_writes_files() {
     assert!(matches!(&err, PipelineError::Io(message) if message.contains("missing.csv")), "{err:?}");
     let err = process_paths(&input, &dir.join("no-such-dir")).expect_err("no output dir");
     assert!(matches!(&err, PipelineError::Io(message) if message.contains("no-such-dir")), "{err:?}");
+    let headless = dir.join("headless.csv");
+    std::fs::write(&headless, "not,a,header\n").expect("write");
+    let err = process_paths(&headless, &dir.join("no-such-dir")).expect_err("no output dir");
+    assert!(
+        matches!(&err, PipelineError::Io(message) if message.contains("no-such-dir")),
+        "a missing output directory is named even when the input is also wrong: {err:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
