@@ -11,7 +11,9 @@ use std::io::{self, ErrorKind, Read as _};
 use std::path::{Path, PathBuf};
 
 use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt as _};
-use cap_std::fs::{Dir, DirBuilder, DirBuilderExt as _, MetadataExt as _, OpenOptions, OpenOptionsExt as _};
+use cap_std::fs::{
+    Dir, DirBuilder, DirBuilderExt as _, MetadataExt as _, OpenOptions, OpenOptionsExt as _, PermissionsExt as _,
+};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
@@ -240,14 +242,15 @@ pub fn check_destination(destination: &Destination) -> Result<(), RunError> {
     }
 }
 
-/// Copies the collected `files` from `out` to `destination`, and returns
-/// them with their SHA-256.
+/// Delivers the collected `files` (from the guest's output folder `out`) to
+/// `destination`, and returns them with their SHA-256.
 ///
 /// # Errors
 ///
 /// [`RunError::Delivery`] with the reason; nothing is left at the destination.
 pub(crate) fn deliver(
     files: Vec<Collected>,
+    out: &Dir,
     destination: &Destination,
 ) -> Result<(Delivered, Vec<OutputFile>), RunError> {
     match destination {
@@ -265,7 +268,7 @@ pub(crate) fn deliver(
             Ok((Delivered::Memory(delivered), hashed))
         }
         Destination::Folder { path, force } => {
-            deliver_to_folder(files, path, *force).map(|hashed| (Delivered::Folder(path.clone()), hashed))
+            deliver_to_folder(files, out, path, *force).map(|hashed| (Delivered::Folder(path.clone()), hashed))
         }
         Destination::Tar { path, force } => {
             deliver_to_tar(files, path, *force).map(|hashed| (Delivered::Tar(path.clone()), hashed))
@@ -342,7 +345,7 @@ fn existing_destination(parent: &Path, name: &str, path: &Path, force: bool) -> 
     }
 }
 
-fn deliver_to_folder(files: Vec<Collected>, path: &Path, force: bool) -> Result<Vec<OutputFile>, RunError> {
+fn deliver_to_folder(files: Vec<Collected>, out: &Dir, path: &Path, force: bool) -> Result<Vec<OutputFile>, RunError> {
     let fail = |reason: String| RunError::Delivery { path: path.to_owned(), reason };
     let (parent_path, name) = split_destination(path)?;
     let existing = existing_destination(&parent_path, name, path, force)?;
@@ -356,7 +359,7 @@ fn deliver_to_folder(files: Vec<Collected>, path: &Path, force: bool) -> Result<
         .map_err(|err| fail(format!("cannot create a staging folder beside it: {err}")))?;
 
     let mut hashed = Vec::new();
-    let staged = stage_files(files, &parent, &staging, &mut hashed).and_then(|()| {
+    let staged = stage_files(files, out, &parent, &staging, &mut hashed).and_then(|()| {
         match existing {
             // rename(2) replaces a missing or empty folder atomically.
             None | Some(true) => parent.rename(&staging, &parent, name),
@@ -382,17 +385,78 @@ fn deliver_to_folder(files: Vec<Collected>, path: &Path, force: bool) -> Result<
     Ok(hashed)
 }
 
-fn stage_files(files: Vec<Collected>, parent: &Dir, staging: &str, hashed: &mut Vec<OutputFile>) -> io::Result<()> {
+/// Puts every output into the staging folder, hashed and flushed to disk.
+/// When the outputs are large, two threads share the files.
+fn stage_files(
+    files: Vec<Collected>,
+    out: &Dir,
+    parent: &Dir,
+    staging: &str,
+    hashed: &mut Vec<OutputFile>,
+) -> io::Result<()> {
+    /// Below this much output, a second thread costs more than it saves.
+    const PARALLEL_BYTES: u64 = 1 << 20;
     let staging_dir = parent.open_dir(staging)?;
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true).mode(0o600);
-    for Collected { file, mut handle } in files {
-        let mut target = staging_dir.open_with(&file.name, &options)?;
-        let sha256 = copy_hashed(&mut handle, &mut target, file.bytes)?;
-        target.sync_all()?;
-        hashed.push(OutputFile { sha256, ..file });
+    let total: u64 = files.iter().map(|collected| collected.file.bytes).sum();
+    if total < PARALLEL_BYTES {
+        for collected in files {
+            hashed.push(stage_one(collected, out, &staging_dir)?);
+        }
+    } else {
+        // Largest first, each to the lighter of two shares.
+        let mut files = files;
+        files.sort_by_key(|collected| std::cmp::Reverse(collected.file.bytes));
+        let (mut shares, mut loads) = ([Vec::new(), Vec::new()], [0u64; 2]);
+        for collected in files {
+            let lighter = usize::from(loads[1] < loads[0]);
+            loads[lighter] += collected.file.bytes;
+            shares[lighter].push(collected);
+        }
+        let [first, second] = shares;
+        let stage_share = |share: Vec<Collected>| -> io::Result<Vec<OutputFile>> {
+            share.into_iter().map(|collected| stage_one(collected, out, &staging_dir)).collect()
+        };
+        let (first, second) = std::thread::scope(|scope| {
+            let helper = scope.spawn(|| stage_share(second));
+            let first = stage_share(first);
+            (first, helper.join().unwrap_or_else(|_| Err(io::Error::other("a delivery thread panicked"))))
+        });
+        hashed.extend(first?);
+        hashed.extend(second?);
+        hashed.sort_by(|a, b| a.name.cmp(&b.name));
     }
     staging_dir.open(".")?.sync_all()
+}
+
+/// Puts one output into `staging_dir` (0600, flushed to disk) and returns it
+/// with its SHA-256. On the same filesystem the file is moved out of the
+/// sandbox, which no one else can reach and no guest runs in any more, and
+/// checked to be the very file that was collected; elsewhere it is copied.
+fn stage_one(collected: Collected, out: &Dir, staging_dir: &Dir) -> io::Result<OutputFile> {
+    let Collected { file, mut handle } = collected;
+    let sha256 = match out.rename(&file.name, staging_dir, &file.name) {
+        Ok(()) => {
+            let moved = staging_dir.symlink_metadata(&file.name)?;
+            let checked = handle.metadata()?;
+            if (moved.dev(), moved.ino()) != (checked.dev(), checked.ino()) {
+                return Err(io::Error::other(format!("`{}` was replaced while it was delivered", file.name)));
+            }
+            handle.set_permissions(cap_std::fs::Permissions::from_mode(0o600))?;
+            let sha256 = copy_hashed(&mut handle, &mut io::sink(), file.bytes)?;
+            handle.sync_all()?;
+            sha256
+        }
+        Err(err) if err.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
+            let mut options = OpenOptions::new();
+            options.write(true).create_new(true).mode(0o600);
+            let mut target = staging_dir.open_with(&file.name, &options)?;
+            let sha256 = copy_hashed(&mut handle, &mut target, file.bytes)?;
+            target.sync_all()?;
+            sha256
+        }
+        Err(err) => return Err(err),
+    };
+    Ok(OutputFile { sha256, ..file })
 }
 
 fn check_tar_destination(parent: &Dir, name: &str, path: &Path, force: bool) -> Result<(), RunError> {

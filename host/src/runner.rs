@@ -688,7 +688,7 @@ impl Runner {
         tracing::info!(outputs = ?files.iter().map(|c| (&c.file.name, c.file.bytes)).collect::<Vec<_>>(), "outputs collected");
 
         let step = Instant::now();
-        let (delivered, files) = outputs::deliver(files, destination)?;
+        let (delivered, files) = outputs::deliver(files, out, destination)?;
         timings.deliver = step.elapsed();
         tracing::info!(destination = ?destination, elapsed = ?timings.deliver, "outputs delivered");
 

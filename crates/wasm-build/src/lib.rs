@@ -84,8 +84,23 @@ impl GuestBuild<'_> {
                 println!("cargo:rerun-if-changed={}", source.display());
             }
         }
+        for settings in build_settings() {
+            println!("cargo:rerun-if-changed={}", settings.display());
+        }
         wasm_dir
     }
+}
+
+/// Files that change how a guest is built without being among its sources:
+/// the manifests and lock file (profiles, dependencies) and cargo's
+/// configuration (the wasm32 `rustflags`), from the package up to the root.
+fn build_settings() -> Vec<PathBuf> {
+    let Some(manifest_dir) = env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from) else { return Vec::new() };
+    manifest_dir
+        .ancestors()
+        .flat_map(|dir| ["Cargo.toml", "Cargo.lock", ".cargo/config.toml"].map(|name| dir.join(name)))
+        .filter(|path| path.is_file())
+        .collect()
 }
 
 fn dep_info_files(dir: &Path) -> Vec<PathBuf> {

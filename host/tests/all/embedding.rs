@@ -264,3 +264,67 @@ async fn sandboxes_made_ahead_are_fresh_for_every_invocation_and_gone_by_shutdow
     host.run_bytes(&pipeline, &seven_rows()).await.expect("run after shutdown");
     host.assert_root_empty();
 }
+
+/// A folder delivery, checked file by file against the native pipeline, the
+/// sha256 of the outcome and the owner-only modes.
+fn assert_delivered(folder: &std::path::Path, outcome: &host::RunOutcome, input: &[u8]) {
+    use sha2::Digest as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let expected = native_outputs(input);
+    let mut names: Vec<String> = std::fs::read_dir(folder)
+        .expect("delivered folder")
+        .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, expected.keys().cloned().collect::<Vec<_>>());
+    for file in &outcome.outputs {
+        let path = folder.join(&file.name);
+        let contents = std::fs::read(&path).expect("delivered file");
+        assert_eq!(String::from_utf8_lossy(&contents), expected[&file.name], "{}", file.name);
+        assert_eq!(file.bytes, contents.len() as u64);
+        let digest: String = sha2::Sha256::digest(&contents).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(file.sha256, digest, "{}", file.name);
+        assert_eq!(std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777, 0o600, "{}", file.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folder_delivery_moves_copies_and_splits_large_outputs_alike() {
+    // Sandboxes on the disk root, in the destination's filesystem: outputs are
+    // moved out of the sandbox; above 1 MiB of outputs two threads share them.
+    let host = TestHost::configured("deliver", |config| config.spool_threshold = 0);
+    let pipeline = host.bundled();
+    let large = crate::util::gen_orders(&["--rows", "60000", "--seed", "4", "--dirty", "0.2"]);
+    let small = distinct_input(3);
+    for (name, input) in [("large", &large), ("small", &small)] {
+        let folder = host.scratch.join(name);
+        let invocation = Invocation::new(&pipeline, Input::Bytes(input.clone()))
+            .destination(Destination::Folder { path: folder.clone(), force: false });
+        let outcome = host.runner.invoke(invocation).await.expect("delivered");
+        assert!(name == "small" || outcome.outputs.iter().map(|f| f.bytes).sum::<u64>() > 1 << 20, "{name}");
+        assert_delivered(&folder, &outcome, input);
+    }
+    host.assert_root_empty();
+
+    // A memory root on another filesystem than the destination: copied.
+    let shm = std::path::Path::new("/dev/shm");
+    if !shm.is_dir()
+        || std::fs::metadata(shm).map(|m| std::os::unix::fs::MetadataExt::dev(&m)).ok()
+            == std::fs::metadata(&host.scratch.path).map(|m| std::os::unix::fs::MetadataExt::dev(&m)).ok()
+    {
+        println!("skipped the copy case: no /dev/shm on another filesystem");
+        return;
+    }
+    let memory_root = shm.join(format!("host-test-deliver-{}", std::process::id()));
+    let copying = TestHost::configured("deliver-copy", |config| config.memory_root = Some(memory_root.clone()));
+    let folder = copying.scratch.join("copied");
+    let copying_pipeline = copying.bundled();
+    let invocation = Invocation::new(&copying_pipeline, Input::Bytes(small.clone()))
+        .destination(Destination::Folder { path: folder.clone(), force: false });
+    let outcome = copying.runner.invoke(invocation).await.expect("delivered");
+    assert!(outcome.spooled, "the small input ran on the memory root");
+    assert_delivered(&folder, &outcome, &small);
+    copying.runner.shutdown().expect("shutdown");
+    assert_eq!(std::fs::read_dir(&memory_root).expect("memory root").count(), 0, "the memory root is empty");
+    std::fs::remove_dir_all(&memory_root).expect("remove the test's memory root");
+}
