@@ -48,7 +48,7 @@ const TINY_WARM_UP: usize = 500;
 const PROCESS_RUNS: usize = 20;
 const RSS_POLL: Duration = Duration::from_millis(5);
 /// `RunnerConfig::ready_sandboxes` in the background mode of section 2.
-const READY_SANDBOXES: usize = 8;
+const READY_SANDBOXES: usize = 32;
 
 // Targets.
 const MAX_WASM_NATIVE_RATIO: f64 = 1.2;

@@ -6,9 +6,13 @@
 //! Both only change *when* the work happens, never what a sandbox is: a ready
 //! sandbox is made by [`SandboxRoot::create`] like any other (private, locked)
 //! and is used by exactly one invocation; a finished one stays locked until
-//! it is removed, so a sweep never takes it for a dead host's. The thread
-//! wakes once per batch rather than once per sandbox: on this kind of machine
-//! a wake-up costs as much as removing a small sandbox.
+//! it is removed, so a sweep never takes it for a dead host's.
+//!
+//! Waking a sleeping thread costs about as much as removing a small sandbox
+//! (an inter-processor interrupt, on a VM an exit to the hypervisor), so
+//! while invocations keep coming the thread looks for work every
+//! [`GATHER`] on its own and nobody wakes it; only after [`IDLE_ROUNDS`]
+//! empty looks does it sleep until the next invocation wakes it.
 
 use std::io;
 use std::mem;
@@ -23,11 +27,11 @@ use crate::sandbox::{Sandbox, SandboxRoot};
 /// Sandboxes that could not be removed, with the reason.
 pub(crate) type RemovalFailures = Vec<(PathBuf, io::Error)>;
 
-/// Finished sandboxes removed per wake-up, at most; fewer wait up to
-/// [`GATHER`] for company.
-const BATCH: usize = 16;
-/// How long a finished sandbox may wait for others before it is removed.
+/// How often the thread looks for work while invocations keep coming: the
+/// longest a finished sandbox waits before its removal starts.
 const GATHER: Duration = Duration::from_millis(2);
+/// Empty looks (of [`GATHER`] each) before the thread sleeps until woken.
+const IDLE_ROUNDS: u32 = 50;
 
 /// Makes and removes sandboxes, inline or on its thread.
 pub(crate) struct Housekeeper {
@@ -46,6 +50,8 @@ struct State {
     /// False once [`Housekeeper::finish`] began (or when no thread runs):
     /// sandboxes are then made and removed inline.
     running: bool,
+    /// True while the thread sleeps until woken (it found no work for a while).
+    sleeping: bool,
     to_remove: Vec<Sandbox>,
     pools: Vec<Pool>,
 }
@@ -65,7 +71,7 @@ impl Housekeeper {
     pub(crate) fn start(background_removal: bool, ready_target: usize) -> Result<Self, RunError> {
         let running = background_removal || ready_target > 0;
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { running, to_remove: Vec::new(), pools: Vec::new() }),
+            state: Mutex::new(State { running, sleeping: false, to_remove: Vec::new(), pools: Vec::new() }),
             wake: Condvar::new(),
         });
         let thread = if running {
@@ -103,9 +109,9 @@ impl Housekeeper {
                 if taken.is_none() {
                     pool.paused = false;
                 }
-                // Refill at half, in one wake-up for several sandboxes.
-                if pool.ready.len() == self.ready_target / 2 || taken.is_none() {
-                    self.shared.wake.notify_one();
+                let low = pool.ready.len() <= self.ready_target / 2;
+                if low {
+                    self.shared.wake_if_sleeping(&mut state);
                 }
                 if let Some(sandbox) = taken {
                     return Ok(sandbox);
@@ -127,10 +133,7 @@ impl Housekeeper {
             let mut state = self.shared.lock();
             if state.running {
                 state.to_remove.push(sandbox);
-                let queued = state.to_remove.len();
-                if queued == 1 || queued == BATCH {
-                    self.shared.wake.notify_one();
-                }
+                self.shared.wake_if_sleeping(&mut state);
                 return Ok(());
             }
         }
@@ -140,7 +143,11 @@ impl Housekeeper {
     /// Stops the thread after it removed every queued sandbox and every
     /// ready one; returns what could not be removed. Later calls work inline.
     pub(crate) fn finish(&self) -> RemovalFailures {
-        self.shared.lock().running = false;
+        {
+            let mut state = self.shared.lock();
+            state.running = false;
+            state.sleeping = false;
+        }
         self.shared.wake.notify_one();
         let thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take();
         thread.map(|thread| thread.join().unwrap_or_default()).unwrap_or_default()
@@ -152,10 +159,18 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn wake_if_sleeping(&self, state: &mut State) {
+        if mem::take(&mut state.sleeping) {
+            self.wake.notify_one();
+        }
+    }
+
     /// The thread: removes what is queued, tops pools up to `ready_target`,
-    /// sleeps until there is work; drains everything once stopped.
+    /// looks again after [`GATHER`] (or sleeps once idle); drains everything
+    /// once stopped.
     fn work(&self, ready_target: usize) -> RemovalFailures {
         let mut failures = Vec::new();
+        let mut idle_rounds = 0;
         let mut state = self.lock();
         while state.running {
             let refill: Vec<(usize, SandboxRoot, usize)> = state
@@ -166,12 +181,21 @@ impl Shared {
                 .map(|(index, pool)| (index, pool.root.clone(), ready_target - pool.ready.len()))
                 .collect();
             if state.to_remove.is_empty() && refill.is_empty() {
-                state = self.wake.wait(state).unwrap_or_else(PoisonError::into_inner);
+                if idle_rounds < IDLE_ROUNDS {
+                    idle_rounds += 1;
+                    state = self.wake.wait_timeout(state, GATHER).unwrap_or_else(PoisonError::into_inner).0;
+                } else {
+                    state.sleeping = true;
+                    // `sleeping` is cleared by whoever wakes us (or by finish).
+                    while state.sleeping && state.running {
+                        state = self.wake.wait(state).unwrap_or_else(PoisonError::into_inner);
+                    }
+                    state.sleeping = false;
+                    idle_rounds = 0;
+                }
                 continue;
             }
-            if refill.is_empty() && state.to_remove.len() < BATCH {
-                state = self.wake.wait_timeout(state, GATHER).unwrap_or_else(PoisonError::into_inner).0;
-            }
+            idle_rounds = 0;
             let finished = mem::take(&mut state.to_remove);
             drop(state);
 
