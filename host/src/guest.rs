@@ -14,12 +14,52 @@ use wasmtime_wasi::p2::bindings::filesystem::preopens;
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 use wasmtime_wasi::{FsPerms, OpenMode, WasiCtx, WasiCtxView, WasiView};
 
+/// Blocking file operations run inline: each is small (at most one stream
+/// chunk), and a worker-thread hop per call costs more.
+pub(crate) const BLOCK_CURRENT_THREAD: bool = true;
+
 /// A folder the guest sees at `guest_path`, given as a capability.
-#[derive(Debug)]
 pub struct Preopen {
-    pub dir: cap_std::fs::Dir,
-    pub guest_path: String,
-    pub writable: bool,
+    handle: PreopenHandle,
+    guest_path: String,
+    writable: bool,
+}
+
+enum PreopenHandle {
+    /// Not asked for yet: handed over as it is, without a `dup`.
+    Unused(cap_std::fs::Dir),
+    /// Already handed to the guest; another request shares the descriptor.
+    Given(Dir),
+    /// Only while being handed over.
+    Moving,
+}
+
+impl Preopen {
+    pub fn new(dir: cap_std::fs::Dir, guest_path: &str, writable: bool) -> Self {
+        Self { handle: PreopenHandle::Unused(dir), guest_path: guest_path.to_owned(), writable }
+    }
+
+    /// The folder as a WASI descriptor.
+    fn descriptor(&mut self) -> wasmtime::Result<Dir> {
+        let (perms, mode) = if self.writable {
+            (FsPerms::ReadWrite, OpenMode::READ | OpenMode::WRITE)
+        } else {
+            (FsPerms::ReadOnly, OpenMode::READ)
+        };
+        let dir = match std::mem::replace(&mut self.handle, PreopenHandle::Moving) {
+            PreopenHandle::Unused(handle) => Dir::new(handle.into_std_file(), perms, mode, BLOCK_CURRENT_THREAD),
+            PreopenHandle::Given(dir) => dir,
+            PreopenHandle::Moving => wasmtime::bail!("the preopen {} was lost", self.guest_path),
+        };
+        self.handle = PreopenHandle::Given(dir.clone());
+        Ok(dir)
+    }
+}
+
+impl std::fmt::Debug for Preopen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Preopen").field("guest_path", &self.guest_path).field("writable", &self.writable).finish()
+    }
 }
 
 /// The store's data: everything a guest can reach goes through here.
@@ -47,29 +87,21 @@ impl HasData for SandboxPreopens {
 }
 
 pub struct SandboxPreopensView<'a> {
-    preopens: &'a [Preopen],
+    preopens: &'a mut [Preopen],
     table: &'a mut ResourceTable,
 }
 
 impl GuestState {
     pub fn preopens_view(&mut self) -> SandboxPreopensView<'_> {
-        SandboxPreopensView { preopens: &self.preopens, table: &mut self.table }
+        SandboxPreopensView { preopens: &mut self.preopens, table: &mut self.table }
     }
 }
 
 impl preopens::Host for SandboxPreopensView<'_> {
     fn get_directories(&mut self) -> wasmtime::Result<Vec<(Resource<Descriptor>, String)>> {
         let mut dirs = Vec::with_capacity(self.preopens.len());
-        for preopen in self.preopens {
-            let (perms, mode) = if preopen.writable {
-                (FsPerms::ReadWrite, OpenMode::READ | OpenMode::WRITE)
-            } else {
-                (FsPerms::ReadOnly, OpenMode::READ)
-            };
-            let handle = preopen.dir.try_clone()?.into_std_file();
-            // Blocking file operations run inline: each is small (at most one
-            // stream chunk), and a worker-thread hop per call costs more.
-            let dir = Dir::new(handle, perms, mode, true);
+        for preopen in self.preopens.iter_mut() {
+            let dir = preopen.descriptor()?;
             dirs.push((self.table.push(Descriptor::Dir(dir))?, preopen.guest_path.clone()));
         }
         Ok(dirs)

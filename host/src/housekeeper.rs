@@ -13,6 +13,13 @@
 //! while invocations keep coming the thread looks for work every
 //! [`GATHER`] on its own and nobody wakes it; only after [`IDLE_ROUNDS`]
 //! empty looks does it sleep until the next invocation wakes it.
+//!
+//! The thread runs at the lowest priority (nice 19): it uses cores that
+//! invocations leave idle, and never takes one from them. When invocations
+//! keep every core busy, it falls behind, and invocations do the work
+//! themselves: an empty pool means the sandbox is made inline, and a full
+//! queue ([`MAX_QUEUED`]) means it is removed inline. The backlog, and so
+//! the disk held by finished sandboxes, stays bounded.
 
 use std::io;
 use std::mem;
@@ -32,6 +39,11 @@ pub(crate) type RemovalFailures = Vec<(PathBuf, io::Error)>;
 const GATHER: Duration = Duration::from_millis(2);
 /// Empty looks (of [`GATHER`] each) before the thread sleeps until woken.
 const IDLE_ROUNDS: u32 = 50;
+/// Finished sandboxes waiting for the thread, at most; more are removed by
+/// the invocation itself.
+const MAX_QUEUED: usize = 64;
+/// The thread's nice value: the lowest priority.
+const NICE: i32 = 19;
 
 /// Makes and removes sandboxes, inline or on its thread.
 pub(crate) struct Housekeeper {
@@ -131,7 +143,7 @@ impl Housekeeper {
     pub(crate) fn remove(&self, sandbox: Sandbox) -> io::Result<()> {
         if self.background_removal {
             let mut state = self.shared.lock();
-            if state.running {
+            if state.running && state.to_remove.len() < MAX_QUEUED {
                 state.to_remove.push(sandbox);
                 self.shared.wake_if_sleeping(&mut state);
                 return Ok(());
@@ -169,6 +181,10 @@ impl Shared {
     /// looks again after [`GATHER`] (or sleeps once idle); drains everything
     /// once stopped.
     fn work(&self, ready_target: usize) -> RemovalFailures {
+        // On Linux a nice value belongs to the thread that sets it.
+        if let Err(err) = rustix::process::setpriority_process(None, NICE) {
+            tracing::debug!("the sandbox housekeeper keeps its priority: {err}");
+        }
         let mut failures = Vec::new();
         let mut idle_rounds = 0;
         let mut state = self.lock();

@@ -29,8 +29,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
+use rustix::fs::{Mode, OFlags};
 use wasmtime::component::{HasData, Resource, ResourceTable};
-use wasmtime_wasi::FsPerms;
 use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemCtxView};
 use wasmtime_wasi::p2::bindings::filesystem::types::{
     self, Advice, DescriptorFlags, DescriptorStat, DescriptorType, DirectoryEntry, ErrorCode, Filesize, HostDescriptor,
@@ -39,8 +39,9 @@ use wasmtime_wasi::p2::bindings::filesystem::types::{
 use wasmtime_wasi::p2::{
     DynInputStream, DynOutputStream, FsError, FsResult, InputStream, OutputStream, Pollable, StreamError,
 };
+use wasmtime_wasi::{FsPerms, OpenMode};
 
-use crate::guest::GuestState;
+use crate::guest::{BLOCK_CURRENT_THREAD, GuestState};
 
 /// Descriptors and directory listings one guest may hold at once.
 pub const MAX_OPEN_HANDLES: u64 = 256;
@@ -533,14 +534,27 @@ impl QuotaFilesystemView<'_> {
         let borrow = |fd: &Resource<Descriptor>| Resource::new_borrow(fd.rep());
         if oflags.contains(OpenFlags::CREATE) {
             self.quota.reserve_file()?;
-            let exclusive = oflags | OpenFlags::EXCLUSIVE;
-            match HostDescriptor::open_at(&mut self.inner, borrow(&fd), path_flags, path.clone(), exclusive, flags)
-                .await
-            {
-                Ok(new) => {
-                    self.make_private(&new, 0o600);
-                    return Ok(new);
+            let created = match self.create_new_file(&fd, &path, oflags, flags) {
+                Some(created) => created,
+                None => {
+                    let exclusive = oflags | OpenFlags::EXCLUSIVE;
+                    let opened = HostDescriptor::open_at(
+                        &mut self.inner,
+                        borrow(&fd),
+                        path_flags,
+                        path.clone(),
+                        exclusive,
+                        flags,
+                    )
+                    .await;
+                    if let Ok(new) = &opened {
+                        self.make_private(new, 0o600);
+                    }
+                    opened
                 }
+            };
+            match created {
+                Ok(new) => return Ok(new),
                 Err(err) => {
                     self.quota.release_file();
                     let exists = matches!(err.downcast_ref(), Some(ErrorCode::Exist));
@@ -557,6 +571,45 @@ impl QuotaFilesystemView<'_> {
             self.quota.release_bytes(stat.size);
         }
         Ok(opened)
+    }
+
+    /// Creates the file `path` in the folder `fd`, exclusively and owner-only
+    /// (0600) from the `open` itself, when the call is the common case: a
+    /// plain file name, in a folder the guest may write, without the sync
+    /// flags. That saves wasmtime-wasi's stat of what it opened and the
+    /// chmod. `None` for any other call, which takes the general path.
+    fn create_new_file(
+        &mut self,
+        fd: &Resource<Descriptor>,
+        path: &str,
+        oflags: OpenFlags,
+        flags: DescriptorFlags,
+    ) -> Option<FsResult<Resource<Descriptor>>> {
+        let plain_name = !path.is_empty() && path != "." && path != ".." && !path.contains(['/', '\0']);
+        let sync = DescriptorFlags::FILE_INTEGRITY_SYNC
+            | DescriptorFlags::DATA_INTEGRITY_SYNC
+            | DescriptorFlags::REQUESTED_WRITE_SYNC;
+        if !plain_name || oflags.contains(OpenFlags::DIRECTORY) || flags.intersects(sync) {
+            return None;
+        }
+        let (folder, perms) = match self.table().get(fd) {
+            Ok(Descriptor::Dir(dir)) if dir.perms == FsPerms::ReadWrite => (Arc::clone(&dir.dir), dir.perms),
+            _ => return None,
+        };
+        // As wasmtime-wasi opens: writable (it creates), and readable when
+        // asked for or when not asked to write.
+        let (access, open_mode) = if flags.contains(DescriptorFlags::READ) || !flags.contains(DescriptorFlags::WRITE) {
+            (OFlags::RDWR, OpenMode::READ | OpenMode::WRITE)
+        } else {
+            (OFlags::WRONLY, OpenMode::WRITE)
+        };
+        let options = access | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let file = match rustix::fs::openat(&*folder, path, options, Mode::from_raw_mode(0o600)) {
+            Ok(file) => std::fs::File::from(file),
+            Err(errno) => return Some(Err(ErrorCode::from(io::Error::from(errno)).into())),
+        };
+        let file = wasmtime_wasi::filesystem::File::new(file, perms, open_mode, BLOCK_CURRENT_THREAD);
+        Some(self.table().push(Descriptor::File(file)).map_err(FsError::from))
     }
 
     /// Replaces wasmtime-wasi's stream (made for its permission checks) by a

@@ -23,7 +23,7 @@ use crate::bindings::orders::pipeline::types::PipelineError;
 use crate::bindings::{Pipeline, PipelinePre};
 use crate::cache::CodeCache;
 use crate::error::RunError;
-use crate::guest::{CappedStderr, GuestState, MemoryLimiter, Preopen, SandboxPreopens};
+use crate::guest::{BLOCK_CURRENT_THREAD, CappedStderr, GuestState, MemoryLimiter, Preopen, SandboxPreopens};
 use crate::housekeeper::Housekeeper;
 use crate::limits::Limits;
 use crate::outputs::{self, Delivered, Destination, OutputFile};
@@ -36,7 +36,7 @@ pub const BUNDLED_PIPELINE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/or
 
 /// Where the guest finds its input and writes its outputs.
 pub const GUEST_INPUT_DIR: &str = "/input";
-pub const GUEST_INPUT_FILE: &str = "input.csv";
+pub const GUEST_INPUT_FILE: &str = crate::sandbox::INPUT_FILE;
 pub const GUEST_OUTPUT_DIR: &str = "/out";
 
 /// How often the epoch advances: the granularity at which a spinning guest
@@ -715,21 +715,13 @@ impl Runner {
     ) -> Result<Store<GuestState>, RunError> {
         let sandbox_error = |err: io::Error| RunError::Sandbox(err);
         let preopens = vec![
-            Preopen {
-                dir: sandbox.input_dir().and_then(Dir::try_clone).map_err(sandbox_error)?,
-                guest_path: GUEST_INPUT_DIR.into(),
-                writable: false,
-            },
-            Preopen {
-                dir: sandbox.output_dir().and_then(Dir::try_clone).map_err(sandbox_error)?,
-                guest_path: GUEST_OUTPUT_DIR.into(),
-                writable: true,
-            },
+            Preopen::new(sandbox.input_dir().and_then(Dir::try_clone).map_err(sandbox_error)?, GUEST_INPUT_DIR, false),
+            Preopen::new(sandbox.output_dir().and_then(Dir::try_clone).map_err(sandbox_error)?, GUEST_OUTPUT_DIR, true),
         ];
         // No env, no args, no stdin, stdout discarded, no network.
         let wasi = WasiCtxBuilder::new()
             .stderr(stderr.clone())
-            .allow_blocking_current_thread(true)
+            .allow_blocking_current_thread(BLOCK_CURRENT_THREAD)
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)

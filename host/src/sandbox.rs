@@ -35,6 +35,9 @@ use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags};
 
 /// The folder the guest reads its input from.
 pub const INPUT_DIR: &str = "input";
+/// The input, in [`INPUT_DIR`]: the only entry there (the guest cannot write
+/// to that folder).
+pub const INPUT_FILE: &str = "input.csv";
 /// The folder the guest writes its outputs into.
 pub const OUTPUT_DIR: &str = "out";
 
@@ -412,13 +415,20 @@ struct SandboxDirs {
 
 impl SandboxDirs {
     /// Removes the sandbox `name` of `root` (this one), then releases its
-    /// lock. A sandbox laid out as it was created (plain entries in `input/`
-    /// and `out/`, nothing else) is removed by name, a system call per entry;
+    /// lock. A sandbox laid out as it was created (the input in `input/`,
+    /// plain entries in `out/`, nothing else) is removed by name, a system
+    /// call per entry;
     /// on any surprise (a folder the guest made, an entry that will not go)
     /// [`remove_tree`] takes over, which handles anything.
     fn remove(self, root: &Dir, name: &str) -> io::Result<()> {
         let Self { top, input, out } = self;
-        let quick = remove_plain_entries(input)
+        // The input folder's one entry is known: no listing.
+        let quick = match input.remove_file(INPUT_FILE) {
+            Err(err) if err.kind() != ErrorKind::NotFound => Err(err),
+            _ => Ok(()),
+        };
+        drop(input);
+        let quick = quick
             .and_then(|()| remove_plain_entries(out))
             .and_then(|()| top.remove_dir(INPUT_DIR))
             .and_then(|()| top.remove_dir(OUTPUT_DIR))
