@@ -269,3 +269,34 @@ fn remove_all(sandboxes: Vec<Sandbox>, failures: &mut RemovalFailures) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_makes_invocations_remove_their_own_sandboxes() {
+        let base =
+            std::env::temp_dir().join(format!("housekeeper-unit-{}", crate::sandbox::random_hex().expect("rng")));
+        let root = SandboxRoot::open(&base).expect("root");
+        let sandboxes =
+            |root: &SandboxRoot| std::fs::read_dir(root.path()).expect("list").filter(|entry| entry.is_ok()).count();
+        // A housekeeper whose thread is busy elsewhere: nothing drains the queue.
+        let state = State { running: true, sleeping: false, to_remove: Vec::new(), pools: Vec::new() };
+        let keeper = Housekeeper {
+            shared: Arc::new(Shared { state: Mutex::new(state), wake: Condvar::new() }),
+            thread: Mutex::new(None),
+            background_removal: true,
+            ready_target: 0,
+        };
+        for _ in 0..MAX_QUEUED + 5 {
+            keeper.remove(root.create().expect("create")).expect("remove");
+        }
+        assert_eq!(sandboxes(&root), MAX_QUEUED, "past the bound, sandboxes are removed inline");
+        let mut failures = Vec::new();
+        remove_all(mem::take(&mut keeper.shared.lock().to_remove), &mut failures);
+        assert!(failures.is_empty());
+        assert_eq!(sandboxes(&root), 0);
+        std::fs::remove_dir_all(base).expect("cleanup");
+    }
+}
