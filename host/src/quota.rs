@@ -182,7 +182,7 @@ impl Progress {
 
     fn record(&self, bytes: &[u8]) {
         self.read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        let lines = bytes.iter().filter(|&&b| b == b'\n').count();
+        let lines = memchr::memchr_iter(b'\n', bytes).count();
         self.lines.fetch_add(lines as u64, Ordering::Relaxed);
     }
 }

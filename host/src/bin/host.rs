@@ -223,12 +223,13 @@ fn run(args: &RunArgs) -> Result<RunOutcome, RunError> {
         .build()
         .map_err(|err| RunError::Host(format!("cannot start the async runtime: {err}")))?;
     let progress = Arc::new(Progress::default());
-    let invocation = Invocation::new(&component, Input::Path(input_path))
-        .limits(limits)
-        .destination(destination)
-        .progress(Arc::clone(&progress));
+    let mut invocation = Invocation::new(&component, Input::Path(input_path)).limits(limits).destination(destination);
+    // Counting what the guest reads costs a pass over the input: only for a bar.
+    let show_progress = std::io::stderr().is_terminal() && input_size >= PROGRESS_MIN_INPUT;
+    if show_progress {
+        invocation = invocation.progress(Arc::clone(&progress));
+    }
     runtime.block_on(async {
-        let show_progress = std::io::stderr().is_terminal() && input_size >= PROGRESS_MIN_INPUT;
         let bar = show_progress.then(|| tokio::spawn(draw_progress(progress)));
         let result = tokio::select! {
             result = runner.invoke(invocation) => result,
