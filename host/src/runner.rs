@@ -74,8 +74,10 @@ pub struct RunnerConfig {
     /// Sandboxes made ahead of time, per sandbox root in use, on a
     /// background thread, so an invocation does not wait for its sandbox to
     /// be made. Each is made exactly as an invocation would make it and used
-    /// once; [`Runner::shutdown`] removes the unused ones. Each holds four
-    /// file descriptors. Default 0 (off).
+    /// once; [`Runner::shutdown`] removes the unused ones. Each holds three
+    /// file descriptors. The thread runs at the lowest priority: when
+    /// invocations keep every core busy, they make their own sandboxes.
+    /// Default 0 (off).
     pub ready_sandboxes: usize,
     /// A persistent cache of compiled components; `None` compiles in memory only.
     pub cache_dir: Option<PathBuf>,
@@ -865,6 +867,7 @@ async fn acquire(slots: &Arc<Semaphore>, admission: Admission) -> Option<OwnedSe
 fn build_engine(config: &RunnerConfig, max_concurrent: usize) -> Result<Engine, RunError> {
     let mut wasm_config = Config::new();
     wasm_config.epoch_interruption(true).consume_fuel(config.fuel_metering);
+    // For profiling guests: `perf` then names their functions (README, Benchmarks).
     if std::env::var_os("ORDERS_HOST_PERFMAP").is_some() {
         wasm_config.profiler(wasmtime::ProfilingStrategy::PerfMap);
     }
