@@ -42,11 +42,15 @@ pub(crate) struct RawRecord {
     /// (from 1 KiB), so that the caps of `grow` apply at the same record size
     /// as they always did.
     ends: Vec<usize>,
+    /// `starts[i]` is the start of field `i`, as `ends` (the fast path skips
+    /// the quotes around a quoted field, so a field does not always start
+    /// one byte after the previous one ends). At least as long as `ends`.
+    starts: Vec<usize>,
 }
 
 impl RawRecord {
     pub(crate) fn new() -> Self {
-        Self { data: vec![0; 1024], ends: vec![0; 16] }
+        Self { data: vec![0; 1024], ends: vec![0; 16], starts: vec![0; 16] }
     }
 }
 
@@ -55,11 +59,9 @@ impl RawRecord {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Record<'a> {
     data: &'a [u8],
-    /// `ends[i]` is the end of field `i` in `data`; one per field.
+    /// Field `i` is `data[starts[i]..ends[i]]`; one of each per field.
+    starts: &'a [usize],
     ends: &'a [usize],
-    /// What lies between one field's end and the next one's start: 1 (the
-    /// comma) when `data` is the line itself, 0 for `csv_core`'s output.
-    separator: usize,
     /// True if `data` is known to be all ASCII (the fast path finds out as
     /// it splits the line); false if unknown.
     known_ascii: bool,
@@ -78,11 +80,7 @@ impl<'a> Record<'a> {
 
     /// The raw bytes of field `index`; `index` must be below `len()`.
     pub(crate) fn field(&self, index: usize) -> &'a [u8] {
-        let start = match index {
-            0 => 0,
-            _ => self.ends[index - 1] + self.separator,
-        };
-        &self.data[start..self.ends[index]]
+        &self.data[self.starts[index]..self.ends[index]]
     }
 
     pub(crate) fn fields(&self) -> impl Iterator<Item = &'a [u8]> {
@@ -104,63 +102,155 @@ impl<'a> Record<'a> {
     }
 }
 
-/// Splits a quote-free record at the start of `rest` at its commas, writing
-/// the end of each field into `ends`, and returns the line's length (its
-/// terminator is the next byte), the number of fields and whether the line
-/// is all ASCII. `None` if the record holds a quote, does not end within
-/// `rest`, or has more fields than `ends` holds: then `unescape_line` or
+/// What `split_line` found out about a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Split {
+    /// The record's length: its terminator (`\n` or `\r`) is the next byte.
+    len: usize,
+    fields: usize,
+    /// True if every byte of the record is ASCII.
+    ascii: bool,
+    /// Line feeds inside quoted fields.
+    quoted_line_feeds: u64,
+    /// The first field that holds a doubled quote (`""`), still to be
+    /// unescaped; `usize::MAX` if none does.
+    first_escaped: usize,
+}
+
+/// Splits the record at the start of `rest` into fields, writing the start
+/// and end of each into `starts` and `ends` (positions in `rest`; a quoted
+/// field's span lies inside its quotes, with any doubled quote still
+/// doubled). `None` if the record does not end within `rest`, has more
+/// fields than `ends` or `starts` hold, or is one `csv_core` reads in a way
+/// this does not: a quote that does not open its field, or anything but a
+/// comma or a line end after a closing quote. Then `unescape_line` or
 /// `csv_core` parses it, with the same result for the records this accepts.
 ///
-/// Records are short, so rather than a search call per comma (whose set-up
-/// costs more than the search), this classifies 16 bytes at a time and
-/// walks the bit masks.
-fn split_plain_line(rest: &[u8], ends: &mut [usize]) -> Option<(usize, usize, bool)> {
+/// Records are short, so rather than a search call per comma or quote
+/// (whose set-up costs more than the search), this classifies 16 bytes at a
+/// time and walks the bit masks.
+fn split_line(rest: &[u8], starts: &mut [usize], ends: &mut [usize]) -> Option<Split> {
     let mut fields = 0;
     let mut non_ascii = 0;
-    let mut chunks = rest.chunks_exact(CHUNK);
-    let mut padded = [0; CHUNK];
+    let mut quoted_line_feeds = 0;
+    let mut first_escaped = usize::MAX;
+    // Where the current field starts, and the next unquoted bytes to look at.
+    let mut field_start = 0;
     let mut base = 0;
+    *starts.first_mut()? = 0;
     loop {
-        let chunk: &[u8; CHUNK] = match chunks.next() {
-            Some(chunk) => chunk.try_into().ok()?,
-            None => {
-                // Zeros are plain bytes: the padding finds nothing.
-                let tail = chunks.remainder();
-                padded[..tail.len()].copy_from_slice(tail);
-                &padded
-            }
-        };
-        let (commas, stops, high) = classify(chunk);
-        if stops != 0 {
-            let stop = stops.trailing_zeros();
-            let before_stop = (1 << stop) - 1;
-            fields = push_commas(ends, fields, base, commas & before_stop)?;
-            non_ascii |= high & before_stop;
-            let len = base + stop as usize;
-            if rest[len] == b'"' {
-                return None;
-            }
-            *ends.get_mut(fields)? = len;
-            return Some((len, fields + 1, non_ascii == 0));
+        let (commas, stops, high) = classify(&load_chunk(rest, base)?);
+        if stops == 0 {
+            field_start = push_commas(starts, ends, &mut fields, base, commas)?.unwrap_or(field_start);
+            non_ascii |= high;
+            base += CHUNK;
+            continue;
         }
-        fields = push_commas(ends, fields, base, commas)?;
-        non_ascii |= high;
-        base += CHUNK;
-        if base >= rest.len() {
+        let stop = stops.trailing_zeros();
+        let before_stop = (1 << stop) - 1;
+        field_start = push_commas(starts, ends, &mut fields, base, commas & before_stop)?.unwrap_or(field_start);
+        non_ascii |= high & before_stop;
+        let at = base + stop as usize;
+        if rest[at] != b'"' {
+            *starts.get_mut(fields)? = field_start;
+            *ends.get_mut(fields)? = at;
+            let ascii = non_ascii == 0;
+            return Some(Split { len: at, fields: fields + 1, ascii, quoted_line_feeds, first_escaped });
+        }
+        // As in `csv_core`, only a field's first byte opens a quoted part.
+        if at != field_start {
             return None;
+        }
+        let mut position = at + 1;
+        let close = loop {
+            let (quotes, line_feeds, high) = classify_quoted(&load_chunk(rest, position)?);
+            if quotes == 0 {
+                quoted_line_feeds += u64::from(line_feeds.count_ones());
+                non_ascii |= high;
+                position += CHUNK;
+                continue;
+            }
+            let quote = quotes.trailing_zeros();
+            let before_quote = (1 << quote) - 1;
+            quoted_line_feeds += u64::from((line_feeds & before_quote).count_ones());
+            non_ascii |= high & before_quote;
+            let quote = position + quote as usize;
+            if *rest.get(quote + 1)? != b'"' {
+                break quote;
+            }
+            // `""` inside quotes is one quote, unescaped once the record is
+            // known to end within `rest`.
+            first_escaped = first_escaped.min(fields);
+            position = quote + 2;
+        };
+        *starts.get_mut(fields)? = at + 1;
+        *ends.get_mut(fields)? = close;
+        match rest[close + 1] {
+            b',' => {
+                fields += 1;
+                field_start = close + 2;
+                *starts.get_mut(fields)? = field_start;
+                base = field_start;
+            }
+            b'\n' | b'\r' => {
+                let ascii = non_ascii == 0;
+                return Some(Split { len: close + 1, fields: fields + 1, ascii, quoted_line_feeds, first_escaped });
+            }
+            // Text after the closing quote: `csv_core` appends it to the field.
+            _ => return None,
         }
     }
 }
 
-/// Writes the positions of the set bits of `commas`, offset by `base`, into
-/// `ends` from `fields` on, and returns the new number of fields.
-fn push_commas(ends: &mut [usize], mut fields: usize, base: usize, mut commas: u32) -> Option<usize> {
+/// The 16 bytes of `rest` from `position` on, padded with zeros (plain
+/// bytes for both classifiers) past its end; `None` if none are left.
+fn load_chunk(rest: &[u8], position: usize) -> Option<[u8; CHUNK]> {
+    let tail = rest.get(position..).filter(|tail| !tail.is_empty())?;
+    match tail.first_chunk::<CHUNK>() {
+        Some(chunk) => Some(*chunk),
+        None => {
+            let mut padded = [0; CHUNK];
+            padded[..tail.len()].copy_from_slice(tail);
+            Some(padded)
+        }
+    }
+}
+
+/// Records a field ending at each set bit of `commas` (offset by `base`),
+/// the next one starting after it. Returns where the last field recorded
+/// ends, if any; `None` if `starts` or `ends` is full.
+#[inline(always)]
+fn push_commas(
+    starts: &mut [usize],
+    ends: &mut [usize],
+    fields: &mut usize,
+    base: usize,
+    mut commas: u32,
+) -> Option<Option<usize>> {
+    let mut next_start = None;
     while commas != 0 {
-        *ends.get_mut(fields)? = base + commas.trailing_zeros() as usize;
-        fields += 1;
+        let comma = base + commas.trailing_zeros() as usize;
+        *ends.get_mut(*fields)? = comma;
+        *fields += 1;
+        *starts.get_mut(*fields)? = comma + 1;
+        next_start = Some(comma + 1);
         commas &= commas - 1;
     }
-    Some(fields)
+    Some(next_start)
+}
+
+/// Undoes the doubling of quotes in a quoted field's span, in place, and
+/// returns the unescaped length. Every quote in the span is the first of a
+/// pair (as `split_line` checked).
+fn unescape_in_place(field: &mut [u8]) -> usize {
+    let mut written = 0;
+    let mut read = 0;
+    while let Some(&byte) = field.get(read) {
+        field[written] = byte;
+        written += 1;
+        read += 1 + usize::from(byte == b'"');
+    }
+    written
 }
 
 const CHUNK: usize = 16;
@@ -194,21 +284,53 @@ fn classify(chunk: &[u8; CHUNK]) -> (u32, u32, u32) {
     (u32::from(u8x16_bitmask(commas)), u32::from(u8x16_bitmask(stops)), u32::from(u8x16_bitmask(bytes)))
 }
 
+/// Bit `i` of the first mask is set if `chunk[i]` is a quote, of the second
+/// if it is a line feed, of the third if it is not ASCII.
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+fn classify_quoted(chunk: &[u8; CHUNK]) -> (u32, u32, u32) {
+    let mut quotes = 0;
+    let mut line_feeds = 0;
+    let mut high = 0;
+    for (index, &byte) in chunk.iter().enumerate() {
+        quotes |= u32::from(byte == b'"') << index;
+        line_feeds |= u32::from(byte == b'\n') << index;
+        high |= u32::from(!byte.is_ascii()) << index;
+    }
+    (quotes, line_feeds, high)
+}
+
+/// `classify_quoted` in vector comparisons. Same result, bit for bit.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn classify_quoted(chunk: &[u8; CHUNK]) -> (u32, u32, u32) {
+    use core::arch::wasm32::{u8x16, u8x16_bitmask, u8x16_eq, u8x16_splat};
+    let [b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15] = *chunk;
+    let bytes = u8x16(b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15);
+    let quotes = u8x16_eq(bytes, u8x16_splat(b'"'));
+    let line_feeds = u8x16_eq(bytes, u8x16_splat(b'\n'));
+    (u32::from(u8x16_bitmask(quotes)), u32::from(u8x16_bitmask(line_feeds)), u32::from(u8x16_bitmask(bytes)))
+}
+
 /// Parses a record at the start of `rest` that holds quotes, the way
 /// `csv_core` does: a quote opens a quoted part only as a field's first
 /// byte; inside, `""` is a quote and anything else (commas, line breaks) is
 /// data; after the closing quote the field goes on unquoted, where quotes
 /// are plain data. The fields are unescaped into `data`, back to back, and
-/// their ends written into `ends`. Returns the position of the record's
+/// their starts and ends written into `starts` and `ends`. Returns the position of the record's
 /// terminator in `rest`, the length of the data and the number of fields.
 /// `None` if the record does not end within `rest` or does not fit in
 /// `data` and `ends`: `csv_core` then parses it (across refills, growing
 /// the buffers up to their caps).
-fn unescape_line(rest: &[u8], data: &mut [u8], ends: &mut [usize]) -> Option<(usize, usize, usize)> {
+fn unescape_line(
+    rest: &[u8],
+    data: &mut [u8],
+    starts: &mut [usize],
+    ends: &mut [usize],
+) -> Option<(usize, usize, usize)> {
     let mut position = 0;
     let mut written = 0;
     let mut fields = 0;
     loop {
+        *starts.get_mut(fields)? = written;
         if *rest.get(position)? == b'"' {
             position += 1;
             loop {
@@ -263,7 +385,9 @@ struct Partial {
 /// Reads records from any `Read`, buffering it itself.
 ///
 /// A record that ends inside the buffer (nearly all of them) is split at
-/// commas directly, with vectorised scans, or unescaped if it holds quotes;
+/// commas directly, with vectorised scans, its quoted fields (doubled quotes
+/// undone in place in the buffer) included; one with quotes anywhere else is
+/// unescaped by `unescape_line`;
 /// any other record is handed to `csv_core` from its first byte, which also
 /// applies the caps on record size. Between records `csv_core` is
 /// always in a state equivalent to its start state (its states after a
@@ -338,22 +462,41 @@ impl<R: Read> RecordReader<R> {
                         }
                         continue;
                     }
-                    if let Some((len, fields, ascii)) = split_plain_line(rest, &mut raw.ends) {
+                    if let Some(split) = split_line(rest, &mut raw.starts, &mut raw.ends) {
                         let line = self.line;
-                        self.line += u64::from(rest[len] == b'\n');
-                        self.consumed += len + 1;
-                        let data = &self.buffer[self.consumed - len - 1..self.consumed - 1];
-                        let ends = &raw.ends[..fields];
-                        return Ok(Some(Record { data, ends, separator: 1, known_ascii: ascii, line }));
+                        self.line += split.quoted_line_feeds + u64::from(rest[split.len] == b'\n');
+                        let start = self.consumed;
+                        self.consumed += split.len + 1;
+                        let fields = split.fields;
+                        if split.first_escaped < fields {
+                            let record = &mut self.buffer[start..start + split.len];
+                            for (field_start, field_end) in raw.starts[split.first_escaped..fields]
+                                .iter()
+                                .zip(&mut raw.ends[split.first_escaped..fields])
+                            {
+                                if let Some(field) = record.get_mut(*field_start..*field_end) {
+                                    *field_end = field_start + unescape_in_place(field);
+                                }
+                            }
+                        }
+                        return Ok(Some(Record {
+                            data: &self.buffer[start..start + split.len],
+                            starts: &raw.starts[..fields],
+                            ends: &raw.ends[..fields],
+                            known_ascii: split.ascii,
+                            line,
+                        }));
                     }
-                    if let Some((len, data_len, fields)) = unescape_line(rest, &mut raw.data, &mut raw.ends) {
+                    if let Some((len, data_len, fields)) =
+                        unescape_line(rest, &mut raw.data, &mut raw.starts, &mut raw.ends)
+                    {
                         let line = self.line;
                         self.line += count_line_feeds(&rest[..=len]);
                         self.consumed += len + 1;
                         return Ok(Some(Record {
                             data: &raw.data[..data_len],
+                            starts: &raw.starts[..fields],
                             ends: &raw.ends[..fields],
-                            separator: 0,
                             known_ascii: false,
                             line,
                         }));
@@ -363,10 +506,19 @@ impl<R: Read> RecordReader<R> {
             };
             if let Some(fields) = self.parse_with_csv_core(raw, partial)? {
                 let data_len = raw.ends[..fields].last().copied().unwrap_or(0);
+                // `csv_core` writes the fields back to back.
+                if raw.starts.len() < fields {
+                    raw.starts.resize(raw.ends.len(), 0);
+                }
+                for (start, previous_end) in
+                    raw.starts[..fields].iter_mut().zip(std::iter::once(0).chain(raw.ends.iter().copied()))
+                {
+                    *start = previous_end;
+                }
                 return Ok(Some(Record {
                     data: &raw.data[..data_len],
+                    starts: &raw.starts[..fields],
                     ends: &raw.ends[..fields],
-                    separator: 0,
                     known_ascii: false,
                     line: partial.line,
                 }));
@@ -658,12 +810,15 @@ mod tests {
     fn quoted_lines_are_unescaped_or_left_to_csv_core() {
         let mut data = [0; 16];
         let mut ends = [0; 4];
+        let mut starts = [0; 4];
         let mut parse = |text: &str| {
-            unescape_line(text.as_bytes(), &mut data, &mut ends).map(|(len, data_len, fields)| {
+            unescape_line(text.as_bytes(), &mut data, &mut starts, &mut ends).map(|(len, data_len, fields)| {
                 let mut start = 0;
-                let parsed: Vec<String> = ends[..fields]
+                let parsed: Vec<String> = starts[..fields]
                     .iter()
-                    .map(|&end| {
+                    .zip(&ends[..fields])
+                    .map(|(&field_start, &end)| {
+                        assert_eq!(field_start, start);
                         let field = String::from_utf8_lossy(&data[start..end]).into_owned();
                         start = end;
                         field
@@ -680,6 +835,40 @@ mod tests {
         // Unfinished within the buffer, or too large for the space given.
         for unfinished in ["\"a", "\"a\"", "\"a\"\"", "a,\"b\"", "\"a\",", ",,,,\n", "\"0123456789abcdefg\"\n"] {
             assert_eq!(parse(unfinished), None, "{unfinished:?}");
+        }
+    }
+
+    #[test]
+    fn quoted_fields_are_split_in_place_or_left_to_the_slow_paths() {
+        let split = |text: &str| {
+            let mut starts = [0; 8];
+            let mut ends = [0; 8];
+            split_line(text.as_bytes(), &mut starts, &mut ends).map(|split| {
+                let mut bytes = text.as_bytes()[..split.len].to_vec();
+                let fields: Vec<String> = (0..split.fields)
+                    .map(|index| {
+                        let field = &mut bytes[starts[index]..ends[index]];
+                        let len = if index >= split.first_escaped { unescape_in_place(field) } else { field.len() };
+                        String::from_utf8_lossy(&field[..len]).into_owned()
+                    })
+                    .collect();
+                (split.len, fields, split.quoted_line_feeds, split.ascii)
+            })
+        };
+        let long = "x".repeat(40);
+        assert_eq!(split("a,\"b,c\",d\n"), Some((9, vec!["a".into(), "b,c".into(), "d".into()], 0, true)));
+        assert_eq!(split("\"\"\r\n"), Some((2, vec!["".into()], 0, true)));
+        assert_eq!(split("\"\"\"\"\n"), Some((4, vec!["\"".into()], 0, true)));
+        assert_eq!(split("1,\"said \"\"asap\"\"\"\n"), Some((17, vec!["1".into(), "said \"asap\"".into()], 0, true)));
+        let text = format!("\"{long}\n{long}\r\n\u{e9}\",\"\",{long}\n");
+        assert_eq!(
+            split(&text),
+            Some((text.len() - 1, vec![format!("{long}\n{long}\r\n\u{e9}"), "".into(), long.clone()], 2, false))
+        );
+        // A quote past a field's first byte, text after a closing quote, a
+        // record that does not end in the buffer, too many fields.
+        for other in ["a\"b,c\n", " \"a\",b\n", "\"a\"b,c\n", "\"a\" \n", "\"a\"", "\"a\"\"", "a,\"b", ",,,,,,,,\n"] {
+            assert_eq!(split(other), None, "{other:?}");
         }
     }
 
@@ -704,6 +893,9 @@ mod tests {
             "x,\"\"\"\",y\n\"a\"b,c\n",
             "\n\r\n\r\r\n\n",
             ",,,\n,\"\",\n",
+            "h\n\"0123456789abcdef\"\"0123456789\",\"x\ny\nz\"\r\n\"a\"\"\"\n",
+            "h\n\"fifteen bytes..\"\"\",\"sixteen bytes...\"\n\"a\" ,b\n\"a\"b\n",
+            "h\n1,\"\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\",2\n3,\"",
         ] {
             assert_same_as_reference(input.as_bytes());
         }
