@@ -7,8 +7,10 @@
 //!    it has a process of its own): wall time, rows/s and peak RSS, best of 3.
 //! 2. **Tiny invocations through the library**: the seven-row example through
 //!    `Runner::run` with `Destination::Memory`, sequentially and from two
-//!    concurrent tasks sharing the runner: p50/p99 latency, invocations/s, and
-//!    where the time goes (`RunOutcome::timings`).
+//!    concurrent tasks sharing the runner, best of 3: p50/p99 latency,
+//!    invocations/s, and where the time goes (`RunOutcome::timings`); once
+//!    with sandboxes made and removed inside `run`, once with sandboxes made
+//!    ahead and removed in the background.
 //! 3. **Tiny invocation as a process**: `host run examples/orders.csv`, 20
 //!    times after a warm-up: p50 and mean wall time, start-up included.
 //!
@@ -336,36 +338,53 @@ fn tiny_library(scratch: &Scratch, example: &Path, n: usize, background: bool) -
     let input: Arc<[u8]> = bytes.into();
 
     let joined = |err: tokio::task::JoinError| RunError::Host(format!("a benchmark task failed: {err}"));
-    let (sequential, concurrent, wall_1, wall_2) = runtime.block_on(async {
+    let (sequential, concurrent, wall_1, wall_2, wrong_rows) = runtime.block_on(async {
         // Every batch runs as a task, on the runtime's workers.
         let batch = |count| tokio::spawn(invocations(runner.clone(), component.clone(), input.clone(), count));
         batch(TINY_WARM_UP).await.map_err(joined)??;
 
-        let started = Instant::now();
-        let sequential = batch(n).await.map_err(joined)??;
-        let wall_1 = started.elapsed();
+        // Best of RUNS for each worker count: this VM's neighbours take CPU
+        // time in bursts, and a burst says nothing about the host.
+        let mut best_1: Option<(Batch, Duration)> = None;
+        let mut best_2: Option<(Batch, Duration)> = None;
+        let mut wrong_rows = 0;
+        for _ in 0..RUNS {
+            let started = Instant::now();
+            let sequential = batch(n).await.map_err(joined)??;
+            let wall = started.elapsed();
+            wrong_rows += sequential.wrong_rows;
+            if best_1.as_ref().is_none_or(|(_, best)| wall < *best) {
+                best_1 = Some((sequential, wall));
+            }
 
-        let started = Instant::now();
-        let tasks = [batch(n / 2), batch(n - n / 2)];
-        let mut concurrent = Batch::default();
-        for task in tasks {
-            let batch = task.await.map_err(joined)??;
-            concurrent.latencies.extend(batch.latencies);
-            concurrent.spooled += batch.spooled;
-            concurrent.wrong_rows += batch.wrong_rows;
+            let started = Instant::now();
+            let tasks = [batch(n / 2), batch(n - n / 2)];
+            let mut concurrent = Batch::default();
+            for task in tasks {
+                let batch = task.await.map_err(joined)??;
+                concurrent.latencies.extend(batch.latencies);
+                concurrent.spooled += batch.spooled;
+                concurrent.wrong_rows += batch.wrong_rows;
+            }
+            let wall = started.elapsed();
+            wrong_rows += concurrent.wrong_rows;
+            if best_2.as_ref().is_none_or(|(_, best)| wall < *best) {
+                best_2 = Some((concurrent, wall));
+            }
         }
-        let wall_2 = started.elapsed();
-        Ok::<_, RunError>((sequential, concurrent, wall_1, wall_2))
+        let ((sequential, wall_1), (concurrent, wall_2)) =
+            best_1.zip(best_2).ok_or_else(|| RunError::Host("no benchmark run".into()))?;
+        Ok::<_, RunError>((sequential, concurrent, wall_1, wall_2, wrong_rows))
     })?;
     drop(runtime);
     // Waits for sandboxes queued for background removal (when the config asks for it).
     runner.shutdown()?;
-    if sequential.wrong_rows + concurrent.wrong_rows > 0 {
+    if wrong_rows > 0 {
         return Err("the seven-row example did not always report 7 rows".into());
     }
     println!(
-        "warm-up: {TINY_WARM_UP} invocations; then N = {n} per mode; spooled to the memory root: {} of {n} (1 worker), \
-         {} of {n} (2 workers)",
+        "warm-up: {TINY_WARM_UP} invocations; then N = {n} per mode, best of {RUNS}; spooled to the memory root: {} of \
+         {n} (1 worker), {} of {n} (2 workers)",
         sequential.spooled, concurrent.spooled
     );
 
