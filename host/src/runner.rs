@@ -802,17 +802,20 @@ fn stage_input(input: Input, threshold: u64) -> Result<StagedInput, RunError> {
 
 /// Puts the input into the sandbox as `input/input.csv` and returns its size.
 ///
-/// A file the user named is hard-linked in when it can be (same
-/// filesystem, a file the user owns, `/proc` mounted): one system call for
-/// any size instead of a copy, and the guest still only reads it, through
+/// A file the user named, too large to spool, is hard-linked in when it can
+/// be (same filesystem, a file the user owns, `/proc` mounted): one system
+/// call for any size instead of a copy, and the guest still only reads it, through
 /// its read-only preopen; the link goes with the sandbox. Anything else is
 /// copied into a new file (0600).
 fn copy_input(sandbox: &Sandbox, input: StagedInput) -> Result<u64, RunError> {
     let target_error =
         |err: io::Error| RunError::Sandbox(io::Error::new(err.kind(), format!("cannot copy the input in: {err}")));
     let input_dir = sandbox.input_dir().map_err(target_error)?;
+    // A spooled input's sandbox is on the memory root, another filesystem:
+    // only inputs too large to spool are worth the attempt.
     if let Some(InputRest::File { file, .. }) = &input.rest
         && input.head.is_empty()
+        && !input.fits_in_memory
     {
         match link_input(file, input_dir) {
             Ok(size) => return Ok(size),
