@@ -386,7 +386,10 @@ fn deliver_to_folder(files: Vec<Collected>, out: &Dir, path: &Path, force: bool)
 }
 
 /// Puts every output into the staging folder, hashed and flushed to disk.
-/// When the outputs are large, two threads share the files.
+///
+/// The flushing waits on the disk and the hashing on the CPU, so for large
+/// outputs they overlap: one thread flushes every file while two others hash
+/// them (the data is in the page cache either way).
 fn stage_files(
     files: Vec<Collected>,
     out: &Dir,
@@ -394,47 +397,80 @@ fn stage_files(
     staging: &str,
     hashed: &mut Vec<OutputFile>,
 ) -> io::Result<()> {
-    /// Below this much output, a second thread costs more than it saves.
+    /// Below this much output, more threads cost more than they save.
     const PARALLEL_BYTES: u64 = 1 << 20;
     let staging_dir = parent.open_dir(staging)?;
     let total: u64 = files.iter().map(|collected| collected.file.bytes).sum();
+    let staged =
+        files.into_iter().map(|collected| stage_one(collected, out, &staging_dir)).collect::<io::Result<Vec<_>>>()?;
+    let flush = || -> io::Result<()> {
+        for file in &staged {
+            file.handle.sync_all()?;
+        }
+        staging_dir.open(".")?.sync_all()
+    };
     if total < PARALLEL_BYTES {
-        for collected in files {
-            hashed.push(stage_one(collected, out, &staging_dir)?);
+        for file in &staged {
+            hashed.push(file.hashed()?);
         }
-    } else {
-        // Largest first, each to the lighter of two shares.
-        let mut files = files;
-        files.sort_by_key(|collected| std::cmp::Reverse(collected.file.bytes));
-        let (mut shares, mut loads) = ([Vec::new(), Vec::new()], [0u64; 2]);
-        for collected in files {
-            let lighter = usize::from(loads[1] < loads[0]);
-            loads[lighter] += collected.file.bytes;
-            shares[lighter].push(collected);
-        }
-        let [first, second] = shares;
-        let stage_share = |share: Vec<Collected>| -> io::Result<Vec<OutputFile>> {
-            share.into_iter().map(|collected| stage_one(collected, out, &staging_dir)).collect()
-        };
-        let (first, second) = std::thread::scope(|scope| {
-            let helper = scope.spawn(|| stage_share(second));
-            let first = stage_share(first);
-            (first, helper.join().unwrap_or_else(|_| Err(io::Error::other("a delivery thread panicked"))))
-        });
-        hashed.extend(first?);
-        hashed.extend(second?);
-        hashed.sort_by(|a, b| a.name.cmp(&b.name));
+        return flush();
     }
-    staging_dir.open(".")?.sync_all()
+    // Largest first, each to the lighter of two shares.
+    let mut order: Vec<&Staged> = staged.iter().collect();
+    order.sort_by_key(|file| std::cmp::Reverse(file.file.bytes));
+    let (mut shares, mut loads) = ([Vec::new(), Vec::new()], [0u64; 2]);
+    for file in order {
+        let lighter = usize::from(loads[1] < loads[0]);
+        loads[lighter] += file.file.bytes;
+        shares[lighter].push(file);
+    }
+    let hash_share =
+        |share: &[&Staged]| -> io::Result<Vec<OutputFile>> { share.iter().map(|file| file.hashed()).collect() };
+    fn panicked<T>() -> io::Result<T> {
+        Err(io::Error::other("a delivery thread panicked"))
+    }
+    let (flushed, first, second) = std::thread::scope(|scope| {
+        let flusher = scope.spawn(flush);
+        let helper = scope.spawn(|| hash_share(&shares[1]));
+        let first = hash_share(&shares[0]);
+        (flusher.join().unwrap_or_else(|_| panicked()), first, helper.join().unwrap_or_else(|_| panicked()))
+    });
+    flushed?;
+    hashed.extend(first?);
+    hashed.extend(second?);
+    hashed.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(())
 }
 
-/// Puts one output into `staging_dir` (0600, flushed to disk) and returns it
-/// with its SHA-256. On the same filesystem the file is moved out of the
-/// sandbox, which no one else can reach and no guest runs in any more, and
-/// checked to be the very file that was collected; elsewhere it is copied.
-fn stage_one(collected: Collected, out: &Dir, staging_dir: &Dir) -> io::Result<OutputFile> {
+/// An output in the staging folder, with a handle to it.
+struct Staged {
+    file: OutputFile,
+    handle: cap_std::fs::File,
+    /// Known when the file was copied (hashed on the way); else computed by
+    /// [`Staged::hashed`].
+    sha256: Option<String>,
+}
+
+impl Staged {
+    /// The output with its SHA-256, read through the handle when it was not
+    /// hashed while copied. `&File` reads at the handle's own offset, which
+    /// nothing else uses.
+    fn hashed(&self) -> io::Result<OutputFile> {
+        let sha256 = match &self.sha256 {
+            Some(sha256) => sha256.clone(),
+            None => copy_hashed(&mut &self.handle, &mut io::sink(), self.file.bytes)?,
+        };
+        Ok(OutputFile { sha256, ..self.file.clone() })
+    }
+}
+
+/// Puts one output into `staging_dir` (0600), not yet flushed. On the same
+/// filesystem the file is moved out of the sandbox, which no one else can
+/// reach and no guest runs in any more, and checked to be the very file
+/// that was collected; elsewhere it is copied (and hashed on the way).
+fn stage_one(collected: Collected, out: &Dir, staging_dir: &Dir) -> io::Result<Staged> {
     let Collected { file, mut handle } = collected;
-    let sha256 = match out.rename(&file.name, staging_dir, &file.name) {
+    match out.rename(&file.name, staging_dir, &file.name) {
         Ok(()) => {
             let moved = staging_dir.symlink_metadata(&file.name)?;
             let checked = handle.metadata()?;
@@ -442,21 +478,17 @@ fn stage_one(collected: Collected, out: &Dir, staging_dir: &Dir) -> io::Result<O
                 return Err(io::Error::other(format!("`{}` was replaced while it was delivered", file.name)));
             }
             handle.set_permissions(cap_std::fs::Permissions::from_mode(0o600))?;
-            let sha256 = copy_hashed(&mut handle, &mut io::sink(), file.bytes)?;
-            handle.sync_all()?;
-            sha256
+            Ok(Staged { file, handle, sha256: None })
         }
         Err(err) if err.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
             let mut options = OpenOptions::new();
             options.write(true).create_new(true).mode(0o600);
             let mut target = staging_dir.open_with(&file.name, &options)?;
             let sha256 = copy_hashed(&mut handle, &mut target, file.bytes)?;
-            target.sync_all()?;
-            sha256
+            Ok(Staged { file, handle: target, sha256: Some(sha256) })
         }
-        Err(err) => return Err(err),
-    };
-    Ok(OutputFile { sha256, ..file })
+        Err(err) => Err(err),
+    }
 }
 
 fn check_tar_destination(parent: &Dir, name: &str, path: &Path, force: bool) -> Result<(), RunError> {
