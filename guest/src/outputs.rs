@@ -137,11 +137,57 @@ impl Hasher for NameHasher {
         self.mix(value as u64);
     }
 
+    /// A packed region key (see `pack_region`): two mixes, no byte loop.
+    fn write_u128(&mut self, value: u128) {
+        self.mix(value as u64);
+        self.mix((value >> 64) as u64);
+    }
+
     fn finish(&self) -> u64 {
         // hashbrown uses both the top and the bottom bits.
         let mixed = (self.state ^ (self.state >> 32)).wrapping_mul(0xd6e8_feb8_6659_fd93);
         mixed ^ (mixed >> 32)
     }
+}
+
+/// Regions up to this length have a `u128` key: their bytes, and the length in
+/// the top byte.
+const MAX_PACKED_REGION_LEN: usize = 15;
+
+/// A region's bytes in the low bytes of a `u128` (little-endian), its length
+/// in the top byte, zeros between: distinct regions (whatever their bytes)
+/// get distinct keys. `None` if it is longer than `MAX_PACKED_REGION_LEN`.
+/// Like `put_field`, it reads with loads of a fixed size that overlap (the
+/// overlapping bytes are the same, so or-ing them in is harmless): no copy of
+/// a run-time length, which in WebAssembly is a call. The shifts are of
+/// `u64`s: a `u128` shifted by a run-time amount is a call too. The key's
+/// bytes are also what `LineWriter::write_order` stores for the region.
+#[inline(always)]
+fn pack_region(region: &[u8]) -> Option<u128> {
+    let len = region.len();
+    let (low, high) = match len {
+        0 => (0, 0),
+        1..=3 => {
+            // First, middle and last byte cover every length up to 3.
+            let low = u64::from(region[0])
+                | u64::from(region[len / 2]) << (8 * (len / 2))
+                | u64::from(region[len - 1]) << (8 * (len - 1));
+            (low, 0)
+        }
+        4..=7 => {
+            let (head, tail) = (region.first_chunk::<4>()?, region.last_chunk::<4>()?);
+            (u64::from(u32::from_le_bytes(*head)) | u64::from(u32::from_le_bytes(*tail)) << (8 * (len - 4)), 0)
+        }
+        8..=MAX_PACKED_REGION_LEN => {
+            let (head, tail) = (region.first_chunk::<8>()?, region.last_chunk::<8>()?);
+            // `tail` holds bytes `len - 8..len`; bytes 8.. are its top
+            // `len - 8` bytes (none when `len` is 8: two shifts, as one
+            // by 64 would overflow).
+            (u64::from_le_bytes(*head), u64::from_le_bytes(*tail) >> 8 >> (8 * (MAX_PACKED_REGION_LEN - len)))
+        }
+        _ => return None,
+    };
+    Some(u128::from(high | (len as u64) << 56) << 64 | u128::from(low))
 }
 
 /// Accepted orders of one region so far.
@@ -158,36 +204,91 @@ struct Region {
 /// region, amount) never need CSV quoting, so the lines are written as they
 /// are, which is what `csv::Writer` with `QuoteStyle::Necessary` writes for
 /// them, without its per-field scanning.
+///
+/// In WebAssembly a copy of a run-time length (`extend_from_slice`) is a
+/// `memory.copy`, a call out to the host, and a row has three fields. So the
+/// buffer is a fixed block filled up to `len`, with `SLACK` spare bytes at
+/// its end, and a row's region and amount are stored as 16-byte words of
+/// which only their length counts (the next field overwrites the rest).
 struct LineWriter<W: Write> {
     inner: W,
-    buffer: Vec<u8>,
-    capacity: usize,
+    /// `capacity + SLACK` bytes.
+    buffer: Box<[u8]>,
+    len: usize,
 }
+
+/// Room after the last line for a 16-byte store that starts in it.
+const SLACK: usize = 16;
 
 impl<W: Write> LineWriter<W> {
     fn new(inner: W, capacity: usize) -> Self {
-        Self { inner, buffer: Vec::with_capacity(capacity), capacity }
+        Self { inner, buffer: vec![0; capacity + SLACK].into_boxed_slice(), len: 0 }
+    }
+
+    /// Makes room for a line of `len` bytes (and `SLACK`), writing out the
+    /// buffer if needed.
+    fn reserve(&mut self, len: usize) -> io::Result<()> {
+        if self.len + len + SLACK > self.buffer.len() {
+            self.write_buffer()?;
+            if len + SLACK > self.buffer.len() {
+                // Only a buffer smaller than one line (never with the
+                // buffer sizes the pipeline uses) gets here.
+                self.buffer = vec![0; len + SLACK].into_boxed_slice();
+            }
+        }
+        Ok(())
     }
 
     /// Writes `fields` joined by commas, and a line feed.
     fn write_line(&mut self, fields: [&[u8]; 3]) -> io::Result<()> {
         let len = fields.iter().map(|field| field.len() + 1).sum::<usize>();
-        if self.buffer.len() + len > self.capacity {
-            self.write_buffer()?;
-        }
+        self.reserve(len)?;
+        let mut end = self.len;
         for (index, field) in fields.into_iter().enumerate() {
             if index > 0 {
-                self.buffer.push(b',');
+                self.buffer[end] = b',';
+                end += 1;
             }
-            self.buffer.extend_from_slice(field);
+            self.buffer[end..end + field.len()].copy_from_slice(field);
+            end += field.len();
         }
-        self.buffer.push(b'\n');
+        self.buffer[end] = b'\n';
+        self.len = end + 1;
+        Ok(())
+    }
+
+    /// Writes the line of an order: `order_id,region,amount`. `region_key`
+    /// is `pack_region(region)`: the region's bytes, as one word.
+    fn write_order(
+        &mut self,
+        order_id: &[u8],
+        region: &[u8],
+        region_key: Option<u128>,
+        amount_cents: u64,
+    ) -> io::Result<()> {
+        let (Some(region_key), Some((amount_word, amount_len))) = (region_key, cents_word(amount_cents)) else {
+            let mut amount_text = [0; NUMBER_TEXT_BYTES];
+            return self.write_line([order_id, region, format_cents(amount_cents, &mut amount_text)]);
+        };
+        self.reserve(order_id.len() + region.len() + amount_len + 3)?;
+        let mut end = put_field(&mut self.buffer, self.len, order_id);
+        self.buffer[end] = b',';
+        end += 1;
+        // Within the line or the slack: `reserve` made room for both.
+        self.buffer[end..end + 16].copy_from_slice(&region_key.to_le_bytes());
+        end += region.len();
+        self.buffer[end] = b',';
+        end += 1;
+        self.buffer[end..end + 16].copy_from_slice(&amount_word.to_le_bytes());
+        end += amount_len;
+        self.buffer[end] = b'\n';
+        self.len = end + 1;
         Ok(())
     }
 
     fn write_buffer(&mut self) -> io::Result<()> {
-        self.inner.write_all(&self.buffer)?;
-        self.buffer.clear();
+        self.inner.write_all(&self.buffer[..self.len])?;
+        self.len = 0;
         Ok(())
     }
 
@@ -195,6 +296,73 @@ impl<W: Write> LineWriter<W> {
         self.write_buffer()?;
         self.inner.flush()
     }
+}
+
+/// `format_cents(cents)` as the bytes of a little-endian word, and its
+/// length, for amounts below 2^32 cents (all but the largest): built in a
+/// register, one byte at a time from the last, so that the line gets it with
+/// one store of a fixed size (bytes written one by one in memory and read
+/// back at once would also stall the load).
+#[inline(always)]
+fn cents_word(cents: u64) -> Option<(u128, usize)> {
+    let cents = u32::try_from(cents).ok()?;
+    let (mut whole, fraction) = (cents / 100, cents % 100);
+    let digit = |value: u32| u128::from(b'0' + (value % 10) as u8);
+    let mut word = digit(fraction) << 16 | digit(fraction / 10) << 8 | u128::from(b'.');
+    let mut len = 3;
+    loop {
+        // At most 8 digits (below 2^32 / 100): the word never overflows.
+        word = word << 8 | digit(whole);
+        len += 1;
+        whole /= 10;
+        if whole == 0 {
+            return Some((word, len));
+        }
+    }
+}
+
+/// Copies `field` into `buffer` at `at` (where it must fit) and returns where
+/// it ends. For the order id, a slice of the input: unlike the region and
+/// the amount it is not at hand as a word, and nothing is known of the bytes
+/// after it. Up to 32 bytes take two copies of a fixed size, the second
+/// ending where the field ends and overlapping the first: every load stays
+/// inside `field` and every store inside the field's place in `buffer`, and
+/// there is no `memory.copy` call (which costs more than the rest of the
+/// line). Longer ids (rare: at most 64 bytes) take the general copy.
+#[inline(always)]
+fn put_field(buffer: &mut [u8], at: usize, field: &[u8]) -> usize {
+    let len = field.len();
+    let end = at + len;
+    match len {
+        0 => {}
+        1..=3 => {
+            // First, middle and last byte cover every length up to 3.
+            buffer[at] = field[0];
+            buffer[at + len / 2] = field[len / 2];
+            buffer[end - 1] = field[len - 1];
+        }
+        4..=7 => put_two::<4>(buffer, at, field),
+        8..=15 => put_two::<8>(buffer, at, field),
+        16..=32 => put_two::<16>(buffer, at, field),
+        _ => buffer[at..end].copy_from_slice(field),
+    }
+    end
+}
+
+/// `put_field` for `N <= field.len() <= 2 * N`: the first and the last `N`
+/// bytes.
+#[inline(always)]
+fn put_two<const N: usize>(buffer: &mut [u8], at: usize, field: &[u8]) {
+    let len = field.len();
+    let (Some(head), Some(tail)) = (field.first_chunk::<N>(), field.last_chunk::<N>()) else {
+        // Not reached (callers pass at least N bytes); correct anyway.
+        buffer[at..at + len].copy_from_slice(field);
+        return;
+    };
+    let (head, tail) = (*head, *tail);
+    let end = at + len;
+    buffer[at..at + N].copy_from_slice(&head);
+    buffer[end - N..end].copy_from_slice(&tail);
 }
 
 impl<W: Write> Drop for LineWriter<W> {
@@ -213,8 +381,12 @@ struct OpenFile<W: Write> {
 
 /// The per-region totals and `<region>_orders.csv` files.
 pub(crate) struct RegionFiles<W: Write> {
-    /// Keyed by the cleaned region's bytes.
-    index: HashMap<Box<[u8]>, usize, NameHashing>,
+    /// Regions of up to `MAX_PACKED_REGION_LEN` bytes (nearly all), keyed by
+    /// `pack_region`: hashing and comparing a `u128` takes no byte loop and
+    /// no `memcmp` call.
+    short: HashMap<u128, usize, NameHashing>,
+    /// Longer regions, keyed by their bytes.
+    long: HashMap<Box<[u8]>, usize, NameHashing>,
     regions: Vec<Region>,
     open: Vec<OpenFile<W>>,
     max_open: usize,
@@ -226,7 +398,8 @@ pub(crate) struct RegionFiles<W: Write> {
 impl<W: Write> RegionFiles<W> {
     pub(crate) fn new(max_open: usize, buffer_bytes: usize) -> Self {
         Self {
-            index: HashMap::with_hasher(NameHashing::random()),
+            short: HashMap::with_hasher(NameHashing::random()),
+            long: HashMap::with_hasher(NameHashing::random()),
             regions: Vec::new(),
             open: Vec::new(),
             max_open: max_open.max(1),
@@ -244,9 +417,14 @@ impl<W: Write> RegionFiles<W> {
         order_id: &[u8],
         amount_cents: u64,
     ) -> Result<(), PipelineError> {
-        let region_index = match self.index.get(region) {
+        let key = pack_region(region);
+        let existing = match key {
+            Some(key) => self.short.get(&key),
+            None => self.long.get(region),
+        };
+        let region_index = match existing {
             Some(&existing) => existing,
-            None => self.add_region(region),
+            None => self.add_region(region, key),
         };
         let state = &mut self.regions[region_index];
         let first_order = state.orders == 0;
@@ -264,21 +442,23 @@ impl<W: Write> RegionFiles<W> {
         };
 
         self.clock += 1;
-        let mut amount_text = [0; NUMBER_TEXT_BYTES];
-        let amount_text = format_cents(amount_cents, &mut amount_text);
         let file = &mut self.open[slot];
         file.last_used = self.clock;
         file.writer
-            .write_line([order_id, region, amount_text])
+            .write_order(order_id, region, key, amount_cents)
             .map_err(|err| write_error(&region_file_name(&self.regions[region_index].name), err))
     }
 
-    fn add_region(&mut self, region: &[u8]) -> usize {
+    /// Adds a region with no orders; `key` is `pack_region(region)`.
+    fn add_region(&mut self, region: &[u8], key: Option<u128>) -> usize {
         let added = self.regions.len();
         // Lossless: the region is ASCII.
         let name = String::from_utf8_lossy(region).into();
         self.regions.push(Region { name, orders: 0, total_cents: 0, open_slot: None });
-        self.index.insert(region.into(), added);
+        match key {
+            Some(key) => self.short.insert(key, added),
+            None => self.long.insert(region.into(), added),
+        };
         added
     }
 
@@ -349,8 +529,8 @@ impl<W: Write> RegionFiles<W> {
     /// an overflow without the 184 million maximal orders it would take.
     #[cfg(test)]
     pub(crate) fn seed_total(&mut self, region: &str, total_cents: u64) {
-        self.index.insert(region.as_bytes().into(), self.regions.len());
-        self.regions.push(Region { name: region.into(), orders: 0, total_cents, open_slot: None });
+        let added = self.add_region(region.as_bytes(), pack_region(region.as_bytes()));
+        self.regions[added].total_cents = total_cents;
     }
 }
 /// Writes `summary.csv`: one line per region, sorted, totals with two
@@ -373,4 +553,113 @@ pub(crate) fn write_summary<S: OutputSink>(
             .map_err(|err| write_error(SUMMARY_FILE, err))?;
     }
     close(writer, SUMMARY_FILE)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::MemorySink;
+
+    #[test]
+    fn put_field_copies_every_length_exactly_and_nothing_else() {
+        let source: Vec<u8> = (1..=80).collect();
+        for len in 0..=source.len() {
+            for at in [0, 1, 5, 13] {
+                let mut buffer = [0xee_u8; 100];
+                let end = put_field(&mut buffer, at, &source[..len]);
+                assert_eq!(end, at + len);
+                assert_eq!(&buffer[at..end], &source[..len], "length {len} at {at}");
+                assert!(buffer[..at].iter().chain(&buffer[end..]).all(|&byte| byte == 0xee), "length {len} at {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn put_field_fills_a_buffer_to_its_last_byte() {
+        for len in 1..=40 {
+            let field: Vec<u8> = (0..len).map(|index| b'a' + index as u8 % 26).collect();
+            let mut buffer = vec![0; len + 3];
+            assert_eq!(put_field(&mut buffer, 3, &field), len + 3);
+            assert_eq!(&buffer[3..], &field[..]);
+        }
+    }
+
+    #[test]
+    fn cents_words_are_the_formatted_amounts() {
+        let mut text = [0; NUMBER_TEXT_BYTES];
+        let samples =
+            (0..=100_000).chain((0..32).map(|bit| 1 << bit)).chain([u64::from(u32::MAX) - 1, u64::from(u32::MAX)]);
+        for cents in samples {
+            let (word, len) = cents_word(cents).expect("below 2^32 cents");
+            assert_eq!(&word.to_le_bytes()[..len], format_cents(cents, &mut text), "{cents}");
+            assert!(word.to_le_bytes()[len..].iter().all(|&byte| byte == 0));
+        }
+        assert_eq!(cents_word(1 << 32), None);
+        assert_eq!(cents_word(u64::MAX), None);
+    }
+
+    #[test]
+    fn packed_region_keys_are_distinct_and_only_for_short_regions() {
+        let mut names: Vec<Vec<u8>> = vec![Vec::new()];
+        for len in 1..=MAX_PACKED_REGION_LEN {
+            // Names differing in one place, and the same bytes at every
+            // length (a prefix must not share its key with a longer name).
+            for place in 0..len {
+                for byte in [b'a', b'z', 0, 0xff] {
+                    let mut name = vec![b'q'; len];
+                    name[place] = byte;
+                    names.push(name);
+                }
+            }
+            names.push(vec![0; len]);
+        }
+        let keys: Vec<u128> = names.iter().map(|name| pack_region(name).expect("short enough")).collect();
+        let distinct_names: HashSet<&Vec<u8>> = names.iter().collect();
+        let distinct_keys: HashSet<u128> = keys.iter().copied().collect();
+        assert_eq!(distinct_keys.len(), distinct_names.len());
+        assert_eq!(pack_region(b"north"), Some(u128::from_le_bytes(*b"north\0\0\0\0\0\0\0\0\0\0\x05")));
+        assert_eq!(pack_region(b"north_west_east"), Some(u128::from_le_bytes(*b"north_west_east\x0f")));
+        assert_eq!(pack_region(b"north_west_south"), None);
+        assert_eq!(pack_region(&[b'x'; 64]), None);
+    }
+
+    /// Lines written through `RegionFiles`, against the same lines built
+    /// with `format!`: short and long regions (packed keys and not), short
+    /// and long ids, more regions than open files, and small buffers that
+    /// fill up mid-run (16 bytes: smaller than a line).
+    #[test]
+    fn region_files_hold_exactly_the_lines_written() {
+        let regions: Vec<String> = (0..150)
+            .map(|index| match index % 5 {
+                0 => format!("r{index}"),
+                1 => format!("region_{index:08}"), // 15 bytes: packed
+                2 => format!("region_{index:09}"), // 16 bytes: not packed
+                3 => format!("{}{index}", "long_region_".repeat(5)),
+                _ => format!("{index}{}", "z".repeat(index % 64)).chars().take(64).collect(),
+            })
+            .collect();
+        for buffer_bytes in [16, 200, 4096] {
+            let mut sink = MemorySink::new();
+            let mut files = RegionFiles::new(MAX_OPEN_REGION_FILES, buffer_bytes);
+            let mut expected: Vec<String> = vec!["order_id,region,amount\n".to_owned(); regions.len()];
+            for row in 0..3000_usize {
+                let which = (row * 7 + row / 11) % regions.len();
+                let id = format!("{row}{}", "i".repeat(row % 70));
+                let id = &id[..id.len().min(64)];
+                let cents = (row as u64) * 1_234_567 % 100_000_000_001;
+                files
+                    .add_order(&mut sink, regions[which].as_bytes(), id.as_bytes(), cents)
+                    .expect("writing to memory succeeds");
+                expected[which].push_str(&format!("{id},{},{}.{:02}\n", regions[which], cents / 100, cents % 100));
+            }
+            let (totals, names) = files.finish().expect("flushing to memory succeeds");
+            assert_eq!(totals.len(), regions.len());
+            assert_eq!(names.len(), regions.len());
+            for (region, lines) in regions.iter().zip(&expected) {
+                assert_eq!(sink.text(&region_file_name(region)).as_deref(), Some(lines.as_str()), "{region}");
+            }
+        }
+    }
 }
