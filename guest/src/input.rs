@@ -270,13 +270,20 @@ fn classify(chunk: &[u8; CHUNK]) -> (u32, u32, u32) {
     (commas, stops, high)
 }
 
+/// A chunk as one 16-byte vector (built from its bytes: a safe load).
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+fn vector(chunk: &[u8; CHUNK]) -> core::arch::wasm32::v128 {
+    let [b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15] = *chunk;
+    core::arch::wasm32::u8x16(b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15)
+}
+
 /// `classify` in four vector comparisons (the compiler does not vectorise
 /// the loop above by itself). Same result, bit for bit.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 fn classify(chunk: &[u8; CHUNK]) -> (u32, u32, u32) {
-    use core::arch::wasm32::{u8x16, u8x16_bitmask, u8x16_eq, u8x16_splat, v128_or};
-    let [b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15] = *chunk;
-    let bytes = u8x16(b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15);
+    use core::arch::wasm32::{u8x16_bitmask, u8x16_eq, u8x16_splat, v128_or};
+    let bytes = vector(chunk);
     let commas = u8x16_eq(bytes, u8x16_splat(b','));
     let line_ends = v128_or(u8x16_eq(bytes, u8x16_splat(b'\n')), u8x16_eq(bytes, u8x16_splat(b'\r')));
     let stops = v128_or(line_ends, u8x16_eq(bytes, u8x16_splat(b'"')));
@@ -302,9 +309,8 @@ fn classify_quoted(chunk: &[u8; CHUNK]) -> (u32, u32, u32) {
 /// `classify_quoted` in vector comparisons. Same result, bit for bit.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 fn classify_quoted(chunk: &[u8; CHUNK]) -> (u32, u32, u32) {
-    use core::arch::wasm32::{u8x16, u8x16_bitmask, u8x16_eq, u8x16_splat};
-    let [b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15] = *chunk;
-    let bytes = u8x16(b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15);
+    use core::arch::wasm32::{u8x16_bitmask, u8x16_eq, u8x16_splat};
+    let bytes = vector(chunk);
     let quotes = u8x16_eq(bytes, u8x16_splat(b'"'));
     let line_feeds = u8x16_eq(bytes, u8x16_splat(b'\n'));
     (u32::from(u8x16_bitmask(quotes)), u32::from(u8x16_bitmask(line_feeds)), u32::from(u8x16_bitmask(bytes)))
