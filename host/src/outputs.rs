@@ -388,7 +388,7 @@ fn deliver_to_folder(files: Vec<Collected>, out: &Dir, path: &Path, force: bool)
 /// Puts every output into the staging folder, hashed and flushed to disk.
 ///
 /// The flushing waits on the disk and the hashing on the CPU, so for large
-/// outputs they overlap: one thread flushes every file while two others hash
+/// outputs they overlap: a few threads flush the files while two others hash
 /// them (the data is in the page cache either way).
 fn stage_files(
     files: Vec<Collected>,
@@ -399,6 +399,8 @@ fn stage_files(
 ) -> io::Result<()> {
     /// Below this much output, more threads cost more than they save.
     const PARALLEL_BYTES: u64 = 1 << 20;
+    /// Threads flushing at once, for large outputs.
+    const FLUSHERS: usize = 4;
     let staging_dir = parent.open_dir(staging)?;
     let total: u64 = files.iter().map(|collected| collected.file.bytes).sum();
     let staged =
@@ -430,10 +432,24 @@ fn stage_files(
         Err(io::Error::other("a delivery thread panicked"))
     }
     let (flushed, first, second) = std::thread::scope(|scope| {
-        let flusher = scope.spawn(flush);
+        // Files flushed at once share journal commits and keep the disk's
+        // queue full: a few flushers, each taking every FLUSHERS-th file.
+        let staged = &staged;
+        let flushers: Vec<_> = (0..FLUSHERS.min(staged.len()))
+            .map(|first| {
+                scope.spawn(move || {
+                    staged.iter().skip(first).step_by(FLUSHERS).try_for_each(|file| file.handle.sync_all())
+                })
+            })
+            .collect();
         let helper = scope.spawn(|| hash_share(&shares[1]));
         let first = hash_share(&shares[0]);
-        (flusher.join().unwrap_or_else(|_| panicked()), first, helper.join().unwrap_or_else(|_| panicked()))
+        let flushed = flushers
+            .into_iter()
+            .map(|flusher| flusher.join().unwrap_or_else(|_| panicked()))
+            .collect::<io::Result<Vec<()>>>()
+            .and_then(|_| staging_dir.open(".")?.sync_all());
+        (flushed, first, helper.join().unwrap_or_else(|_| panicked()))
     });
     flushed?;
     hashed.extend(first?);
