@@ -47,6 +47,9 @@ pub enum RunError {
     #[error("the guest hit the limit of {limit} files and folders{}; raise --max-files if the outputs need more", guest_said(.guest))]
     FileLimit { limit: u64, guest: Option<String> },
 
+    #[error("the guest hit the limit of {limit} folders{}; raise --max-folders if the outputs need more", guest_said(.guest))]
+    FolderLimit { limit: u64, guest: Option<String> },
+
     #[error("the outputs are {size} bytes, more than the limit of {limit}; raise --max-output to accept them")]
     OutputTooLarge { limit: ByteSize, size: u64 },
 
@@ -198,7 +201,7 @@ impl Outcome {
             Self::MemoryLimit => "the guest hit --memory",
             Self::FuelExhausted => "the guest used up --fuel",
             Self::DiskQuota => "the guest hit --disk-quota",
-            Self::FileLimit => "the guest hit --max-files",
+            Self::FileLimit => "the guest hit --max-files or --max-folders",
             Self::OutputTooLarge => "the outputs are larger than --max-output",
             Self::CleanupFailed => "the sandbox could not be removed (run `host sweep`)",
             Self::Interrupted => "Ctrl-C or SIGTERM stopped the run; its sandbox was removed",
@@ -221,7 +224,7 @@ impl RunError {
             Self::MemoryLimit { .. } => Outcome::MemoryLimit,
             Self::FuelExhausted { .. } => Outcome::FuelExhausted,
             Self::DiskQuota { .. } => Outcome::DiskQuota,
-            Self::FileLimit { .. } => Outcome::FileLimit,
+            Self::FileLimit { .. } | Self::FolderLimit { .. } => Outcome::FileLimit,
             Self::OutputTooLarge { .. } => Outcome::OutputTooLarge,
             Self::ContractViolation(_) => Outcome::ContractViolation,
             Self::Delivery { .. } => Outcome::DeliveryFailed,
@@ -243,6 +246,7 @@ impl RunError {
             Self::FuelExhausted { fuel } => Some(serde_json::json!({ "fuel": fuel })),
             Self::DiskQuota { limit, .. } => Some(serde_json::json!({ "disk_quota_bytes": limit.bytes() })),
             Self::FileLimit { limit, .. } => Some(serde_json::json!({ "max_files": limit })),
+            Self::FolderLimit { limit, .. } => Some(serde_json::json!({ "max_folders": limit })),
             Self::OutputTooLarge { limit, size } => {
                 Some(serde_json::json!({ "max_output_bytes": limit.bytes(), "output_bytes": size }))
             }

@@ -1,12 +1,14 @@
 //! What one guest instance lives in: its WASI context (two preopens, nothing
-//! else), its memory limiter and its capped stderr.
+//! else), its ledger and the holds on host descriptors, its memory limiter
+//! and its capped stderr.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use wasmtime::ResourceLimiter;
 
-use crate::quota::{Progress, Quota};
+use crate::ledger::Ledger;
+use crate::quota::{Held, Progress};
 use wasmtime::component::{HasData, Resource, ResourceTable};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::filesystem::{Descriptor, Dir};
@@ -68,7 +70,8 @@ pub struct GuestState {
     pub table: ResourceTable,
     pub limiter: MemoryLimiter,
     pub preopens: Vec<Preopen>,
-    pub quota: Arc<Quota>,
+    pub ledger: Arc<Ledger>,
+    pub held: Held,
     pub progress: Option<Arc<Progress>>,
 }
 
@@ -89,20 +92,39 @@ impl HasData for SandboxPreopens {
 pub struct SandboxPreopensView<'a> {
     preopens: &'a mut [Preopen],
     table: &'a mut ResourceTable,
+    ledger: &'a Arc<Ledger>,
+    held: &'a mut Held,
 }
 
 impl GuestState {
     pub fn preopens_view(&mut self) -> SandboxPreopensView<'_> {
-        SandboxPreopensView { preopens: &mut self.preopens, table: &mut self.table }
+        SandboxPreopensView {
+            preopens: &mut self.preopens,
+            table: &mut self.table,
+            ledger: &self.ledger,
+            held: &mut self.held,
+        }
     }
 }
 
 impl preopens::Host for SandboxPreopensView<'_> {
+    /// Every call hands out new descriptors, each counted against the cap
+    /// like any other (they share the host's handle, but a guest dropping
+    /// them must not give back what it did not take).
     fn get_directories(&mut self) -> wasmtime::Result<Vec<(Resource<Descriptor>, String)>> {
         let mut dirs = Vec::with_capacity(self.preopens.len());
         for preopen in self.preopens.iter_mut() {
+            let Ok(hold) = self.ledger.hold() else {
+                wasmtime::bail!(
+                    "the guest holds {} descriptors, the most one guest may hold; it asked for its folders again \
+                     without closing them",
+                    crate::quota::MAX_OPEN_HANDLES
+                );
+            };
             let dir = preopen.descriptor()?;
-            dirs.push((self.table.push(Descriptor::Dir(dir))?, preopen.guest_path.clone()));
+            let fd = self.table.push(Descriptor::Dir(dir))?;
+            self.held.insert(&fd, hold);
+            dirs.push((fd, preopen.guest_path.clone()));
         }
         Ok(dirs)
     }
@@ -110,6 +132,8 @@ impl preopens::Host for SandboxPreopensView<'_> {
 
 /// Keeps the memory of one instance under a limit and remembers whether a
 /// growth was refused, so a later trap is reported as the limit it was.
+/// Linear memories and tables count together: a table's elements live in
+/// host memory too (a pointer each).
 #[derive(Debug)]
 pub struct MemoryLimiter {
     limit: usize,
@@ -118,9 +142,25 @@ pub struct MemoryLimiter {
     refused: Option<usize>,
 }
 
+/// The host memory one table element takes.
+const TABLE_ELEMENT_BYTES: usize = size_of::<usize>();
+
 impl MemoryLimiter {
     pub fn new(limit: u64) -> Self {
         Self { limit: usize::try_from(limit).unwrap_or(usize::MAX), total: 0, peak: 0, refused: None }
+    }
+
+    /// Grows the total from `current` to `desired` bytes of one memory or
+    /// table, unless that passes the limit.
+    fn grow(&mut self, current: usize, desired: usize) -> bool {
+        let total = (self.total - current.min(self.total)).saturating_add(desired);
+        if total > self.limit {
+            self.refused = Some(total);
+            return false;
+        }
+        self.total = total;
+        self.peak = self.peak.max(total);
+        true
     }
 
     /// The size a refused growth asked for, if any growth was refused.
@@ -136,19 +176,11 @@ impl MemoryLimiter {
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        let total = self.total - current.min(self.total) + desired;
-        if total > self.limit {
-            self.refused = Some(total);
-            return Ok(false);
-        }
-        self.total = total;
-        self.peak = self.peak.max(total);
-        Ok(true)
+        Ok(self.grow(current, desired))
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        // Tables hold function references; a million is far beyond any real pipeline.
-        Ok(desired <= 1_000_000)
+    fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(self.grow(current.saturating_mul(TABLE_ELEMENT_BYTES), desired.saturating_mul(TABLE_ELEMENT_BYTES)))
     }
 }
 
@@ -271,5 +303,14 @@ mod tests {
         assert!(!limiter.memory_growing(100, 101, None).expect("refuse"));
         assert_eq!(limiter.refused(), Some(101));
         assert_eq!(limiter.peak(), 100);
+    }
+
+    #[test]
+    fn table_elements_count_against_the_same_limit() {
+        let mut limiter = MemoryLimiter::new(1000);
+        assert!(limiter.memory_growing(0, 900, None).expect("grow"));
+        assert!(!limiter.table_growing(0, 100, None).expect("refuse"), "100 elements take 800 bytes");
+        assert!(limiter.table_growing(0, 10, None).expect("grow"));
+        assert_eq!(limiter.peak(), 900 + 10 * TABLE_ELEMENT_BYTES);
     }
 }

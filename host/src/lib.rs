@@ -52,6 +52,7 @@ pub mod cache;
 mod error;
 mod guest;
 mod housekeeper;
+mod ledger;
 pub mod limits;
 mod outputs;
 mod quota;
@@ -63,7 +64,7 @@ pub use cache::{CacheStatus, CodeCache};
 pub use error::{Outcome, RunError};
 pub use limits::{ByteSize, Limits};
 pub use outputs::{Delivered, Destination, OutputFile, check_destination};
-pub use quota::Progress;
+pub use quota::{MAX_OPEN_HANDLES, MAX_OPEN_LISTINGS, Progress};
 pub use report::{ReasonCount, RegionTotal, Report, format_cents};
 pub use runner::{
     Admission, BUNDLED_PIPELINE, Component, GUEST_INPUT_DIR, GUEST_OUTPUT_DIR, Input, Invocation, RunOutcome, Runner,

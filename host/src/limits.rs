@@ -18,8 +18,12 @@ pub struct Limits {
     pub fuel: Option<u64>,
     /// Bytes the sandbox may hold: the guest's own files, the input not counted.
     pub disk_quota: ByteSize,
-    /// Files and folders the guest may create.
+    /// Files, folders and links the guest may have at once (every name
+    /// counts, and an unlinked file it still holds open).
     pub max_files: u64,
+    /// Folders the guest may have at once, within `max_files`: removing a
+    /// sandbox takes time by its folders, so they have a smaller bound.
+    pub max_folders: u64,
     /// Total size of the collected outputs; `None` means the disk quota.
     pub max_output: Option<ByteSize>,
     /// Guest stderr kept for the report; the rest is dropped as it arrives.
@@ -34,6 +38,7 @@ impl Default for Limits {
             fuel: None,
             disk_quota: ByteSize(1 << 30),
             max_files: 10_000,
+            max_folders: 1_000,
             max_output: None,
             stderr_limit: ByteSize(64 << 10),
         }

@@ -25,9 +25,10 @@ use crate::cache::CodeCache;
 use crate::error::RunError;
 use crate::guest::{BLOCK_CURRENT_THREAD, CappedStderr, GuestState, MemoryLimiter, Preopen, SandboxPreopens};
 use crate::housekeeper::Housekeeper;
+use crate::ledger::{Bounds, Kind, Ledger, Observed, Refused};
 use crate::limits::Limits;
 use crate::outputs::{self, Delivered, Destination, OutputFile};
-use crate::quota::{Progress, Quota, QuotaFilesystem, QuotaHit};
+use crate::quota::{Held, MAX_OPEN_HANDLES, Progress, QuotaFilesystem, stat_handle};
 use crate::report::Report;
 use crate::sandbox::{Sandbox, SandboxRoot, Sweep};
 
@@ -38,6 +39,12 @@ pub const BUNDLED_PIPELINE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/or
 pub const GUEST_INPUT_DIR: &str = "/input";
 pub const GUEST_INPUT_FILE: &str = crate::sandbox::INPUT_FILE;
 pub const GUEST_OUTPUT_DIR: &str = "/out";
+
+/// Host objects one guest may have in its resource table at once:
+/// descriptors, streams, pollables, listings. Each costs host memory (about
+/// a hundred bytes to a few hundred), so this bounds what a guest can make
+/// the host hold that way to a few MiB.
+const MAX_TABLE_ENTRIES: usize = 16_384;
 
 /// How often the epoch advances: the granularity at which a spinning guest
 /// yields, so that the wall-clock timeout can fire.
@@ -635,8 +642,8 @@ impl Runner {
         let fuel_used = limits.fuel.and_then(|fuel| Some(fuel - store.get_fuel().ok()?));
         let peak_memory = store.data().limiter.peak() as u64;
         let refused_memory = store.data().limiter.refused();
-        let quota_hit = store.data().quota.hit();
-        let bytes_written = store.data().quota.bytes_used();
+        let refused = store.data().ledger.refused();
+        let bytes_written = store.data().ledger.usage().bytes;
         // Closing the guest's handles before its files are read.
         drop(store);
         let (stderr_text, stderr_dropped) = stderr.contents();
@@ -651,14 +658,18 @@ impl Runner {
             ))) => Some(message.clone()),
             _ => None,
         };
-        let limit_error = |limits: &Limits| match quota_hit {
-            Some(QuotaHit::Bytes) => {
+        // The first limit that refused the guest; the descriptor cap is not
+        // a limit of the profile (a guest past it fails as it fails).
+        let first_refusal = refused.into_iter().find(|bound| *bound != Refused::Handles);
+        let limit_error = |limits: &Limits| match first_refusal {
+            Some(Refused::Bytes) => {
                 Some(RunError::DiskQuota { limit: limits.disk_quota, guest: guest_message.clone() })
             }
-            Some(QuotaHit::Files) => {
-                Some(RunError::FileLimit { limit: limits.max_files, guest: guest_message.clone() })
+            Some(Refused::Files) => Some(RunError::FileLimit { limit: limits.max_files, guest: guest_message.clone() }),
+            Some(Refused::Folders) => {
+                Some(RunError::FolderLimit { limit: limits.max_folders, guest: guest_message.clone() })
             }
-            None => refused_memory
+            Some(Refused::Handles) | None => refused_memory
                 .map(|requested| RunError::MemoryLimit { limit: limits.memory, requested: requested as u64 }),
         };
         let report = match result {
@@ -716,6 +727,15 @@ impl Runner {
         progress: Option<Arc<Progress>>,
     ) -> Result<Store<GuestState>, RunError> {
         let sandbox_error = |err: io::Error| RunError::Sandbox(err);
+        let ledger = Ledger::new(Bounds {
+            bytes: limits.disk_quota.bytes(),
+            files: limits.max_files,
+            folders: limits.max_folders,
+            handles: MAX_OPEN_HANDLES,
+        });
+        // The output folder is the host's: only what the guest makes it grow by is charged.
+        let out_root = stat_handle(sandbox.output_dir().map_err(sandbox_error)?).map_err(sandbox_error)?;
+        ledger.observe(Observed { kind: Kind::Root, ..out_root });
         let preopens = vec![
             Preopen::new(sandbox.input_dir().and_then(Dir::try_clone).map_err(sandbox_error)?, GUEST_INPUT_DIR, false),
             Preopen::new(sandbox.output_dir().and_then(Dir::try_clone).map_err(sandbox_error)?, GUEST_OUTPUT_DIR, true),
@@ -728,12 +748,15 @@ impl Runner {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_TABLE_ENTRIES);
         let state = GuestState {
             wasi,
-            table: ResourceTable::new(),
+            table,
             limiter: MemoryLimiter::new(limits.memory.bytes()),
             preopens,
-            quota: Quota::new(limits.disk_quota.bytes(), limits.max_files),
+            ledger,
+            held: Held::default(),
             progress,
         };
         let mut store = Store::new(&self.inner.engine, state);

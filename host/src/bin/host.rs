@@ -116,9 +116,13 @@ struct LimitArgs {
     #[arg(long, value_name = "SIZE", default_value = "1GiB")]
     disk_quota: ByteSize,
 
-    /// Files and folders the guest may create.
+    /// Files, folders and links the guest may have at once.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     max_files: u64,
+
+    /// Folders the guest may have at once (removal time grows with them).
+    #[arg(long, value_name = "N", default_value_t = 1_000)]
+    max_folders: u64,
 
     /// Largest total size of the outputs accepted [default: the disk quota].
     #[arg(long, value_name = "SIZE")]
@@ -137,6 +141,7 @@ impl From<&LimitArgs> for Limits {
             fuel: args.fuel,
             disk_quota: args.disk_quota,
             max_files: args.max_files,
+            max_folders: args.max_folders,
             max_output: args.max_output,
             stderr_limit: args.stderr_limit,
         }

@@ -83,7 +83,8 @@ async fn a_million_files_end_at_the_file_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_5000_deep_folder_tree_is_refused_and_removed() {
     let host = TestHost::new("deep");
-    let limits = Limits { timeout: Duration::from_secs(30), ..Limits::default() };
+    // Past the folder limit, so that the whole chain is made and removed.
+    let limits = Limits { timeout: Duration::from_secs(30), max_folders: 6000, ..Limits::default() };
     let err = host.run_with(&host.component(programs::DEEP_TREE), b"", &limits).await.expect_err("refused");
     assert_eq!(err.outcome(), Outcome::ContractViolation, "{err}");
     assert!(err.to_string().contains("a folder"), "{err}");

@@ -2,6 +2,7 @@
 //! the real pipeline component, the sandbox's isolation, the CLI, and the
 //! hostile test programs of `test-programs/`.
 
+mod accounting;
 mod cli;
 mod crash;
 mod embedding;

@@ -176,3 +176,29 @@ pub fn gen_orders(args: &[&str]) -> Vec<u8> {
 pub fn seven_rows() -> Vec<u8> {
     std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/orders.csv")).expect("bundled example")
 }
+
+/// Runs `command` to its end and returns its output with the peak resident
+/// memory of the process, in KiB (the kernel's `ru_maxrss` of the child,
+/// read by a Python parent that waits for nothing else).
+pub fn peak_rss_kib(command: &mut Command) -> (std::process::Output, u64) {
+    const MEASURE: &str = "import resource, subprocess, sys\n\
+        done = subprocess.run(sys.argv[1:], capture_output=True)\n\
+        sys.stdout.buffer.write(done.stdout)\n\
+        sys.stderr.buffer.write(done.stderr)\n\
+        sys.stderr.write('\\npeak_rss_kib=%d\\n' % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n\
+        sys.exit(done.returncode)";
+    let mut measured = Command::new("python3");
+    measured.arg("-c").arg(MEASURE).arg(command.get_program()).args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => measured.env(key, value),
+            None => measured.env_remove(key),
+        };
+    }
+    let mut output = measured.output().expect("python3 runs the command");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let (rest, peak) = stderr.rsplit_once("\npeak_rss_kib=").expect("python3 reports the peak");
+    let peak = peak.trim().parse().expect("a number of KiB");
+    output.stderr = rest.as_bytes().to_vec();
+    (output, peak)
+}

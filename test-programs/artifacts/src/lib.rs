@@ -39,23 +39,28 @@ mod tests {
             "deep_tree",
             "exit_3",
             "flood",
+            "folder_bomb",
             "liar",
             "links",
+            "listing_flood",
             "many_handles",
             "memory_bomb",
             "million_files",
             "odd_names",
             "panic",
+            "preopen_descriptors",
             "probe",
+            "rename_onto_itself",
             "sleep",
             "sparse_1tib",
             "spin",
+            "unlink_open",
             "well_behaved",
             "write_4gib",
         ];
         let names: Vec<&str> = ALL.iter().map(|(name, _)| *name).collect();
         assert_eq!(names, expected);
-        assert_eq!(PROBE, ALL[10].1);
-        assert_eq!(WELL_BEHAVED, ALL[14].1);
+        assert_eq!(PROBE, ALL[13].1);
+        assert_eq!(WELL_BEHAVED, ALL[19].1);
     }
 }
