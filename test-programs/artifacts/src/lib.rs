@@ -36,12 +36,16 @@ mod tests {
     #[test]
     fn every_example_is_listed_once() {
         let expected = [
+            "control_text",
             "deep_tree",
             "exit_3",
             "flood",
+            "future_mtime",
+            "huge_output",
             "liar",
             "links",
             "many_handles",
+            "many_outputs",
             "memory_bomb",
             "million_files",
             "odd_names",
@@ -55,7 +59,7 @@ mod tests {
         ];
         let names: Vec<&str> = ALL.iter().map(|(name, _)| *name).collect();
         assert_eq!(names, expected);
-        assert_eq!(PROBE, ALL[10].1);
-        assert_eq!(WELL_BEHAVED, ALL[14].1);
+        assert_eq!(PROBE, ALL[14].1);
+        assert_eq!(WELL_BEHAVED, ALL[18].1);
     }
 }
