@@ -58,6 +58,7 @@ mod quota;
 mod report;
 mod runner;
 pub mod sandbox;
+pub mod text;
 
 pub use cache::{CacheStatus, CodeCache};
 pub use error::{Outcome, RunError};

@@ -5,6 +5,7 @@
 mod cli;
 mod crash;
 mod embedding;
+mod guest_text;
 mod hostile;
 mod isolation;
 mod pipeline;
