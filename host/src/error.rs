@@ -56,6 +56,11 @@ pub enum RunError {
     #[error("the outputs are {size} bytes, more than the limit of {limit}; raise --max-output to accept them")]
     OutputTooLarge { limit: ByteSize, size: u64 },
 
+    #[error(
+        "the guest left more than {limit} outputs, the most one run delivers; nothing was delivered; have the pipeline write fewer, larger files"
+    )]
+    TooManyOutputs { limit: u64 },
+
     #[error("the guest broke the pipeline contract: {}; nothing was delivered", shown(.0))]
     ContractViolation(String),
 
@@ -205,7 +210,7 @@ impl Outcome {
             Self::FuelExhausted => "the guest used up --fuel",
             Self::DiskQuota => "the guest hit --disk-quota",
             Self::FileLimit => "the guest hit --max-files",
-            Self::OutputTooLarge => "the outputs are larger than --max-output",
+            Self::OutputTooLarge => "the outputs are larger than --max-output, or more than 10000 files",
             Self::CleanupFailed => "the sandbox could not be removed (run `host sweep`)",
             Self::Interrupted => "Ctrl-C or SIGTERM stopped the run; its sandbox was removed",
             Self::Busy => "library only: the concurrency bound was reached and the caller asked to fail fast",
@@ -228,7 +233,7 @@ impl RunError {
             Self::FuelExhausted { .. } => Outcome::FuelExhausted,
             Self::DiskQuota { .. } => Outcome::DiskQuota,
             Self::FileLimit { .. } => Outcome::FileLimit,
-            Self::OutputTooLarge { .. } => Outcome::OutputTooLarge,
+            Self::OutputTooLarge { .. } | Self::TooManyOutputs { .. } => Outcome::OutputTooLarge,
             Self::ContractViolation(_) => Outcome::ContractViolation,
             Self::Delivery { .. } => Outcome::DeliveryFailed,
             Self::Cleanup { .. } => Outcome::CleanupFailed,
@@ -252,6 +257,7 @@ impl RunError {
             Self::OutputTooLarge { limit, size } => {
                 Some(serde_json::json!({ "max_output_bytes": limit.bytes(), "output_bytes": size }))
             }
+            Self::TooManyOutputs { limit } => Some(serde_json::json!({ "max_outputs": limit })),
             _ => None,
         }
     }
@@ -301,5 +307,14 @@ mod tests {
         assert!(err.to_string().ends_with("trap\\u{d} (guest stderr: panicked: \\u{1b}[2J boom)"), "{err}");
         let err = RunError::DiskQuota { limit: ByteSize(1), guest: Some("x".repeat(1 << 20)) };
         assert!(err.to_string().len() < 2 * crate::text::GUEST_TEXT_LIMIT, "a long message is cut when shown");
+    }
+
+    #[test]
+    fn too_many_outputs_is_output_too_large_with_its_bound() {
+        let err = RunError::TooManyOutputs { limit: 10_000 };
+        assert_eq!(err.outcome(), Outcome::OutputTooLarge);
+        assert_eq!(err.limit_hit(), Some(serde_json::json!({ "max_outputs": 10_000 })));
+        assert_eq!(crate::outputs::MAX_OUTPUTS, 10_000, "the bound is written out in `Outcome::meaning`");
+        assert!(Outcome::OutputTooLarge.meaning().contains("10000"));
     }
 }

@@ -63,7 +63,7 @@ pub mod text;
 pub use cache::{CacheStatus, CodeCache};
 pub use error::{Outcome, RunError};
 pub use limits::{ByteSize, Limits};
-pub use outputs::{Delivered, Destination, OutputFile, check_destination};
+pub use outputs::{Delivered, Destination, MAX_OUTPUTS, OutputFile, check_destination};
 pub use quota::Progress;
 pub use report::{ReasonCount, RegionTotal, Report, format_cents};
 pub use runner::{

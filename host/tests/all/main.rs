@@ -4,6 +4,7 @@
 
 mod cli;
 mod crash;
+mod delivery;
 mod embedding;
 mod guest_text;
 mod hostile;
