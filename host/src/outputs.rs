@@ -694,6 +694,57 @@ mod tests {
         for name in ["", ".", "..", ".hidden", "-rf", "a/b", "new\nline", "tab\t", &"a".repeat(256)] {
             let err = check_output_name(name).expect_err(name);
             assert!(err.starts_with("the output name"), "{err}");
+            assert!(!err.chars().any(crate::text::acts_on_terminal), "{err}");
         }
+    }
+
+    fn listed(name: &str, bytes: u64) -> Listed {
+        Listed { file: OutputFile { name: name.into(), bytes, sha256: String::new() }, identity: (0, 0) }
+    }
+
+    fn read_checked(source: &[u8], checked_at: u64) -> io::Result<(Vec<u8>, String)> {
+        let listed = listed("out.csv", checked_at);
+        let mut checked = Checked::new(source, &listed);
+        let mut read = Vec::new();
+        pump(&mut checked, &mut read, &mut [0u8; 3])?;
+        Ok((read, checked.finish()))
+    }
+
+    #[test]
+    fn a_checked_read_gives_exactly_the_checked_size_or_fails() {
+        let (read, sha256) = read_checked(b"abcdefgh", 8).expect("same size");
+        assert_eq!(read, b"abcdefgh");
+        assert_eq!(sha256, hex_digest(Sha256::digest(b"abcdefgh").as_slice()));
+        let short = read_checked(b"abc", 8).expect_err("shorter than checked");
+        assert_eq!(short.kind(), ErrorKind::UnexpectedEof);
+        assert!(short.to_string().contains("5 bytes short"), "{short}");
+        let grown = read_checked(b"abcdefghij", 8).expect_err("longer than checked");
+        assert!(grown.to_string().contains("grew"), "{grown}");
+    }
+
+    #[test]
+    fn an_output_replaced_after_it_was_listed_is_not_opened() {
+        let path = std::env::temp_dir().join(format!("outputs-unit-{}", random_hex().expect("random")));
+        std::fs::create_dir(&path).expect("mkdir");
+        let dir = Dir::open_ambient_dir(&path, cap_std::ambient_authority()).expect("open");
+        dir.write("a.csv", "one\n").expect("write");
+        let report = Report {
+            rows: 0,
+            accepted: 0,
+            cancelled: 0,
+            rejected: 0,
+            reasons: vec![],
+            regions: vec![],
+            outputs: vec!["a.csv".into()],
+        };
+        let [listed] =
+            <[Listed; 1]>::try_from(collect(&dir, &report, ByteSize(1 << 20)).expect("collected")).expect("one output");
+        assert!(listed.open_in(&dir).is_ok());
+        // Same name and size, another file (the first kept, so its inode is not reused).
+        dir.rename("a.csv", &dir, "old.csv").expect("rename");
+        dir.write("a.csv", "two\n").expect("write");
+        let err = listed.open_in(&dir).expect_err("another file");
+        assert!(err.to_string().contains("replaced"), "{err}");
+        std::fs::remove_dir_all(&path).expect("clean up");
     }
 }
