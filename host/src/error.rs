@@ -6,9 +6,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::limits::ByteSize;
+use crate::text::shown;
 
 /// Why a run did not deliver its outputs. The `Display` text is one line that
 /// says what was wrong and what to do.
+///
+/// Text a guest chose (messages, names) is kept cut to
+/// [`GUEST_TEXT_LIMIT`](crate::text::GUEST_TEXT_LIMIT) bytes, and `Display`
+/// shows every text field through [`shown`](crate::text::shown): a guest
+/// cannot write escape sequences or line breaks to the operator's terminal.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RunError {
@@ -18,16 +24,16 @@ pub enum RunError {
     #[error("cannot read the component {}: {source}; check the path and its permissions", path.display())]
     ComponentUnreadable { path: PathBuf, source: io::Error },
 
-    #[error("{name} is not a usable orders:pipeline@0.1.0 component: {reason}")]
+    #[error("{} is not a usable orders:pipeline@0.1.0 component: {}", shown(.name), shown(.reason))]
     ComponentInvalid { name: String, reason: String },
 
-    #[error("the pipeline refused the input: {0}; fix the input file and run again")]
+    #[error("the pipeline refused the input: {}; fix the input file and run again", shown(.0))]
     InvalidInput(String),
 
-    #[error("the pipeline failed: {0}")]
+    #[error("the pipeline failed: {}", shown(.0))]
     PipelineFailed(String),
 
-    #[error("the guest crashed: {message}{}", stderr_tail(.stderr))]
+    #[error("the guest crashed: {}{}", shown(.message), stderr_tail(.stderr))]
     Trap { message: String, stderr: String },
 
     #[error("the guest ran out of time: it was stopped after {limit:?}; raise --timeout if the input needs longer")]
@@ -53,10 +59,15 @@ pub enum RunError {
     #[error("the outputs are {size} bytes, more than the limit of {limit}; raise --max-output to accept them")]
     OutputTooLarge { limit: ByteSize, size: u64 },
 
-    #[error("the guest broke the pipeline contract: {0}; nothing was delivered")]
+    #[error(
+        "the guest left more than {limit} outputs, the most one run delivers; nothing was delivered; have the pipeline write fewer, larger files"
+    )]
+    TooManyOutputs { limit: u64 },
+
+    #[error("the guest broke the pipeline contract: {}; nothing was delivered", shown(.0))]
     ContractViolation(String),
 
-    #[error("cannot deliver the outputs to {}: {reason}", path.display())]
+    #[error("cannot deliver the outputs to {}: {}", path.display(), shown(.reason))]
     Delivery { path: PathBuf, reason: String },
 
     #[error("the sandbox could not be set up: {0}")]
@@ -71,19 +82,19 @@ pub enum RunError {
     #[error("busy: {} is at its concurrency bound; try again later or wait for a slot", .tenant.as_deref().map_or_else(|| "the runner".to_owned(), |t| format!("tenant {t}")))]
     Busy { tenant: Option<String> },
 
-    #[error("host error: {0}")]
+    #[error("host error: {}", shown(.0))]
     Host(String),
 }
 
 fn guest_said(message: &Option<String>) -> String {
-    message.as_ref().map(|m| format!(" (the guest reported: {m})")).unwrap_or_default()
+    message.as_ref().map(|m| format!(" (the guest reported: {})", shown(m))).unwrap_or_default()
 }
 
 /// The last meaningful line of the guest's stderr: for a Rust panic, its
 /// message (the `note: run with RUST_BACKTRACE` hint that follows is skipped).
 fn stderr_tail(stderr: &str) -> String {
     let last = stderr.lines().rev().find(|line| !line.trim().is_empty() && !line.starts_with("note: "));
-    last.map(|line| format!(" (guest stderr: {})", line.trim())).unwrap_or_default()
+    last.map(|line| format!(" (guest stderr: {})", shown(line.trim()))).unwrap_or_default()
 }
 
 /// How a run ended: one name per failure class, stable for scripts.
@@ -202,7 +213,7 @@ impl Outcome {
             Self::FuelExhausted => "the guest used up --fuel",
             Self::DiskQuota => "the guest hit --disk-quota",
             Self::FileLimit => "the guest hit --max-files or --max-folders",
-            Self::OutputTooLarge => "the outputs are larger than --max-output",
+            Self::OutputTooLarge => "the outputs are larger than --max-output, or more than 10000 files",
             Self::CleanupFailed => "the sandbox could not be removed (run `host sweep`)",
             Self::Interrupted => "Ctrl-C or SIGTERM stopped the run; its sandbox was removed",
             Self::Busy => "library only: the concurrency bound was reached and the caller asked to fail fast",
@@ -225,7 +236,7 @@ impl RunError {
             Self::FuelExhausted { .. } => Outcome::FuelExhausted,
             Self::DiskQuota { .. } => Outcome::DiskQuota,
             Self::FileLimit { .. } | Self::FolderLimit { .. } => Outcome::FileLimit,
-            Self::OutputTooLarge { .. } => Outcome::OutputTooLarge,
+            Self::OutputTooLarge { .. } | Self::TooManyOutputs { .. } => Outcome::OutputTooLarge,
             Self::ContractViolation(_) => Outcome::ContractViolation,
             Self::Delivery { .. } => Outcome::DeliveryFailed,
             Self::Cleanup { .. } => Outcome::CleanupFailed,
@@ -250,6 +261,7 @@ impl RunError {
             Self::OutputTooLarge { limit, size } => {
                 Some(serde_json::json!({ "max_output_bytes": limit.bytes(), "output_bytes": size }))
             }
+            Self::TooManyOutputs { limit } => Some(serde_json::json!({ "max_outputs": limit })),
             _ => None,
         }
     }
@@ -286,5 +298,27 @@ mod tests {
             stderr: "boom\npanicked at x\nnote: run with `RUST_BACKTRACE=1`\n\n".into(),
         };
         assert!(err.to_string().ends_with("(guest stderr: panicked at x)"), "{err}");
+    }
+
+    #[test]
+    fn guest_text_is_shown_escaped_on_one_line() {
+        let err = RunError::InvalidInput("\u{1b}]0;title\u{7}bad\nheader".into());
+        assert_eq!(
+            err.to_string(),
+            "the pipeline refused the input: \\u{1b}]0;title\\u{7}bad\\u{a}header; fix the input file and run again"
+        );
+        let err = RunError::Trap { message: "trap\r".into(), stderr: "panicked: \u{1b}[2J boom\n".into() };
+        assert!(err.to_string().ends_with("trap\\u{d} (guest stderr: panicked: \\u{1b}[2J boom)"), "{err}");
+        let err = RunError::DiskQuota { limit: ByteSize(1), guest: Some("x".repeat(1 << 20)) };
+        assert!(err.to_string().len() < 2 * crate::text::GUEST_TEXT_LIMIT, "a long message is cut when shown");
+    }
+
+    #[test]
+    fn too_many_outputs_is_output_too_large_with_its_bound() {
+        let err = RunError::TooManyOutputs { limit: 10_000 };
+        assert_eq!(err.outcome(), Outcome::OutputTooLarge);
+        assert_eq!(err.limit_hit(), Some(serde_json::json!({ "max_outputs": 10_000 })));
+        assert_eq!(crate::outputs::MAX_OUTPUTS, 10_000, "the bound is written out in `Outcome::meaning`");
+        assert!(Outcome::OutputTooLarge.meaning().contains("10000"));
     }
 }

@@ -59,11 +59,12 @@ mod quota;
 mod report;
 mod runner;
 pub mod sandbox;
+pub mod text;
 
 pub use cache::{CacheStatus, CodeCache};
 pub use error::{Outcome, RunError};
 pub use limits::{ByteSize, Limits};
-pub use outputs::{Delivered, Destination, OutputFile, check_destination};
+pub use outputs::{Delivered, Destination, MAX_OUTPUTS, OutputFile, check_destination};
 pub use quota::{MAX_OPEN_HANDLES, MAX_OPEN_LISTINGS, Progress};
 pub use report::{ReasonCount, RegionTotal, Report, format_cents};
 pub use runner::{

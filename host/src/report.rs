@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use crate::bindings::orders::pipeline::types as wit;
+use crate::text::bound;
 
 /// Accepted orders of one region.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -21,7 +22,11 @@ pub struct ReasonCount {
     pub rows: u64,
 }
 
-/// What a pipeline component reports about one run.
+/// What a pipeline component reports about one run. Its names are the
+/// guest's text: each is cut to
+/// [`GUEST_TEXT_LIMIT`](crate::text::GUEST_TEXT_LIMIT) bytes when the report is
+/// taken from the guest, and holds whatever characters the guest chose, so
+/// show them to a person through [`shown`](crate::text::shown).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Report {
     pub rows: u64,
@@ -41,13 +46,18 @@ impl From<wit::Report> for Report {
             accepted: report.accepted,
             cancelled: report.cancelled,
             rejected: report.rejected,
-            reasons: report.reasons.into_iter().map(|r| ReasonCount { reason: r.reason, rows: r.rows }).collect(),
+            reasons: report
+                .reasons
+                .into_iter()
+                .map(|r| ReasonCount { reason: bound(r.reason), rows: r.rows })
+                .collect(),
             regions: report
                 .regions
                 .into_iter()
-                .map(|r| RegionTotal { region: r.region, orders: r.orders, total_cents: r.total_cents })
+                .map(|r| RegionTotal { region: bound(r.region), orders: r.orders, total_cents: r.total_cents })
                 .collect(),
-            outputs: report.outputs,
+            // Longer than any name an output may have: cut, it still matches no file.
+            outputs: report.outputs.into_iter().map(bound).collect(),
         }
     }
 }

@@ -31,6 +31,7 @@ use crate::outputs::{self, Delivered, Destination, OutputFile};
 use crate::quota::{Held, MAX_OPEN_HANDLES, Progress, QuotaFilesystem, stat_handle};
 use crate::report::Report;
 use crate::sandbox::{Sandbox, SandboxRoot, Sweep};
+use crate::text;
 
 /// The reference pipeline, built from `guest/` when the host is built.
 pub const BUNDLED_PIPELINE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/orders_pipeline.wasm"));
@@ -655,7 +656,7 @@ impl Runner {
         let guest_message = match &result {
             Ok(Ok(Err(
                 PipelineError::Io(message) | PipelineError::Overflow(message) | PipelineError::InvalidInput(message),
-            ))) => Some(message.clone()),
+            ))) => Some(text::bounded(message)),
             _ => None,
         };
         // The first limit that refused the guest; the descriptor cap is not
@@ -679,13 +680,15 @@ impl Runner {
             Ok(Err(err)) => return Err(classify_trap(&err, limits, stderr_text)),
             Ok(Ok(Err(pipeline_error))) => {
                 return Err(match pipeline_error {
-                    PipelineError::InvalidInput(message) => RunError::InvalidInput(message),
-                    PipelineError::Io(message) => {
-                        RunError::PipelineFailed(format!("{message}; check the input and the limits, then run again"))
-                    }
-                    PipelineError::Overflow(message) => {
-                        RunError::PipelineFailed(format!("{message}; split the input into smaller exports"))
-                    }
+                    PipelineError::InvalidInput(message) => RunError::InvalidInput(text::bound(message)),
+                    PipelineError::Io(message) => RunError::PipelineFailed(format!(
+                        "{}; check the input and the limits, then run again",
+                        text::bound(message)
+                    )),
+                    PipelineError::Overflow(message) => RunError::PipelineFailed(format!(
+                        "{}; split the input into smaller exports",
+                        text::bound(message)
+                    )),
                 });
             }
             Ok(Ok(Ok(report))) => Report::from(report),
@@ -934,8 +937,9 @@ fn classify_trap(err: &wasmtime::Error, limits: &Limits, stderr: String) -> RunE
     let message = match err.downcast_ref::<I32Exit>() {
         Some(exit) => format!("it called exit({}) instead of returning a result", exit.0),
         None => {
-            let text = err.root_cause().to_string();
-            text.lines().next().unwrap_or("unknown trap").to_owned()
+            // Guest text too: a trap's message can carry names from the guest's binary.
+            let message = err.root_cause().to_string();
+            text::bounded(message.lines().next().unwrap_or("unknown trap"))
         }
     };
     RunError::Trap { message, stderr }

@@ -1,6 +1,6 @@
 //! The `host` command: a thin shell over the `host` library.
 
-use std::io::IsTerminal as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use host::sandbox::{SandboxRoot, Sweep};
+use host::text::shown;
 use host::{
     ByteSize, Destination, Input, Invocation, Limits, Outcome, Progress, RunError, RunOutcome, Runner, RunnerConfig,
     format_cents,
@@ -315,6 +316,11 @@ fn sweep_command(args: &RootArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Region names are padded to the longest up to this many characters; a
+/// longer one (a guest's choice) only pushes its own line out.
+const MAX_REGION_COLUMN: usize = 32;
+
+/// The names of the report are the guest's: shown escaped, as every guest text.
 fn print_summary(outcome: &RunOutcome) {
     let report = &outcome.report;
     println!(
@@ -322,15 +328,17 @@ fn print_summary(outcome: &RunOutcome) {
         report.rows, report.accepted, report.cancelled, report.rejected
     );
     if !report.reasons.is_empty() {
-        let reasons: Vec<String> = report.reasons.iter().map(|r| format!("{} {}", r.reason, r.rows)).collect();
+        let reasons: Vec<String> = report.reasons.iter().map(|r| format!("{} {}", shown(&r.reason), r.rows)).collect();
         println!("rejected by reason: {}", reasons.join(", "));
     }
-    let width = report.regions.iter().map(|r| r.region.len()).max().unwrap_or(0);
-    for region in &report.regions {
+    let regions: Vec<String> = report.regions.iter().map(|r| shown(&r.region).to_string()).collect();
+    let width = regions.iter().map(|name| name.chars().count()).filter(|&n| n <= MAX_REGION_COLUMN).max().unwrap_or(0);
+    for (name, region) in regions.iter().zip(&report.regions) {
         let noun = if region.orders == 1 { "order " } else { "orders" };
-        println!("  {:<width$}  {:>8} {noun}  {:>16}", region.region, region.orders, format_cents(region.total_cents));
+        let padding = " ".repeat(width.saturating_sub(name.chars().count()));
+        println!("  {name}{padding}  {:>8} {noun}  {:>16}", region.orders, format_cents(region.total_cents));
     }
-    let names: Vec<&str> = outcome.outputs.iter().map(|f| f.name.as_str()).collect();
+    let names: Vec<String> = outcome.outputs.iter().map(|f| shown(&f.name).to_string()).collect();
     match &outcome.delivered {
         host::Delivered::Folder(path) => println!("outputs in {}: {}", path.display(), names.join(", ")),
         host::Delivered::Tar(path) => println!("outputs in the archive {}: {}", path.display(), names.join(", ")),
@@ -355,7 +363,7 @@ fn print_json_success(outcome: &RunOutcome) {
         "spooled": outcome.spooled,
         "timings_us": timings_json(&outcome.timings),
     });
-    println!("{value:#}");
+    print_json(&value);
 }
 
 fn timings_json(timings: &host::Timings) -> serde_json::Value {
@@ -379,5 +387,82 @@ fn print_json_failure(err: &RunError) {
         "error": err.to_string(),
         "limit": err.limit_hit(),
     });
-    println!("{value:#}");
+    print_json(&value);
+}
+
+/// Pretty JSON on stdout, as `{:#}` prints it, but with every character
+/// that could act on a terminal escaped (`\u009b`): JSON escapes only C0
+/// controls, and the report's names are the guest's text. The value read
+/// back is the same.
+fn print_json(value: &serde_json::Value) {
+    let mut text = Vec::new();
+    let mut serializer = serde_json::Serializer::with_formatter(&mut text, TerminalSafe::default());
+    if let Err(err) = serde::Serialize::serialize(value, &mut serializer) {
+        eprintln!("host: cannot write the JSON output: {err}");
+        return;
+    }
+    text.push(b'\n');
+    if let Err(err) = std::io::stdout().lock().write_all(&text) {
+        eprintln!("host: cannot write the JSON output: {err}");
+    }
+}
+
+/// serde_json's pretty layout, with [`host::text::acts_on_terminal`]
+/// characters written as JSON escapes.
+#[derive(Default)]
+struct TerminalSafe(serde_json::ser::PrettyFormatter<'static>);
+
+impl serde_json::ser::Formatter for TerminalSafe {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let mut plain = 0;
+        for (at, c) in fragment.char_indices() {
+            if host::text::acts_on_terminal(c) {
+                writer.write_all(&fragment.as_bytes()[plain..at])?;
+                // Every such character is in the Basic Multilingual Plane: one escape.
+                write!(writer, "\\u{:04x}", u32::from(c))?;
+                plain = at + c.len_utf8();
+            }
+        }
+        writer.write_all(&fragment.as_bytes()[plain..])
+    }
+
+    fn begin_array<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.0.begin_array(writer)
+    }
+
+    fn end_array<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.0.end_array(writer)
+    }
+
+    fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
+        self.0.begin_array_value(writer, first)
+    }
+
+    fn end_array_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.0.end_array_value(writer)
+    }
+
+    fn begin_object<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.0.begin_object(writer)
+    }
+
+    fn end_object<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.0.end_object(writer)
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
+        self.0.begin_object_key(writer, first)
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.0.begin_object_value(writer)
+    }
+
+    fn end_object_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.0.end_object_value(writer)
+    }
 }

@@ -5,7 +5,9 @@
 mod accounting;
 mod cli;
 mod crash;
+mod delivery;
 mod embedding;
+mod guest_text;
 mod hostile;
 mod isolation;
 mod pipeline;

@@ -36,14 +36,18 @@ mod tests {
     #[test]
     fn every_example_is_listed_once() {
         let expected = [
+            "control_text",
             "deep_tree",
             "exit_3",
             "flood",
             "folder_bomb",
+            "future_mtime",
+            "huge_output",
             "liar",
             "links",
             "listing_flood",
             "many_handles",
+            "many_outputs",
             "memory_bomb",
             "million_files",
             "odd_names",
@@ -60,7 +64,8 @@ mod tests {
         ];
         let names: Vec<&str> = ALL.iter().map(|(name, _)| *name).collect();
         assert_eq!(names, expected);
-        assert_eq!(PROBE, ALL[13].1);
-        assert_eq!(WELL_BEHAVED, ALL[19].1);
+        let path_of = |wanted: &str| ALL.iter().find(|(name, _)| *name == wanted).map(|(_, path)| *path);
+        assert_eq!(path_of("probe"), Some(PROBE));
+        assert_eq!(path_of("well_behaved"), Some(WELL_BEHAVED));
     }
 }
