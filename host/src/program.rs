@@ -563,6 +563,7 @@ impl Reencode for KeepExitCodes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::Digest as _;
     use std::time::{Duration, Instant};
     use wasmtime::component::{Component, Linker, ResourceTable};
     use wasmtime::{Config, Engine, Store};
@@ -1012,10 +1013,21 @@ mod tests {
             Component::new(&ENGINE, &first).expect("compiles");
             started.elapsed()
         };
+        let small = (0..5)
+            .map(|_| {
+                let started = Instant::now();
+                load(preview1(Some(0)));
+                started.elapsed()
+            })
+            .min()
+            .unwrap_or(Duration::ZERO);
+        eprintln!("encode a {}-byte preview1 module: best {small:?} of 5", preview1(Some(0)).len());
+        // The digest, to compare across processes (a HashMap's order would differ).
+        let digest: String = sha2::Sha256::digest(&first).iter().take(8).map(|b| format!("{b:02x}")).collect();
         eprintln!(
-            "encode a {} KiB preview1 module into a {} KiB component: first {cold:?} (making the changed adapter \
-             alone: {adapter_change:?}), then best {best:?} of {times:?}; with wit-component's validation {:?}; \
-             compiling it {compile:?}",
+            "encode a {} KiB preview1 module into a {} KiB component (sha256 {digest}...): first {cold:?} (making \
+             the changed adapter alone: {adapter_change:?}), then best {best:?} of {times:?}; with wit-component's \
+             validation {:?}; compiling it {compile:?}",
             module.len() / 1024,
             first.len() / 1024,
             validated.0,
