@@ -123,6 +123,12 @@ pub enum ProgramError {
     NoStart,
 
     #[error(
+        "a preview1 core module that exports no memory named `memory`, which the preview1 adapter works in; link it \
+         with its memory exported (wasm32-wasip1 toolchains do by default)"
+    )]
+    NoMemoryExport,
+
+    #[error(
         "the preview1 core module cannot be turned into a component: {reason}; check that it was built for wasm32-wasip1"
     )]
     Adapt { reason: String },
@@ -291,6 +297,7 @@ fn check_preview1_module(bytes: &[u8]) -> Result<(), ProgramError> {
     let mut foreign = Vec::new();
     let mut preview0 = false;
     let mut has_start = false;
+    let mut has_memory = false;
     for payload in Parser::new(0).parse_all(bytes) {
         match payload.map_err(&malformed)? {
             Payload::ImportSection(reader) => {
@@ -307,6 +314,7 @@ fn check_preview1_module(bytes: &[u8]) -> Result<(), ProgramError> {
                 for export in reader {
                     let export = export.map_err(&malformed)?;
                     has_start |= export.name == "_start" && export.kind == ExternalKind::Func;
+                    has_memory |= export.name == "memory" && export.kind == ExternalKind::Memory;
                 }
             }
             _ => {}
@@ -326,6 +334,11 @@ fn check_preview1_module(bytes: &[u8]) -> Result<(), ProgramError> {
     }
     if !has_start {
         return Err(ProgramError::NoStart);
+    }
+    // wasmtime's own preview1 host runs such a module; the adapter keeps
+    // its state in the program's memory and cannot.
+    if !has_memory {
+        return Err(ProgramError::NoMemoryExport);
     }
     Ok(())
 }
@@ -839,6 +852,9 @@ mod tests {
 
         let library = module(r#"(import "wasi_snapshot_preview1" "proc_exit" (func (param i32)))"#, "");
         assert_eq!(refusal(&library), ProgramError::NoStart);
+
+        let no_memory = wat::parse_str(r#"(module (memory 1) (func (export "_start")))"#).expect("valid wat");
+        assert_eq!(refusal(&no_memory), ProgramError::NoMemoryExport);
     }
 
     #[test]
