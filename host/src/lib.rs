@@ -55,6 +55,7 @@ mod housekeeper;
 mod ledger;
 pub mod limits;
 mod outputs;
+pub mod program;
 mod quota;
 mod report;
 mod runner;
