@@ -49,6 +49,7 @@ mod bindings {
 }
 
 pub mod cache;
+mod engine;
 mod error;
 mod guest;
 mod housekeeper;

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -13,22 +12,21 @@ use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt as _};
 use rustix::fs::AtFlags;
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use wasmtime::component::{Component as WasmComponent, Linker, ResourceTable};
-use wasmtime::{
-    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline,
-};
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
 use crate::bindings::orders::pipeline::types::PipelineError;
 use crate::bindings::{Pipeline, PipelinePre};
 use crate::cache::CodeCache;
+use crate::engine::{EngineSettings, GuestEngine};
 use crate::error::RunError;
-use crate::guest::{BLOCK_CURRENT_THREAD, CappedStderr, GuestState, MemoryLimiter, Preopen, SandboxPreopens};
+use crate::guest::{BLOCK_CURRENT_THREAD, CappedStderr, GuestState, MemoryLimiter, Preopen};
 use crate::housekeeper::Housekeeper;
 use crate::ledger::{Bounds, Kind, Ledger, Observed, Refused};
 use crate::limits::Limits;
 use crate::outputs::{self, Delivered, Destination, OutputFile};
-use crate::quota::{Held, MAX_OPEN_HANDLES, Progress, QuotaFilesystem, stat_handle};
+use crate::quota::{Held, MAX_OPEN_HANDLES, Progress, stat_handle};
 use crate::report::Report;
 use crate::sandbox::{Sandbox, SandboxRoot, Sweep};
 use crate::text;
@@ -46,10 +44,6 @@ pub const GUEST_OUTPUT_DIR: &str = "/out";
 /// a hundred bytes to a few hundred), so this bounds what a guest can make
 /// the host hold that way to a few MiB.
 const MAX_TABLE_ENTRIES: usize = 16_384;
-
-/// How often the epoch advances: the granularity at which a spinning guest
-/// yields, so that the wall-clock timeout can fire.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// How a [`Runner`] is set up; everything per-invocation is in [`Invocation`].
 #[derive(Debug, Clone)]
@@ -117,16 +111,13 @@ pub struct Runner {
 }
 
 struct RunnerInner {
-    engine: Engine,
-    linker: Linker<GuestState>,
+    engine: GuestEngine,
     disk_root: SandboxRoot,
     memory_root: Option<SandboxRoot>,
     config: RunnerConfig,
-    cache: Option<CodeCache>,
     slots: Arc<Semaphore>,
     tenants: Mutex<HashMap<String, Arc<Tenant>>>,
     housekeeper: Housekeeper,
-    ticker_stop: Arc<AtomicBool>,
 }
 
 /// What the runner keeps per tenant.
@@ -145,7 +136,7 @@ impl std::fmt::Debug for RunnerInner {
 
 impl Drop for RunnerInner {
     fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
+        self.engine.stop_ticking();
         for (path, err) in self.housekeeper.finish() {
             tracing::error!(sandbox = %path.display(), "cannot remove sandbox: {err}; `host sweep` retries");
         }
@@ -344,29 +335,6 @@ impl Runner {
         };
 
         let max_concurrent = config.max_concurrent.max(1);
-        let engine = build_engine(config, max_concurrent)?;
-        let mut linker = Linker::new(&engine);
-        let link = |linker: &mut Linker<GuestState>| -> wasmtime::Result<()> {
-            wasmtime_wasi::p2::add_to_linker_async(linker)?;
-            // Preopens come from the sandbox's handles, not from paths.
-            linker.allow_shadowing(true);
-            wasmtime_wasi::p2::bindings::filesystem::preopens::add_to_linker::<GuestState, SandboxPreopens>(
-                linker,
-                GuestState::preopens_view,
-            )?;
-            // Every filesystem call goes through the quota.
-            wasmtime_wasi::p2::bindings::filesystem::types::add_to_linker::<GuestState, QuotaFilesystem>(
-                linker,
-                GuestState::quota_filesystem_view,
-            )?;
-            linker.allow_shadowing(false);
-            Ok(())
-        };
-        link(&mut linker).map_err(|err| RunError::Host(format!("cannot link WASI: {err:#}")))?;
-
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        spawn_epoch_ticker(engine.clone(), ticker_stop.clone())?;
-        let housekeeper = Housekeeper::start(config.background_removal, config.ready_sandboxes)?;
         // A cache that cannot be used only costs compile time.
         let cache = config.cache_dir.as_deref().and_then(|path| match CodeCache::open(path) {
             Ok(cache) => Some(cache),
@@ -375,19 +343,19 @@ impl Runner {
                 None
             }
         });
+        let settings = EngineSettings { fuel_metering: config.fuel_metering, pooling: config.pooling, max_concurrent };
+        let engine = GuestEngine::new(settings, cache)?;
+        let housekeeper = Housekeeper::start(config.background_removal, config.ready_sandboxes)?;
 
         Ok(Self {
             inner: Arc::new(RunnerInner {
                 engine,
-                linker,
                 disk_root,
                 memory_root,
                 config: config.clone(),
-                cache,
                 slots: Arc::new(Semaphore::new(max_concurrent)),
                 tenants: Mutex::new(HashMap::new()),
                 housekeeper,
-                ticker_stop,
             }),
         })
     }
@@ -479,24 +447,15 @@ impl Runner {
     /// [`RunError::ComponentInvalid`] when the bytes are not a component, it
     /// imports something the host does not provide, or lacks `process`.
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Component, RunError> {
-        let started = Instant::now();
         let invalid = |reason: String| RunError::ComponentInvalid { name: name.to_owned(), reason };
-        let component = match &self.inner.cache {
-            Some(cache) => {
-                let (component, status) =
-                    cache.load_or_compile(&self.inner.engine, bytes).map_err(|err| invalid(format!("{err:#}")))?;
-                tracing::debug!(component = name, ?status, "code cache");
-                component
-            }
-            None => WasmComponent::new(&self.inner.engine, bytes).map_err(|err| invalid(format!("{err:#}")))?,
-        };
+        let component = self.inner.engine.compile(name, bytes).map_err(|err| invalid(format!("{err:#}")))?;
         let instance_pre = self
             .inner
+            .engine
             .linker
             .instantiate_pre(&component)
             .map_err(|err| invalid(format!("it needs something the sandbox does not offer: {err:#}")))?;
         let pre = PipelinePre::new(instance_pre).map_err(|err| invalid(format!("{err:#}")))?;
-        tracing::debug!(component = name, elapsed = ?started.elapsed(), "component compiled");
         Ok(Component { pre, name: name.to_owned() })
     }
 
@@ -762,7 +721,7 @@ impl Runner {
             held: Held::default(),
             progress,
         };
-        let mut store = Store::new(&self.inner.engine, state);
+        let mut store = Store::new(&self.inner.engine.engine, state);
         store.limiter(|state| &mut state.limiter);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
@@ -893,43 +852,6 @@ async fn acquire(slots: &Arc<Semaphore>, admission: Admission) -> Option<OwnedSe
     }
 }
 
-fn build_engine(config: &RunnerConfig, max_concurrent: usize) -> Result<Engine, RunError> {
-    let mut wasm_config = Config::new();
-    wasm_config.epoch_interruption(true).consume_fuel(config.fuel_metering);
-    // For profiling guests: `perf` then names their functions (README, Benchmarks).
-    if std::env::var_os("ORDERS_HOST_PERFMAP").is_some() {
-        wasm_config.profiler(wasmtime::ProfilingStrategy::PerfMap);
-    }
-    if config.pooling {
-        // Slots for every instance that may run at once; each reserves
-        // address space (not memory) for a 4 GiB linear memory.
-        let slots = u32::try_from(max_concurrent).unwrap_or(u32::MAX).saturating_add(1);
-        let mut pool = PoolingAllocationConfig::new();
-        pool.total_component_instances(slots)
-            .total_core_instances(slots.saturating_mul(16))
-            .total_memories(slots.saturating_mul(4))
-            .total_tables(slots.saturating_mul(16))
-            .total_stacks(slots)
-            .max_memory_size(4 << 30)
-            // A reused slot's first pages are zeroed in place rather than
-            // returned to the kernel: a small guest then starts without
-            // page faults.
-            .linear_memory_keep_resident(2 << 20)
-            .table_keep_resident(64 << 10)
-            // Where the kernel can say which pages a guest touched (Linux
-            // 6.7+), only those are reset: a small guest's slot is cleaned
-            // in a few pages instead of the whole resident part.
-            .pagemap_scan(Enabled::Auto);
-        let mut pooled = wasm_config.clone();
-        pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        match Engine::new(&pooled) {
-            Ok(engine) => return Ok(engine),
-            Err(err) => tracing::warn!("pooling allocator unavailable, allocating on demand: {err:#}"),
-        }
-    }
-    Engine::new(&wasm_config).map_err(|err| RunError::Host(format!("cannot build the engine: {err:#}")))
-}
-
 fn classify_trap(err: &wasmtime::Error, limits: &Limits, stderr: String) -> RunError {
     if let (Some(Trap::OutOfFuel), Some(fuel)) = (err.downcast_ref::<Trap>(), limits.fuel) {
         return RunError::FuelExhausted { fuel };
@@ -943,19 +865,6 @@ fn classify_trap(err: &wasmtime::Error, limits: &Limits, stderr: String) -> RunE
         }
     };
     RunError::Trap { message, stderr }
-}
-
-fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) -> Result<(), RunError> {
-    std::thread::Builder::new()
-        .name("epoch-ticker".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(EPOCH_TICK);
-                engine.increment_epoch();
-            }
-        })
-        .map(drop)
-        .map_err(|err| RunError::Host(format!("cannot start the epoch thread: {err}")))
 }
 
 /// The default output folder: `<input stem>.out` beside the input.
