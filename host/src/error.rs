@@ -82,6 +82,12 @@ pub enum RunError {
     #[error("busy: {} is at its concurrency bound; try again later or wait for a slot", .tenant.as_deref().map_or_else(|| "the runner".to_owned(), |t| format!("tenant {t}")))]
     Busy { tenant: Option<String> },
 
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    #[error("the runner was shut down; invocations need a new runner")]
+    ShutDown,
+
     #[error("host error: {}", shown(.0))]
     Host(String),
 }
@@ -118,14 +124,16 @@ pub enum Outcome {
     CleanupFailed,
     Interrupted,
     Busy,
+    InvalidArgument,
     HostError,
 }
 
 impl Outcome {
     /// Every outcome, in exit-code order (for docs and tests).
-    pub const ALL: [Self; 18] = [
+    pub const ALL: [Self; 19] = [
         Self::Success,
         Self::HostError,
+        Self::InvalidArgument,
         Self::InputUnreadable,
         Self::InvalidInput,
         Self::PipelineError,
@@ -151,6 +159,7 @@ impl Outcome {
         match self {
             Self::Success => 0,
             Self::HostError => 1,
+            Self::InvalidArgument => 2,
             Self::InputUnreadable => 3,
             Self::InvalidInput => 4,
             Self::PipelineError => 5,
@@ -192,6 +201,7 @@ impl Outcome {
             Self::Interrupted => "interrupted",
             Self::Busy => "busy",
             Self::HostError => "host-error",
+            Self::InvalidArgument => "invalid-argument",
         }
     }
 
@@ -201,6 +211,7 @@ impl Outcome {
         match self {
             Self::Success => "the outputs were delivered",
             Self::HostError => "the host itself failed (a bug, or the machine is out of resources)",
+            Self::InvalidArgument => "usage error: bad arguments, or an argument that is not valid",
             Self::InputUnreadable => "the input or component file cannot be read",
             Self::InvalidInput => "the pipeline refused the input (no header, missing or repeated column)",
             Self::PipelineError => "the pipeline failed while reading or writing, or a total overflowed",
@@ -242,6 +253,7 @@ impl RunError {
             Self::Cleanup { .. } => Outcome::CleanupFailed,
             Self::Interrupted => Outcome::Interrupted,
             Self::Busy { .. } => Outcome::Busy,
+            Self::InvalidArgument(_) | Self::ShutDown => Outcome::InvalidArgument,
             Self::Sandbox(_) | Self::Host(_) => Outcome::HostError,
         }
     }
@@ -277,7 +289,7 @@ mod tests {
         codes.sort_unstable();
         codes.dedup();
         assert_eq!(codes.len(), Outcome::ALL.len());
-        assert!(!codes.contains(&2), "2 is reserved for usage errors");
+        assert_eq!(Outcome::InvalidArgument.exit_code(), 2, "2 is for usage errors, as clap's");
         let mut names: Vec<&str> = Outcome::ALL.iter().map(|o| o.name()).collect();
         names.sort_unstable();
         names.dedup();

@@ -61,6 +61,7 @@ mod quota;
 mod report;
 mod runner;
 pub mod sandbox;
+mod tenants;
 pub mod text;
 
 pub use cache::{CacheStatus, CodeCache};

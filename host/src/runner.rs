@@ -1,11 +1,11 @@
 //! The runner: one engine and linker per process, one sandbox and one store
 //! per invocation.
 
-use std::collections::HashMap;
 use std::io::{self, Read};
 use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt as _};
@@ -29,6 +29,7 @@ use crate::outputs::{self, Delivered, Destination, OutputFile};
 use crate::quota::{Held, MAX_OPEN_HANDLES, Progress, stat_handle};
 use crate::report::Report;
 use crate::sandbox::{Sandbox, SandboxRoot, Sweep};
+use crate::tenants::Tenants;
 use crate::text;
 
 /// The reference pipeline, built from `guest/` when the host is built.
@@ -116,16 +117,10 @@ struct RunnerInner {
     memory_root: Option<SandboxRoot>,
     config: RunnerConfig,
     slots: Arc<Semaphore>,
-    tenants: Mutex<HashMap<String, Arc<Tenant>>>,
+    tenants: Tenants,
     housekeeper: Housekeeper,
-}
-
-/// What the runner keeps per tenant.
-struct Tenant {
-    limits: Mutex<Option<Limits>>,
-    slots: Arc<Semaphore>,
-    disk_root: SandboxRoot,
-    memory_root: Option<SandboxRoot>,
+    /// Set by [`Runner::shutdown`]: no invocation starts after it.
+    closed: AtomicBool,
 }
 
 impl std::fmt::Debug for RunnerInner {
@@ -354,55 +349,36 @@ impl Runner {
                 memory_root,
                 config: config.clone(),
                 slots: Arc::new(Semaphore::new(max_concurrent)),
-                tenants: Mutex::new(HashMap::new()),
+                tenants: Tenants::new(config.max_concurrent_per_tenant),
                 housekeeper,
+                closed: AtomicBool::new(false),
             }),
         })
     }
 
     /// Sets the limit profile of `tenant`, used by its invocations that do
     /// not bring their own.
+    ///
+    /// # Errors
+    ///
+    /// [`RunError::InvalidArgument`] when `tenant` is not a tenant id.
     pub fn set_tenant_limits(&self, tenant: &str, limits: Limits) -> Result<(), RunError> {
-        let tenant = self.tenant(tenant)?;
-        *tenant.limits.lock().unwrap_or_else(PoisonError::into_inner) = Some(limits);
-        Ok(())
-    }
-
-    fn tenant(&self, id: &str) -> Result<Arc<Tenant>, RunError> {
-        let mut tenants = self.inner.tenants.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(tenant) = tenants.get(id) {
-            return Ok(Arc::clone(tenant));
-        }
-        let refuse = |err: io::Error| {
-            if err.kind() == io::ErrorKind::InvalidInput {
-                RunError::Host(err.to_string())
-            } else {
-                RunError::Sandbox(err)
-            }
-        };
-        let tenant = Arc::new(Tenant {
-            limits: Mutex::new(None),
-            slots: Arc::new(Semaphore::new(self.inner.config.max_concurrent_per_tenant.max(1))),
-            disk_root: self.inner.disk_root.tenant(id).map_err(refuse)?,
-            memory_root: match &self.inner.memory_root {
-                Some(root) => Some(root.tenant(id).map_err(refuse)?),
-                None => None,
-            },
-        });
-        tenants.insert(id.to_owned(), Arc::clone(&tenant));
-        Ok(tenant)
+        self.inner.tenants.set_profile(tenant, limits)
     }
 
     /// Waits for the sandboxes queued for background removal to be gone,
     /// removes the sandboxes made ahead of time and empty tenant folders, and
-    /// reports the first removal error. Later invocations make and remove
-    /// their sandboxes themselves, before returning.
+    /// reports the first removal error. Later invocations are refused with
+    /// [`RunError::ShutDown`]; invocations already running finish.
     ///
     /// # Errors
     ///
     /// [`RunError::Cleanup`] for the first sandbox that could not be removed.
     pub fn shutdown(&self) -> Result<(), RunError> {
+        self.inner.closed.store(true, Ordering::SeqCst);
         let mut failures = self.inner.housekeeper.finish();
+        // Their handles go before their folders do.
+        self.inner.tenants.drop_idle();
         for root in std::iter::once(&self.inner.disk_root).chain(&self.inner.memory_root) {
             if let Err(err) = root.remove_empty_tenants() {
                 failures.push((root.path().to_owned(), err));
@@ -507,13 +483,20 @@ impl Runner {
     /// A [`RunError`] naming the failure class; nothing is delivered then.
     pub async fn invoke(&self, invocation: Invocation<'_>) -> Result<RunOutcome, RunError> {
         let started = Instant::now();
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(RunError::ShutDown);
+        }
         let Invocation { component, input, tenant: tenant_id, limits, destination, admission, progress } = invocation;
-        let tenant = tenant_id.as_deref().map(|id| self.tenant(id)).transpose()?;
-        let limits = limits
-            .or_else(|| tenant.as_ref().and_then(|t| *t.limits.lock().unwrap_or_else(PoisonError::into_inner)))
-            .unwrap_or_default();
+        let tenant = tenant_id
+            .as_deref()
+            .map(|id| self.inner.tenants.get(id, &self.inner.disk_root, self.inner.memory_root.as_ref()))
+            .transpose()?;
+        let limits =
+            limits.or_else(|| tenant_id.as_deref().and_then(|id| self.inner.tenants.profile(id))).unwrap_or_default();
         if limits.fuel.is_some() && !self.inner.config.fuel_metering {
-            return Err(RunError::Host("a fuel limit needs a runner built with fuel metering".into()));
+            return Err(RunError::InvalidArgument(
+                "a fuel limit needs a runner built with fuel metering (RunnerConfig::fuel_metering)".into(),
+            ));
         }
         // A destination that would refuse the outputs fails before any work.
         outputs::check_destination(&destination)?;

@@ -260,8 +260,10 @@ async fn sandboxes_made_ahead_are_fresh_for_every_invocation_and_gone_by_shutdow
     );
     host.runner.shutdown().expect("shutdown removes queued and unused sandboxes");
     host.assert_root_empty();
-    // After shutdown, invocations make and remove their own sandboxes.
-    host.run_bytes(&pipeline, &seven_rows()).await.expect("run after shutdown");
+    // After shutdown, the runner refuses invocations with a clear error.
+    let err = host.run_bytes(&pipeline, &seven_rows()).await.expect_err("refused after shutdown");
+    assert!(matches!(err, host::RunError::ShutDown), "{err}");
+    assert!(err.to_string().contains("shut down"), "{err}");
     host.assert_root_empty();
 }
 
