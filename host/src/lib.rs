@@ -52,6 +52,7 @@ pub mod cache;
 mod error;
 mod guest;
 mod housekeeper;
+mod input;
 pub mod limits;
 mod outputs;
 mod quota;
