@@ -6,6 +6,7 @@ mod cli;
 mod crash;
 mod embedding;
 mod hostile;
+mod inputs;
 mod isolation;
 mod pipeline;
 mod util;
