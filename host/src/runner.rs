@@ -314,24 +314,19 @@ impl Runner {
     /// [`RunError::Sandbox`] when the disk root cannot be opened or is not
     /// private, [`RunError::Host`] when the engine cannot be built.
     pub fn new(config: &RunnerConfig) -> Result<Self, RunError> {
-        let open_root = |path: &Path| {
-            SandboxRoot::open(path).map_err(|err| {
-                RunError::Sandbox(io::Error::new(err.kind(), format!("sandbox root {}: {err}", path.display())))
-            })
-        };
-        let disk_root = open_root(&config.sandbox_root.clone().unwrap_or_else(SandboxRoot::default_path))?;
-        let memory_root = if config.spool_threshold == 0 {
-            None
-        } else {
-            config.memory_root.clone().or_else(SandboxRoot::default_memory_path).and_then(|path| {
-                match open_root(&path) {
-                    Ok(root) => Some(root),
-                    Err(err) => {
-                        tracing::warn!("spooling is off: {err}");
-                        None
-                    }
-                }
-            })
+        // A root the user named must be private; a default one that is not
+        // gives way to a private fallback (see `SandboxRoot::open_default`).
+        let disk_root = match &config.sandbox_root {
+            Some(path) => SandboxRoot::open(path),
+            None => SandboxRoot::open_default(),
+        }
+        .map_err(RunError::Sandbox)?;
+        let memory_root = match (&config.memory_root, config.spool_threshold) {
+            (_, 0) => None,
+            (Some(path), _) => {
+                SandboxRoot::open_memory(path).inspect_err(|err| tracing::warn!("spooling is off: {err}")).ok()
+            }
+            (None, _) => SandboxRoot::open_default_memory(),
         };
 
         let max_concurrent = config.max_concurrent.max(1);

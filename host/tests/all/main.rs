@@ -9,4 +9,5 @@ mod hostile;
 mod inputs;
 mod isolation;
 mod pipeline;
+mod roots;
 mod util;
