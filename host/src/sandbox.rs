@@ -27,7 +27,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cap_fs_ext::DirExt as _;
 use cap_std::fs::{Dir, DirBuilder, DirBuilderExt as _, OpenOptions, Permissions, PermissionsExt as _};
@@ -772,49 +772,116 @@ fn make_sandbox_dirs(top: Dir) -> io::Result<SandboxDirs> {
     top.create_dir_with(OUTPUT_DIR, &builder)?;
     let input = open_listable_dir(&top, INPUT_DIR)?;
     let out = open_listable_dir(&top, OUTPUT_DIR)?;
-    Ok(SandboxDirs { top, input, out })
+    Ok(SandboxDirs { top, input: Some(input), out: Some(out), thorough: false, fresh: 0 })
 }
 
 /// A sandbox folder (its handle holds the lock) and the two folders made in
-/// it, as created.
+/// it, as created, with how far their removal got.
 struct SandboxDirs {
     top: Dir,
-    input: Dir,
-    out: Dir,
+    /// `None` once removal began.
+    input: Option<Dir>,
+    /// `None` once removal began.
+    out: Option<Dir>,
+    /// Removal ran out of time or met a surprise: what is left goes entry
+    /// by entry ([`remove_tree_within`]), which resumes from any state.
+    thorough: bool,
+    /// The last fresh name flattening used, so a resumed removal does not
+    /// probe the names it already took.
+    fresh: u64,
+}
+
+/// Why a removal within a deadline stopped before the end.
+#[derive(Debug)]
+enum Stop {
+    /// The deadline passed; what is left is a tree like any other, that a
+    /// later call removes.
+    OutOfTime,
+    Failed(io::Error),
+}
+
+impl From<io::Error> for Stop {
+    fn from(err: io::Error) -> Self {
+        Self::Failed(err)
+    }
+}
+
+impl From<rustix::io::Errno> for Stop {
+    fn from(errno: rustix::io::Errno) -> Self {
+        Self::Failed(errno.into())
+    }
+}
+
+impl Stop {
+    fn into_io(self) -> io::Error {
+        match self {
+            Self::Failed(err) => err,
+            Self::OutOfTime => io::Error::new(ErrorKind::TimedOut, "the removal ran out of time"),
+        }
+    }
+}
+
+/// When a removal must stop; `None`: never.
+#[derive(Debug, Clone, Copy)]
+struct Deadline(Option<Instant>);
+
+impl Deadline {
+    const NONE: Self = Self(None);
+
+    /// Checked after each step, never before the first: every call makes
+    /// progress, however short its budget.
+    fn check(self) -> Result<(), Stop> {
+        match self.0 {
+            Some(deadline) if Instant::now() >= deadline => Err(Stop::OutOfTime),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl SandboxDirs {
-    /// Removes the sandbox `name` of `root` (this one), then releases its
-    /// lock. A sandbox laid out as it was created (the input in `input/`,
-    /// plain entries in `out/`, nothing else) is removed by name, a system
-    /// call per entry;
-    /// on any surprise (a folder the guest made, an entry that will not go)
-    /// [`remove_tree`] takes over, which handles anything.
-    fn remove(self, root: &Dir, name: &str) -> io::Result<()> {
-        let Self { top, input, out } = self;
-        // The input folder's one entry is known: no listing.
-        let quick = match input.remove_file(INPUT_FILE) {
-            Err(err) if err.kind() != ErrorKind::NotFound => Err(err),
-            _ => Ok(()),
-        };
-        drop(input);
-        let quick = quick
-            .and_then(|()| remove_plain_entries(out))
-            .and_then(|()| top.remove_dir(INPUT_DIR))
-            .and_then(|()| top.remove_dir(OUTPUT_DIR))
-            .and_then(|()| root.remove_dir(name));
-        if let Err(err) = quick {
-            tracing::debug!(sandbox = name, "sandbox not as created ({err}): removing it entry by entry");
-            remove_tree(root, OsStr::new(name))?;
+    /// Removes the sandbox `name` of `root` (this one), or as much of it as
+    /// `deadline` allows; the caller releases the lock (drops `self`) only
+    /// once it is gone. A sandbox laid out as it was created (the input in
+    /// `input/`, plain entries in `out/`, nothing else) is removed by name,
+    /// a system call per entry; on any surprise (a folder the guest made,
+    /// an entry that will not go) [`remove_tree_within`] takes over, which
+    /// handles anything.
+    fn remove(&mut self, root: &Dir, name: &str, deadline: Deadline) -> Result<(), Stop> {
+        if !self.thorough {
+            match self.remove_as_created(root, name, deadline) {
+                Ok(()) => return Ok(()),
+                Err(Stop::OutOfTime) => {
+                    self.thorough = true;
+                    return Err(Stop::OutOfTime);
+                }
+                Err(Stop::Failed(err)) => {
+                    tracing::debug!(sandbox = name, "sandbox not as created ({err}): removing it entry by entry");
+                    self.thorough = true;
+                }
+            }
         }
-        // Only now, with the folder gone, may the lock go.
-        drop(top);
+        remove_tree_within(root, OsStr::new(name), &mut self.fresh, deadline)
+    }
+
+    fn remove_as_created(&mut self, root: &Dir, name: &str, deadline: Deadline) -> Result<(), Stop> {
+        // The input folder's one entry is known: no listing.
+        if let Some(input) = self.input.take() {
+            match input.remove_file(INPUT_FILE) {
+                Err(err) if err.kind() != ErrorKind::NotFound => return Err(err.into()),
+                _ => {}
+            }
+        }
+        let out = self.out.take().ok_or_else(|| io::Error::other("the output folder was already closed"))?;
+        remove_plain_entries(out, deadline)?;
+        self.top.remove_dir(INPUT_DIR)?;
+        self.top.remove_dir(OUTPUT_DIR)?;
+        root.remove_dir(name)?;
         Ok(())
     }
 }
 
 /// Unlinks every entry of `dir` that is not a folder; fails on a folder.
-fn remove_plain_entries(dir: Dir) -> io::Result<()> {
+fn remove_plain_entries(dir: Dir, deadline: Deadline) -> Result<(), Stop> {
     let mut entries = rustix::fs::Dir::new(OwnedFd::from(dir))?;
     while let Some(entry) = entries.read() {
         let entry = entry?;
@@ -823,11 +890,25 @@ fn remove_plain_entries(dir: Dir) -> io::Result<()> {
             continue;
         }
         if matches!(entry.file_type(), rustix::fs::FileType::Directory | rustix::fs::FileType::Unknown) {
-            return Err(io::Error::from(ErrorKind::DirectoryNotEmpty));
+            return Err(io::Error::from(ErrorKind::DirectoryNotEmpty).into());
         }
         rustix::fs::unlinkat(entries.fd()?, name, AtFlags::empty())?;
+        deadline.check()?;
     }
     Ok(())
+}
+
+/// What [`Sandbox::remove_within`] did.
+#[derive(Debug)]
+pub(crate) enum Removal {
+    Done,
+    /// The budget ran out first: the sandbox, partly emptied, still private
+    /// and locked; removing it again goes on where this stopped.
+    Unfinished(Sandbox),
+}
+
+fn removal_began() -> io::Error {
+    io::Error::other("the sandbox is being removed")
 }
 
 /// One invocation's private folder. Remove it with [`Sandbox::close`] to see
@@ -874,7 +955,7 @@ impl Sandbox {
     ///
     /// Never after creation; the `Option` only exists for teardown.
     pub fn input_dir(&self) -> io::Result<&Dir> {
-        self.dirs().map(|dirs| &dirs.input)
+        self.dirs()?.input.as_ref().ok_or_else(removal_began)
     }
 
     /// A handle to `out/`, the folder the guest writes into.
@@ -883,11 +964,11 @@ impl Sandbox {
     ///
     /// Never after creation; the `Option` only exists for teardown.
     pub fn output_dir(&self) -> io::Result<&Dir> {
-        self.dirs().map(|dirs| &dirs.out)
+        self.dirs()?.out.as_ref().ok_or_else(removal_began)
     }
 
     fn dirs(&self) -> io::Result<&SandboxDirs> {
-        self.dirs.as_ref().ok_or_else(|| io::Error::other("the sandbox was already removed"))
+        self.dirs.as_ref().ok_or_else(removal_began)
     }
 
     /// Removes the folder and everything in it, then releases the lock.
@@ -897,13 +978,40 @@ impl Sandbox {
     /// When something inside cannot be removed; the lock is released anyway,
     /// so that a later sweep (`host sweep`, or the next `host run`) retries.
     pub fn close(mut self) -> io::Result<()> {
-        self.teardown()
+        self.teardown(Deadline::NONE).map_err(Stop::into_io)
     }
 
-    fn teardown(&mut self) -> io::Result<()> {
-        let Some(dirs) = self.dirs.take() else { return Ok(()) };
+    /// Removes the sandbox, or as much of it as `budget` allows: a sandbox a
+    /// guest filled with many entries can take seconds to remove, and the
+    /// rest can then be left to another thread. Until it is gone the
+    /// sandbox stays private and locked (no sweep takes it), and a later
+    /// [`Sandbox::close`] or `remove_within` goes on where this stopped.
+    ///
+    /// # Errors
+    ///
+    /// As [`Sandbox::close`].
+    pub(crate) fn remove_within(mut self, budget: Duration) -> io::Result<Removal> {
+        let deadline = Deadline(Instant::now().checked_add(budget));
+        match self.teardown(deadline) {
+            Ok(()) => Ok(Removal::Done),
+            Err(Stop::OutOfTime) => Ok(Removal::Unfinished(self)),
+            Err(Stop::Failed(err)) => Err(err),
+        }
+    }
+
+    fn teardown(&mut self, deadline: Deadline) -> Result<(), Stop> {
+        let Some(dirs) = self.dirs.as_mut() else { return Ok(()) };
         let started = Instant::now();
-        dirs.remove(&self.root, &self.name)?;
+        let result = dirs.remove(&self.root, &self.name, deadline);
+        if let Err(Stop::OutOfTime) = result {
+            // Kept, lock and all, for the rest of the removal.
+            tracing::debug!(path = %self.path.display(), elapsed = ?started.elapsed(), "sandbox removal paused");
+            return result;
+        }
+        // Only now, with the folder gone (or given up on, for the sweep to
+        // retry), may the lock go.
+        self.dirs = None;
+        result?;
         tracing::debug!(path = %self.path.display(), elapsed = ?started.elapsed(), "sandbox removed");
         Ok(())
     }
@@ -911,8 +1019,8 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        if let Err(err) = self.teardown() {
-            tracing::error!(path = %self.path.display(), "cannot remove sandbox: {err}; `host sweep` retries");
+        if let Err(err) = self.teardown(Deadline::NONE) {
+            tracing::error!(path = %self.path.display(), "cannot remove sandbox: {}; `host sweep` retries", err.into_io());
         }
     }
 }
@@ -925,15 +1033,24 @@ impl Drop for Sandbox {
 /// children are moved up (under fresh names, never replacing anything) and
 /// removed from there, so any depth is removed with bounded handles and stack.
 pub(crate) fn remove_tree(parent: &Dir, name: &OsStr) -> io::Result<()> {
+    remove_tree_within(parent, name, &mut 0, Deadline::NONE).map_err(Stop::into_io)
+}
+
+/// [`remove_tree`], stopping once `deadline` passed. Every step only removes
+/// an entry or moves one up within the tree, so whatever state it stops in
+/// is a tree that a later call removes the same way: removal resumes by
+/// starting over on what is left. `fresh` carries the flattening names
+/// already used from one call to the next.
+fn remove_tree_within(parent: &Dir, name: &OsStr, fresh: &mut u64, deadline: Deadline) -> Result<(), Stop> {
     match parent.symlink_metadata(name) {
-        Ok(meta) if !meta.is_dir() => return parent.remove_file(name),
+        Ok(meta) if !meta.is_dir() => return Ok(parent.remove_file(name)?),
         Ok(_) => {}
-        Err(err) => return Err(err),
+        Err(err) => return Err(err.into()),
     }
     let top = parent.open_dir_nofollow(name)?;
-    empty_dir(&top, 0, &mut 0)?;
+    empty_dir(&top, 0, fresh, deadline)?;
     drop(top);
-    retry_writable(parent, Path::new("."), || parent.remove_dir(name))
+    Ok(retry_writable(parent, Path::new("."), || parent.remove_dir(name))?)
 }
 
 /// Folders that removal descends into with its own handle; deeper ones are
@@ -942,7 +1059,7 @@ const MAX_REMOVAL_DEPTH: usize = 16;
 
 /// Removes everything in `dir`: one pass over its entries, repeated only
 /// when a flattened folder moved new entries in.
-fn empty_dir(dir: &Dir, depth: usize, fresh: &mut u64) -> io::Result<()> {
+fn empty_dir(dir: &Dir, depth: usize, fresh: &mut u64, deadline: Deadline) -> Result<(), Stop> {
     loop {
         let mut entries = Vec::new();
         for entry in dir.entries()? {
@@ -953,6 +1070,7 @@ fn empty_dir(dir: &Dir, depth: usize, fresh: &mut u64) -> io::Result<()> {
         for (entry, is_dir) in entries {
             if !is_dir {
                 retry_writable(dir, Path::new("."), || dir.remove_file(&entry))?;
+                deadline.check()?;
                 continue;
             }
             // Descend at once while handles are cheap; deeper, try the
@@ -972,20 +1090,21 @@ fn empty_dir(dir: &Dir, depth: usize, fresh: &mut u64) -> io::Result<()> {
                         }
                         other => other?,
                     };
-                    empty_dir(&sub, depth + 1, fresh)?;
+                    empty_dir(&sub, depth + 1, fresh, deadline)?;
                     drop(sub);
                     dir.remove_dir(&entry)?;
                 }
                 Err(err) if err.kind() == ErrorKind::DirectoryNotEmpty => {
-                    hoist_children(dir, &entry, fresh)?;
+                    hoist_children(dir, &entry, fresh, deadline)?;
                     hoisted = true;
                 }
                 Err(err) if err.kind() == ErrorKind::PermissionDenied => {
                     make_writable(dir, Path::new("."))?;
                     dir.remove_dir(&entry)?;
                 }
-                Err(err) => return Err(err),
+                Err(err) => return Err(err.into()),
             }
+            deadline.check()?;
         }
         if !hoisted {
             return Ok(());
@@ -994,7 +1113,7 @@ fn empty_dir(dir: &Dir, depth: usize, fresh: &mut u64) -> io::Result<()> {
 }
 
 /// Moves every entry of `top/child` into `top` under names no entry has.
-fn hoist_children(top: &Dir, child: &OsStr, fresh: &mut u64) -> io::Result<()> {
+fn hoist_children(top: &Dir, child: &OsStr, fresh: &mut u64, deadline: Deadline) -> Result<(), Stop> {
     // A read-only folder cannot give its entries away.
     make_writable(top, Path::new(child))?;
     let sub = top.open_dir_nofollow(child)?;
@@ -1005,11 +1124,12 @@ fn hoist_children(top: &Dir, child: &OsStr, fresh: &mut u64) -> io::Result<()> {
             let candidate = format!(".removing-{fresh}");
             match top.symlink_metadata(&candidate) {
                 Err(err) if err.kind() == ErrorKind::NotFound => break candidate,
-                Err(err) => return Err(err),
+                Err(err) => return Err(err.into()),
                 Ok(_) => {}
             }
         };
         sub.rename(&grandchild, top, &target)?;
+        deadline.check()?;
     }
     Ok(())
 }
@@ -1100,6 +1220,50 @@ mod tests {
         out.set_permissions("locked", Permissions::from_mode(0o500)).expect("chmod");
         drop((out, current));
         sandbox.close().expect("close removes everything");
+        assert!(entries(root.path()).is_empty());
+        std::fs::remove_dir_all(base).expect("cleanup");
+    }
+
+    #[test]
+    fn an_unfinished_removal_stays_private_and_locked_and_resumes_where_it_stopped() {
+        let (base, root) = scratch_root();
+        let sandbox = root.create().expect("create");
+        sandbox.input_dir().expect("input").write(INPUT_FILE, b"a,b\n").expect("input");
+        let out = sandbox.output_dir().and_then(Dir::try_clone).expect("out");
+        for i in 0..50 {
+            out.write(format!("f{i}"), b"x").expect("file");
+            out.create_dir(format!("d{i}")).expect("folder");
+        }
+        let mut current = out.try_clone().expect("clone");
+        for _ in 0..(MAX_REMOVAL_DEPTH + 20) {
+            current.create_dir("c").expect("mkdir");
+            current = current.open_dir("c").expect("open");
+        }
+        drop((out, current));
+        let path = sandbox.path().to_owned();
+
+        let Removal::Unfinished(mut rest) = sandbox.remove_within(Duration::ZERO).expect("removal") else {
+            panic!("a zero budget cannot remove 120 entries");
+        };
+        let mode = std::fs::metadata(&path).expect("still there").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "still private");
+        let other = std::fs::File::open(&path).expect("open");
+        let locked = rustix::fs::flock(&other, FlockOperation::NonBlockingLockExclusive);
+        assert_eq!(locked, Err(rustix::io::Errno::WOULDBLOCK), "still locked by its owner");
+        let sweep = root.sweep().expect("sweep");
+        assert_eq!((sweep.removed.len(), sweep.live), (0, 1), "no sweep takes it");
+
+        // Each call goes on where the last stopped: one step each, to the end.
+        let mut calls = 1;
+        loop {
+            match rest.remove_within(Duration::ZERO).expect("removal") {
+                Removal::Done => break,
+                Removal::Unfinished(more) => rest = more,
+            }
+            calls += 1;
+            assert!(calls < 10_000, "removal makes progress");
+        }
+        assert!(calls > 2, "it was removed in steps ({calls})");
         assert!(entries(root.path()).is_empty());
         std::fs::remove_dir_all(base).expect("cleanup");
     }
@@ -1287,6 +1451,69 @@ mod tests {
         assert_eq!(paths(Some("/x"), Some("/h")), [first.clone(), "/x/orders-host-sandboxes".into()]);
         assert_eq!(paths(Some("rel"), Some("/h")), [first.clone(), "/h/.cache/orders-host-sandboxes".into()]);
         assert_eq!(paths(None, None), [first]);
+    }
+
+    /// Fills `out` with `n` entries of one shape, through handles.
+    fn fill(out: &Dir, shape: &str, n: usize) {
+        match shape {
+            "files" => {
+                for i in 0..n {
+                    out.write(format!("f{i}"), b"").expect("file");
+                }
+            }
+            "flat folders" => {
+                for i in 0..n {
+                    out.create_dir(format!("d{i}")).expect("mkdir");
+                }
+            }
+            "nested folders" => {
+                let mut current = out.try_clone().expect("clone");
+                for _ in 0..n {
+                    current.create_dir("d").expect("mkdir");
+                    current = current.open_dir("d").expect("open");
+                }
+            }
+            _ => unreachable!("no such shape"),
+        }
+    }
+
+    /// Not a test: prints how long removing a sandbox of each shape takes,
+    /// on the disk root (the temp folder) and on tmpfs (`/dev/shm`), for the
+    /// README's limits. Median of 3. Run with
+    /// `cargo test -p host --lib measure_removal -- --ignored --nocapture`
+    /// (`MEASURE_SIZES=100,1000` to choose the sizes).
+    #[test]
+    #[ignore = "a measurement, not a test"]
+    fn measure_removal() {
+        let sizes: Vec<usize> = std::env::var("MEASURE_SIZES")
+            .unwrap_or_else(|_| "100,1000,10000".to_owned())
+            .split(',')
+            .map(|n| n.trim().parse().expect("a size"))
+            .collect();
+        let bases = [("disk", std::env::temp_dir()), ("tmpfs", PathBuf::from("/dev/shm"))];
+        println!("| root | shape | entries | removal (median of 3) | per entry |");
+        println!("|---|---|---|---|---|");
+        for (label, parent) in bases {
+            let base = parent.join(format!("sandbox-measure-{}", random_name().expect("rng")));
+            let root = SandboxRoot::open(&base).expect("root");
+            for shape in ["files", "flat folders", "nested folders"] {
+                for &n in &sizes {
+                    let mut times = Vec::new();
+                    for _ in 0..3 {
+                        let sandbox = root.create().expect("create");
+                        fill(sandbox.output_dir().expect("out"), shape, n);
+                        let started = Instant::now();
+                        sandbox.close().expect("close");
+                        times.push(started.elapsed());
+                    }
+                    times.sort();
+                    let median = times[1];
+                    let per_entry = median.as_secs_f64() * 1e6 / n as f64;
+                    println!("| {label} | {shape} | {n} | {median:.1?} | {per_entry:.1} µs |");
+                }
+            }
+            std::fs::remove_dir_all(base).expect("cleanup");
+        }
     }
 
     #[test]

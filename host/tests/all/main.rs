@@ -9,5 +9,6 @@ mod hostile;
 mod inputs;
 mod isolation;
 mod pipeline;
+mod removal;
 mod roots;
 mod util;
