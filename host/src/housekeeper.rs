@@ -20,6 +20,15 @@
 //! themselves: an empty pool means the sandbox is made inline, and a full
 //! queue ([`MAX_QUEUED`]) means it is removed inline. The backlog, and so
 //! the disk held by finished sandboxes, stays bounded.
+//!
+//! Removal is also bounded in time for the invocation, whether or not
+//! background removal was asked for: a guest that filled its sandbox with
+//! many folders can make removal take seconds (each freed folder block is a
+//! journal write, on a disk mounted with `discard` a discard too), outside
+//! every limit. An invocation removes its own sandbox for at most
+//! [`REMOVAL_BUDGET`]; what is left is handed to the thread (started then,
+//! if neither job had started it), within the same backlog bound, and past
+//! that bound removed inline to the end.
 
 use std::io;
 use std::mem;
@@ -29,7 +38,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::error::RunError;
-use crate::sandbox::{Sandbox, SandboxRoot};
+use crate::sandbox::{Removal, Sandbox, SandboxRoot};
 
 /// Sandboxes that could not be removed, with the reason.
 pub(crate) type RemovalFailures = Vec<(PathBuf, io::Error)>;
@@ -44,6 +53,11 @@ const IDLE_ROUNDS: u32 = 50;
 const MAX_QUEUED: usize = 64;
 /// The thread's nice value: the lowest priority.
 const NICE: i32 = 19;
+/// The longest an invocation spends removing its own sandbox before it
+/// hands the rest to the thread: about what removing 2,000 files or 250
+/// folders takes on this project's disk, a few times what a sandbox that
+/// stays within the usual limits needs on tmpfs.
+pub(crate) const REMOVAL_BUDGET: Duration = Duration::from_millis(50);
 
 /// Makes and removes sandboxes, inline or on its thread.
 pub(crate) struct Housekeeper {
@@ -59,13 +73,26 @@ struct Shared {
 }
 
 struct State {
-    /// False once [`Housekeeper::finish`] began (or when no thread runs):
-    /// sandboxes are then made and removed inline.
+    /// True while the thread runs and takes work: false before it is
+    /// started (it is started on demand for unfinished removals) and once
+    /// [`Housekeeper::finish`] began; sandboxes are then made and removed
+    /// inline.
     running: bool,
+    /// Set by [`Housekeeper::finish`]: no thread is started any more.
+    stopped: bool,
     /// True while the thread sleeps until woken (it found no work for a while).
     sleeping: bool,
     to_remove: Vec<Sandbox>,
+    /// Sandboxes the thread took from `to_remove` and is removing: they
+    /// count against [`MAX_QUEUED`] too, as they still hold their disk.
+    in_flight: usize,
     pools: Vec<Pool>,
+}
+
+impl State {
+    fn backlog(&self) -> usize {
+        self.to_remove.len() + self.in_flight
+    }
 }
 
 /// Sandboxes made ahead of time in one root.
@@ -83,14 +110,18 @@ impl Housekeeper {
     pub(crate) fn start(background_removal: bool, ready_target: usize) -> Result<Self, RunError> {
         let running = background_removal || ready_target > 0;
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { running, sleeping: false, to_remove: Vec::new(), pools: Vec::new() }),
+            state: Mutex::new(State {
+                running,
+                stopped: false,
+                sleeping: false,
+                to_remove: Vec::new(),
+                in_flight: 0,
+                pools: Vec::new(),
+            }),
             wake: Condvar::new(),
         });
         let thread = if running {
-            let shared = Arc::clone(&shared);
-            let thread = std::thread::Builder::new()
-                .name("sandbox-housekeeper".into())
-                .spawn(move || shared.work(ready_target))
+            let thread = spawn(&shared, ready_target)
                 .map_err(|err| RunError::Host(format!("cannot start the sandbox housekeeper: {err}")))?;
             Some(thread)
         } else {
@@ -134,22 +165,64 @@ impl Housekeeper {
     }
 
     /// Removes `sandbox`: queued for the thread with background removal,
-    /// else now.
+    /// else now, for at most [`REMOVAL_BUDGET`] before the rest is handed
+    /// to the thread.
     ///
     /// # Errors
     ///
     /// When it is removed now and that fails; failures on the thread are
     /// logged and returned by [`Housekeeper::finish`].
     pub(crate) fn remove(&self, sandbox: Sandbox) -> io::Result<()> {
+        self.remove_within(sandbox, REMOVAL_BUDGET)
+    }
+
+    fn remove_within(&self, sandbox: Sandbox, budget: Duration) -> io::Result<()> {
         if self.background_removal {
             let mut state = self.shared.lock();
-            if state.running && state.to_remove.len() < MAX_QUEUED {
+            if state.running && state.backlog() < MAX_QUEUED {
                 state.to_remove.push(sandbox);
                 self.shared.wake_if_sleeping(&mut state);
                 return Ok(());
             }
         }
-        sandbox.close()
+        match sandbox.remove_within(budget)? {
+            Removal::Done => Ok(()),
+            Removal::Unfinished(rest) => match self.hand_over(rest) {
+                Ok(()) => Ok(()),
+                // Past the backlog bound, or shutting down: to the end, here.
+                Err(rest) => rest.close(),
+            },
+        }
+    }
+
+    /// Queues the rest of a removal for the thread, starting the thread if
+    /// it is not running yet; gives the sandbox back when the backlog is
+    /// full, the housekeeper is shutting down, or no thread can be started.
+    fn hand_over(&self, sandbox: Sandbox) -> Result<(), Sandbox> {
+        let mut state = self.shared.lock();
+        if state.stopped || state.backlog() >= MAX_QUEUED {
+            return Err(sandbox);
+        }
+        if !state.running {
+            // Stored while the state is locked, so `finish` (which marks the
+            // state stopped first) always finds the thread to wait for.
+            let mut thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
+            match spawn(&self.shared, self.ready_target) {
+                Ok(handle) => {
+                    *thread = Some(handle);
+                    state.running = true;
+                    state.sleeping = false;
+                }
+                Err(err) => {
+                    tracing::warn!("cannot start the sandbox housekeeper, removing inline: {err}");
+                    return Err(sandbox);
+                }
+            }
+        }
+        tracing::debug!(sandbox = %sandbox.path().display(), "sandbox removal past its budget, handed to the housekeeper");
+        state.to_remove.push(sandbox);
+        self.shared.wake_if_sleeping(&mut state);
+        Ok(())
     }
 
     /// Stops the thread after it removed every queued sandbox and every
@@ -158,6 +231,7 @@ impl Housekeeper {
         {
             let mut state = self.shared.lock();
             state.running = false;
+            state.stopped = true;
             state.sleeping = false;
         }
         self.shared.wake.notify_one();
@@ -213,6 +287,7 @@ impl Shared {
             }
             idle_rounds = 0;
             let finished = mem::take(&mut state.to_remove);
+            state.in_flight = finished.len();
             drop(state);
 
             remove_all(finished, &mut failures);
@@ -232,6 +307,7 @@ impl Shared {
             }
 
             state = self.lock();
+            state.in_flight = 0;
             let mut unused = Vec::new();
             let running = state.running;
             for (index, sandbox) in made {
@@ -260,6 +336,11 @@ impl Shared {
     }
 }
 
+fn spawn(shared: &Arc<Shared>, ready_target: usize) -> io::Result<JoinHandle<RemovalFailures>> {
+    let shared = Arc::clone(shared);
+    std::thread::Builder::new().name("sandbox-housekeeper".into()).spawn(move || shared.work(ready_target))
+}
+
 fn remove_all(sandboxes: Vec<Sandbox>, failures: &mut RemovalFailures) {
     for sandbox in sandboxes {
         let path = sandbox.path().to_owned();
@@ -274,6 +355,46 @@ fn remove_all(sandboxes: Vec<Sandbox>, failures: &mut RemovalFailures) {
 mod tests {
     use super::*;
 
+    /// A sandbox as a guest can leave it: many files, folders, a chain.
+    fn crowded_sandbox(root: &SandboxRoot) -> Sandbox {
+        let sandbox = root.create().expect("create");
+        let out = sandbox.output_dir().expect("out");
+        for i in 0..100 {
+            out.write(format!("f{i}"), b"x").expect("file");
+            out.create_dir(format!("d{i}")).expect("folder");
+        }
+        let mut current = out.try_clone().expect("clone");
+        for _ in 0..30 {
+            current.create_dir("c").expect("mkdir");
+            current = current.open_dir("c").expect("open");
+        }
+        sandbox
+    }
+
+    #[test]
+    fn a_removal_past_its_budget_is_handed_to_a_thread_started_for_it_and_shutdown_waits() {
+        let base =
+            std::env::temp_dir().join(format!("housekeeper-unit-{}", crate::sandbox::random_hex().expect("rng")));
+        let root = SandboxRoot::open(&base).expect("root");
+        // Neither background removal nor ready sandboxes: no thread yet.
+        let keeper = Housekeeper::start(false, 0).expect("housekeeper");
+        assert!(keeper.thread.lock().expect("lock").is_none());
+        let sandboxes = (0..3).map(|_| crowded_sandbox(&root)).collect::<Vec<_>>();
+        for sandbox in sandboxes {
+            // A budget no removal fits in: each is handed over at its first step.
+            keeper.remove_within(sandbox, Duration::ZERO).expect("handed over");
+        }
+        assert!(keeper.thread.lock().expect("lock").is_some(), "the thread was started for the rest");
+        let failures = keeper.finish();
+        assert!(failures.is_empty(), "{failures:?}");
+        let left: Vec<_> = std::fs::read_dir(root.path()).expect("list").collect();
+        assert!(left.is_empty(), "finish waited for every handed-over removal: {left:?}");
+        // After the shutdown, removal is inline to the end.
+        keeper.remove_within(crowded_sandbox(&root), Duration::ZERO).expect("inline");
+        assert_eq!(std::fs::read_dir(root.path()).expect("list").count(), 0);
+        std::fs::remove_dir_all(base).expect("cleanup");
+    }
+
     #[test]
     fn a_full_queue_makes_invocations_remove_their_own_sandboxes() {
         let base =
@@ -282,7 +403,14 @@ mod tests {
         let sandboxes =
             |root: &SandboxRoot| std::fs::read_dir(root.path()).expect("list").filter(|entry| entry.is_ok()).count();
         // A housekeeper whose thread is busy elsewhere: nothing drains the queue.
-        let state = State { running: true, sleeping: false, to_remove: Vec::new(), pools: Vec::new() };
+        let state = State {
+            running: true,
+            stopped: false,
+            sleeping: false,
+            to_remove: Vec::new(),
+            in_flight: 0,
+            pools: Vec::new(),
+        };
         let keeper = Housekeeper {
             shared: Arc::new(Shared { state: Mutex::new(state), wake: Condvar::new() }),
             thread: Mutex::new(None),

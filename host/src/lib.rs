@@ -53,6 +53,7 @@ mod engine;
 mod error;
 mod guest;
 mod housekeeper;
+mod input;
 mod ledger;
 pub mod limits;
 mod outputs;

@@ -38,7 +38,7 @@ impl Default for Limits {
             fuel: None,
             disk_quota: ByteSize(1 << 30),
             max_files: 10_000,
-            max_folders: 1_000,
+            max_folders: 256,
             max_output: None,
             stderr_limit: ByteSize(64 << 10),
         }

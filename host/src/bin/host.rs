@@ -6,9 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use host::sandbox::{SandboxRoot, Sweep};
 use host::text::shown;
 use host::{
     ByteSize, Destination, Input, Invocation, Limits, Outcome, Progress, RunError, RunOutcome, Runner, RunnerConfig,
@@ -122,7 +120,7 @@ struct LimitArgs {
     max_files: u64,
 
     /// Folders the guest may have at once (removal time grows with them).
-    #[arg(long, value_name = "N", default_value_t = 1_000)]
+    #[arg(long, value_name = "N", default_value_t = 256)]
     max_folders: u64,
 
     /// Largest total size of the outputs accepted [default: the disk quota].
@@ -298,17 +296,8 @@ fn sweep_quietly(runner: &Runner) {
 }
 
 fn sweep_command(args: &RootArgs) -> anyhow::Result<()> {
-    let disk = args.sandbox_root.clone().unwrap_or_else(SandboxRoot::default_path);
-    let memory = args.memory_root.clone().or_else(SandboxRoot::default_memory_path);
-    let mut sweep = Sweep::default();
-    for path in std::iter::once(disk).chain(memory) {
-        if !path.exists() {
-            continue;
-        }
-        let root =
-            SandboxRoot::open(&path).with_context(|| format!("cannot open the sandbox root {}", path.display()))?;
-        sweep.absorb(root.sweep().with_context(|| format!("cannot list the sandbox root {}", path.display()))?);
-    }
+    // Named roots, else every default location (fallbacks included).
+    let sweep = host::sandbox::sweep_roots(args.sandbox_root.as_deref(), args.memory_root.as_deref())?;
     println!("removed {} sandbox(es) of killed hosts, left {} of running hosts", sweep.removed.len(), sweep.live);
     if let Some((name, err)) = sweep.failed.first() {
         anyhow::bail!("{} sandbox(es) could not be removed, first {name}: {err}", sweep.failed.len());
