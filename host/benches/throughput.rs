@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use host::{Destination, Input, Limits, RunError, Runner, RunnerConfig, Timings};
+use orders_host::{Destination, Input, Invocation, Limits, RunError, Runner, RunnerConfig, Timings};
 
 type BenchResult<T> = Result<T, Box<dyn Error>>;
 
@@ -446,17 +446,19 @@ struct Batch {
 /// Runs `count` invocations of the seven-row example one after another.
 async fn invocations(
     runner: Runner,
-    component: host::Component,
+    component: orders_host::Component,
     input: Arc<[u8]>,
     count: usize,
 ) -> Result<Batch, RunError> {
     let limits = Limits::default();
     let mut batch = Batch { latencies: Vec::with_capacity(count), ..Batch::default() };
     for _ in 0..count {
-        // `run` takes the input by value; the copy of a few hundred bytes is made outside the timing.
+        // An invocation owns its input; the copy of a few hundred bytes is made outside the timing.
         let bytes = Input::Bytes(input.to_vec());
         let started = Instant::now();
-        let outcome = runner.run(&component, bytes, &limits, &Destination::Memory).await?;
+        let outcome = runner
+            .invoke(Invocation::new(component.clone(), bytes).limits(limits).destination(Destination::Memory))
+            .await?;
         batch.latencies.push(started.elapsed());
         let (sum, t) = (&mut batch.timings, &outcome.timings);
         sum.sandbox_create += t.sandbox_create;

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use host::{Destination, Input, Invocation, Limits, Runner, RunnerConfig};
+use orders_host::{Destination, Input, Invocation, Limits, Runner, RunnerConfig};
 
 const ORDERS: &str = "order_id,region,amount,status\n\
                       1,north,250.00,completed\n\
@@ -40,7 +40,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (runner, pipeline) = (runner.clone(), pipeline.clone());
         let archive = scratch.join(format!("{tenant}-{n}.tar"));
         tasks.spawn(async move {
-            let invocation = Invocation::new(&pipeline, Input::Bytes(ORDERS.as_bytes().to_vec()))
+            let invocation = Invocation::new(pipeline.clone(), Input::Bytes(ORDERS.as_bytes().to_vec()))
                 .tenant(tenant)
                 .destination(Destination::Tar { path: archive, force: true });
             (tenant, runner.invoke(invocation).await)

@@ -1,5 +1,7 @@
-//! Every way a run can end other than success, with its outcome name (as in
-//! `--json`) and its exit code (as documented in the README and `--help`).
+//! Every way an invocation can end other than success: a [`RunError`],
+//! whose [`Outcome`] names its class (as `--json` and the service do), and
+//! whose [`Remedy`] says what to do, typed, so that each front end words it
+//! for its own users (the CLI names its flags; `Display` says it plainly).
 
 use std::io;
 use std::path::PathBuf;
@@ -8,88 +10,256 @@ use std::time::Duration;
 use crate::limits::ByteSize;
 use crate::text::shown;
 
-/// Why a run did not deliver its outputs. The `Display` text is one line that
-/// says what was wrong and what to do.
+/// Why an invocation did not deliver its outputs. `Display` is one line:
+/// [`RunError::summary`] (what was wrong), then the [`Remedy`] in plain words.
 ///
 /// Text a guest chose (messages, names) is kept cut to
-/// [`GUEST_TEXT_LIMIT`](crate::text::GUEST_TEXT_LIMIT) bytes, and `Display`
-/// shows every text field through [`shown`](crate::text::shown): a guest
-/// cannot write escape sequences or line breaks to the operator's terminal.
+/// [`GUEST_TEXT_LIMIT`](crate::text::GUEST_TEXT_LIMIT) bytes, and every text
+/// field is shown through [`shown`](crate::text::shown): a guest cannot write
+/// escape sequences or line breaks to an operator's terminal.
 #[derive(Debug, thiserror::Error)]
+#[error("{}{}", self.summary(), self.remedy().map(|remedy| format!("; {remedy}")).unwrap_or_default())]
 #[non_exhaustive]
 pub enum RunError {
-    #[error("cannot read the input {}: {source}; check the path and its permissions", path.display())]
-    InputUnreadable { path: PathBuf, source: io::Error },
-
-    #[error("cannot read the component {}: {source}; check the path and its permissions", path.display())]
-    ComponentUnreadable { path: PathBuf, source: io::Error },
-
-    #[error("{} is not a usable orders:pipeline@0.1.0 component: {}", shown(.name), shown(.reason))]
-    ComponentInvalid { name: String, reason: String },
-
-    #[error("the pipeline refused the input: {}; fix the input file and run again", shown(.0))]
+    /// The input file cannot be opened or read, or is not a regular file.
+    InputUnreadable {
+        /// The path as given.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// The component file cannot be read.
+    ComponentUnreadable {
+        /// The path as given.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// The bytes are not a component of the world, or it needs what the
+    /// sandbox does not offer.
+    ComponentInvalid {
+        /// The name it was loaded under.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The pipeline refused the input (its message).
     InvalidInput(String),
-
-    #[error("the pipeline failed: {}", shown(.0))]
+    /// The pipeline failed while reading or writing (its message).
     PipelineFailed(String),
-
-    #[error("the guest crashed: {}{}", shown(.message), stderr_tail(.stderr))]
-    Trap { message: String, stderr: String },
-
-    #[error("the guest ran out of time: it was stopped after {limit:?}; raise --timeout if the input needs longer")]
-    Timeout { limit: Duration },
-
-    #[error(
-        "the guest hit the memory limit of {limit} (it asked for {requested} bytes); raise --memory if the input needs more"
-    )]
-    MemoryLimit { limit: ByteSize, requested: u64 },
-
-    #[error("the guest used up its fuel ({fuel} units); raise --fuel if the input needs more")]
-    FuelExhausted { fuel: u64 },
-
-    #[error("the guest hit the disk quota of {limit}{}; raise --disk-quota if the outputs need more room", guest_said(.guest))]
-    DiskQuota { limit: ByteSize, guest: Option<String> },
-
-    #[error("the guest hit the limit of {limit} files and folders{}; raise --max-files if the outputs need more", guest_said(.guest))]
-    FileLimit { limit: u64, guest: Option<String> },
-
-    #[error("the guest hit the limit of {limit} folders{}; raise --max-folders if the outputs need more", guest_said(.guest))]
-    FolderLimit { limit: u64, guest: Option<String> },
-
-    #[error("the outputs are {size} bytes, more than the limit of {limit}; raise --max-output to accept them")]
-    OutputTooLarge { limit: ByteSize, size: u64 },
-
-    #[error(
-        "the guest left more than {limit} outputs, the most one run delivers; nothing was delivered; have the pipeline write fewer, larger files"
-    )]
-    TooManyOutputs { limit: u64 },
-
-    #[error("the guest broke the pipeline contract: {}; nothing was delivered", shown(.0))]
+    /// A total does not fit in the report (the pipeline's message).
+    TotalOverflow(String),
+    /// The guest trapped: a crash, a panic, `exit`.
+    Trap {
+        /// What the trap said (the guest's text, cut).
+        message: String,
+        /// The guest's stderr, as kept.
+        stderr: String,
+    },
+    /// The guest ran past its timeout.
+    Timeout {
+        /// The limit that was hit.
+        limit: Duration,
+    },
+    /// The invocation ran past the deadline its caller gave it.
+    DeadlineExceeded {
+        /// The limit that was hit.
+        limit: Duration,
+    },
+    /// The guest hit its memory limit.
+    MemoryLimit {
+        /// The limit that was hit.
+        limit: ByteSize,
+        /// What the refused growth asked for, in bytes.
+        requested: u64,
+    },
+    /// The guest used up its fuel.
+    FuelExhausted {
+        /// The fuel the guest had.
+        fuel: u64,
+    },
+    /// The guest hit its disk quota.
+    DiskQuota {
+        /// The limit that was hit.
+        limit: ByteSize,
+        /// What the guest reported when it failed (its text, cut).
+        guest: Option<String>,
+    },
+    /// The guest hit its limit of files, folders and links.
+    FileLimit {
+        /// The limit that was hit.
+        limit: u64,
+        /// What the guest reported when it failed (its text, cut).
+        guest: Option<String>,
+    },
+    /// The guest hit its limit of folders.
+    FolderLimit {
+        /// The limit that was hit.
+        limit: u64,
+        /// What the guest reported when it failed (its text, cut).
+        guest: Option<String>,
+    },
+    /// The outputs are larger than the output limit.
+    OutputTooLarge {
+        /// The limit that was hit.
+        limit: ByteSize,
+        /// The outputs' total size, in bytes.
+        size: u64,
+    },
+    /// The guest left more outputs than one run delivers.
+    TooManyOutputs {
+        /// The limit that was hit.
+        limit: u64,
+    },
+    /// The guest's report or output folder broke the contract.
     ContractViolation(String),
-
-    #[error("cannot deliver the outputs to {}: {}", path.display(), shown(.reason))]
-    Delivery { path: PathBuf, reason: String },
-
-    #[error("the sandbox could not be set up: {0}")]
+    /// The outputs could not be delivered to `path`.
+    Delivery {
+        /// The path as given.
+        path: PathBuf,
+        /// Why.
+        reason: DeliveryError,
+    },
+    /// The sandbox could not be made.
     Sandbox(io::Error),
-
-    #[error("the sandbox {} could not be removed: {source}; run `host sweep` once no host is running", path.display())]
-    Cleanup { path: PathBuf, source: io::Error },
-
-    #[error("interrupted: the run was stopped and its sandbox removed")]
+    /// The sandbox could not be removed.
+    Cleanup {
+        /// The path as given.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// The caller stopped the invocation (e.g. on Ctrl-C).
     Interrupted,
-
-    #[error("busy: {} is at its concurrency bound; try again later or wait for a slot", .tenant.as_deref().map_or_else(|| "the runner".to_owned(), |t| format!("tenant {t}")))]
-    Busy { tenant: Option<String> },
-
-    #[error("invalid argument: {0}")]
+    /// No slot was free and the caller asked to fail fast, or waited past
+    /// its queue timeout.
+    Busy {
+        /// The tenant whose bound it is, or `None` for the runner's.
+        tenant: Option<String>,
+    },
+    /// The caller's mistake: a bad tenant id, fuel without metering, ...
     InvalidArgument(String),
-
-    #[error("the runner was shut down; invocations need a new runner")]
+    /// The runner was shut down.
     ShutDown,
-
-    #[error("host error: {}", shown(.0))]
+    /// The host itself failed.
     Host(String),
+}
+
+/// Why outputs could not be delivered.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeliveryError {
+    /// The destination's last component is not a plain UTF-8 name.
+    #[error("the destination needs a plain UTF-8 name as its last component")]
+    BadName,
+    /// The destination's parent folder cannot be opened.
+    #[error("cannot open its parent folder {}: {source}", parent.display())]
+    Parent {
+        /// The parent folder.
+        parent: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// A folder destination exists and is not a folder.
+    #[error("it exists and is not a folder")]
+    NotAFolder,
+    /// A tar destination exists and is not a regular file.
+    #[error("it exists and is not a regular file")]
+    NotAFile,
+    /// A folder destination exists and is not empty, and replacing it was not asked for.
+    #[error("the folder exists and is not empty")]
+    FolderNotEmpty,
+    /// A tar destination exists, and replacing it was not asked for.
+    #[error("the file exists")]
+    FileExists,
+    /// Writing, flushing or renaming failed.
+    #[error("{0}")]
+    Io(io::Error),
+}
+
+impl From<io::Error> for DeliveryError {
+    fn from(err: io::Error) -> Self {
+        Self::Io(err)
+    }
+}
+
+/// A limit of the profile that can be raised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LimitName {
+    /// [`crate::Limits::timeout`].
+    Timeout,
+    /// [`crate::Invocation::deadline`].
+    Deadline,
+    /// [`crate::Limits::memory`].
+    Memory,
+    /// [`crate::Limits::fuel`].
+    Fuel,
+    /// [`crate::Limits::disk_quota`].
+    DiskQuota,
+    /// [`crate::Limits::max_files`].
+    MaxFiles,
+    /// [`crate::Limits::max_folders`].
+    MaxFolders,
+    /// [`crate::Limits::max_output`].
+    MaxOutput,
+}
+
+/// What to do about a [`RunError`], for each front end to word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Remedy {
+    /// Check the path and its permissions.
+    CheckPath,
+    /// Give a regular file.
+    GiveRegularFile,
+    /// Fix the input and run again.
+    FixInput,
+    /// Check the input and the limits, then run again.
+    CheckInputAndLimits,
+    /// Split the input into smaller exports.
+    SplitInput,
+    /// Raise this limit, if the input needs more.
+    Raise(LimitName),
+    /// Have the pipeline write fewer, larger files.
+    FewerOutputs,
+    /// Ask for the destination to be replaced, or choose another.
+    ReplaceOrChooseAnother,
+    /// Choose another destination.
+    ChooseAnother,
+    /// Sweep the root once no host runs on it.
+    Sweep,
+    /// Try again later.
+    TryLater,
+    /// Build a new runner.
+    NewRunner,
+}
+
+impl std::fmt::Display for Remedy {
+    /// The remedy in plain words, naming no front end's flags.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::CheckPath => "check the path and its permissions",
+            Self::GiveRegularFile => "give a regular file",
+            Self::FixInput => "fix the input file and run again",
+            Self::CheckInputAndLimits => "check the input and the limits, then run again",
+            Self::SplitInput => "split the input into smaller exports",
+            Self::Raise(LimitName::Timeout) => "raise the timeout if the input needs longer",
+            Self::Raise(LimitName::Deadline) => "give the invocation a later deadline",
+            Self::Raise(LimitName::Memory) => "raise the memory limit if the input needs more",
+            Self::Raise(LimitName::Fuel) => "raise the fuel if the input needs more",
+            Self::Raise(LimitName::DiskQuota) => "raise the disk quota if the outputs need more room",
+            Self::Raise(LimitName::MaxFiles) => "raise the file limit if the outputs need more",
+            Self::Raise(LimitName::MaxFolders) => "raise the folder limit if the outputs need more",
+            Self::Raise(LimitName::MaxOutput) => "raise the output limit to accept them",
+            Self::FewerOutputs => "have the pipeline write fewer, larger files",
+            Self::ReplaceOrChooseAnother => "ask for it to be replaced, or choose another destination",
+            Self::ChooseAnother => "choose another destination",
+            Self::Sweep => "sweep the sandbox root once no host runs on it",
+            Self::TryLater => "try again later or wait for a slot",
+            Self::NewRunner => "invocations need a new runner",
+        })
+    }
 }
 
 fn guest_said(message: &Option<String>) -> String {
@@ -103,9 +273,11 @@ fn stderr_tail(stderr: &str) -> String {
     last.map(|line| format!(" (guest stderr: {})", shown(line.trim()))).unwrap_or_default()
 }
 
-/// How a run ended: one name per failure class, stable for scripts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// How an invocation ended: one name per class, stable for scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+#[allow(missing_docs, reason = "each name is documented by `Outcome::name` and the README's table")]
 pub enum Outcome {
     Success,
     InputUnreadable,
@@ -129,7 +301,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Every outcome, in exit-code order (for docs and tests).
+    /// Every outcome.
     pub const ALL: [Self; 19] = [
         Self::Success,
         Self::HostError,
@@ -152,34 +324,7 @@ impl Outcome {
         Self::Interrupted,
     ];
 
-    /// The process exit code of `host run` for this outcome. Usage errors
-    /// exit with 2, as clap does.
-    #[must_use]
-    pub fn exit_code(self) -> u8 {
-        match self {
-            Self::Success => 0,
-            Self::HostError => 1,
-            Self::InvalidArgument => 2,
-            Self::InputUnreadable => 3,
-            Self::InvalidInput => 4,
-            Self::PipelineError => 5,
-            Self::ComponentInvalid => 6,
-            Self::Trap => 7,
-            Self::ContractViolation => 8,
-            Self::DeliveryFailed => 9,
-            Self::Timeout => 10,
-            Self::MemoryLimit => 11,
-            Self::FuelExhausted => 12,
-            Self::DiskQuota => 13,
-            Self::FileLimit => 14,
-            Self::OutputTooLarge => 15,
-            Self::CleanupFailed => 16,
-            Self::Busy => 17,
-            Self::Interrupted => 130,
-        }
-    }
-
-    /// The name used in `--json` and logs.
+    /// The name used in `--json`, the service's jobs and logs.
     #[must_use]
     pub fn name(self) -> &'static str {
         match self {
@@ -200,49 +345,23 @@ impl Outcome {
             Self::CleanupFailed => "cleanup-failed",
             Self::Interrupted => "interrupted",
             Self::Busy => "busy",
-            Self::HostError => "host-error",
             Self::InvalidArgument => "invalid-argument",
-        }
-    }
-
-    /// One line for the exit-code table of `--help` and the README.
-    #[must_use]
-    pub fn meaning(self) -> &'static str {
-        match self {
-            Self::Success => "the outputs were delivered",
-            Self::HostError => "the host itself failed (a bug, or the machine is out of resources)",
-            Self::InvalidArgument => "usage error: bad arguments, or an argument that is not valid",
-            Self::InputUnreadable => "the input or component file cannot be read",
-            Self::InvalidInput => "the pipeline refused the input (no header, missing or repeated column)",
-            Self::PipelineError => "the pipeline failed while reading or writing, or a total overflowed",
-            Self::ComponentInvalid => "the file is not a component of the orders:pipeline world",
-            Self::Trap => "the guest crashed: trap, panic or exit",
-            Self::ContractViolation => "the guest's report or output folder broke the contract",
-            Self::DeliveryFailed => "the outputs could not be delivered (e.g. the output folder exists)",
-            Self::Timeout => "the guest ran past --timeout",
-            Self::MemoryLimit => "the guest hit --memory",
-            Self::FuelExhausted => "the guest used up --fuel",
-            Self::DiskQuota => "the guest hit --disk-quota",
-            Self::FileLimit => "the guest hit --max-files or --max-folders",
-            Self::OutputTooLarge => "the outputs are larger than --max-output, or more than 10000 files",
-            Self::CleanupFailed => "the sandbox could not be removed (run `host sweep`)",
-            Self::Interrupted => "Ctrl-C or SIGTERM stopped the run; its sandbox was removed",
-            Self::Busy => "library only: the concurrency bound was reached and the caller asked to fail fast",
+            Self::HostError => "host-error",
         }
     }
 }
 
 impl RunError {
-    /// The failure class of this error.
+    /// The class of this error.
     #[must_use]
     pub fn outcome(&self) -> Outcome {
         match self {
             Self::InputUnreadable { .. } | Self::ComponentUnreadable { .. } => Outcome::InputUnreadable,
             Self::ComponentInvalid { .. } => Outcome::ComponentInvalid,
             Self::InvalidInput(_) => Outcome::InvalidInput,
-            Self::PipelineFailed(_) => Outcome::PipelineError,
+            Self::PipelineFailed(_) | Self::TotalOverflow(_) => Outcome::PipelineError,
             Self::Trap { .. } => Outcome::Trap,
-            Self::Timeout { .. } => Outcome::Timeout,
+            Self::Timeout { .. } | Self::DeadlineExceeded { .. } => Outcome::Timeout,
             Self::MemoryLimit { .. } => Outcome::MemoryLimit,
             Self::FuelExhausted { .. } => Outcome::FuelExhausted,
             Self::DiskQuota { .. } => Outcome::DiskQuota,
@@ -258,11 +377,102 @@ impl RunError {
         }
     }
 
-    /// The figure that was hit, for `--json` (`"limit": ...`).
+    /// What was wrong, in one line, without the remedy.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        match self {
+            Self::InputUnreadable { path, source } => format!("cannot read the input {}: {source}", path.display()),
+            Self::ComponentUnreadable { path, source } => {
+                format!("cannot read the component {}: {source}", path.display())
+            }
+            Self::ComponentInvalid { name, reason } => {
+                format!("{} is not a usable orders:pipeline@0.1.0 component: {}", shown(name), shown(reason))
+            }
+            Self::InvalidInput(message) => format!("the pipeline refused the input: {}", shown(message)),
+            Self::PipelineFailed(message) | Self::TotalOverflow(message) => {
+                format!("the pipeline failed: {}", shown(message))
+            }
+            Self::Trap { message, stderr } => format!("the guest crashed: {}{}", shown(message), stderr_tail(stderr)),
+            Self::Timeout { limit } => format!("the guest ran out of time: it was stopped after {limit:?}"),
+            Self::DeadlineExceeded { limit } => {
+                format!("the invocation ran past its deadline of {limit:?} and was stopped")
+            }
+            Self::MemoryLimit { limit, requested } => {
+                format!("the guest hit the memory limit of {limit} (it asked for {requested} bytes)")
+            }
+            Self::FuelExhausted { fuel } => format!("the guest used up its fuel ({fuel} units)"),
+            Self::DiskQuota { limit, guest } => format!("the guest hit the disk quota of {limit}{}", guest_said(guest)),
+            Self::FileLimit { limit, guest } => {
+                format!("the guest hit the limit of {limit} files and folders{}", guest_said(guest))
+            }
+            Self::FolderLimit { limit, guest } => {
+                format!("the guest hit the limit of {limit} folders{}", guest_said(guest))
+            }
+            Self::OutputTooLarge { limit, size } => {
+                format!("the outputs are {size} bytes, more than the limit of {limit}")
+            }
+            Self::TooManyOutputs { limit } => {
+                format!("the guest left more than {limit} outputs, the most one run delivers; nothing was delivered")
+            }
+            Self::ContractViolation(message) => {
+                format!("the guest broke the pipeline contract: {}; nothing was delivered", shown(message))
+            }
+            Self::Delivery { path, reason } => {
+                format!("cannot deliver the outputs to {}: {}", path.display(), shown(&reason.to_string()))
+            }
+            Self::Sandbox(err) => format!("the sandbox could not be set up: {err}"),
+            Self::Cleanup { path, source } => format!("the sandbox {} could not be removed: {source}", path.display()),
+            Self::Interrupted => "interrupted: the run was stopped and its sandbox removed".to_owned(),
+            Self::Busy { tenant } => format!(
+                "busy: {} is at its concurrency bound",
+                tenant.as_deref().map_or_else(|| "the runner".to_owned(), |t| format!("tenant {t}"))
+            ),
+            Self::InvalidArgument(message) => format!("invalid argument: {message}"),
+            Self::ShutDown => "the runner was shut down".to_owned(),
+            Self::Host(message) => format!("host error: {}", shown(message)),
+        }
+    }
+
+    /// What to do about it, when something can be done.
+    #[must_use]
+    pub fn remedy(&self) -> Option<Remedy> {
+        Some(match self {
+            Self::InputUnreadable { source, .. } if source.kind() == io::ErrorKind::InvalidInput => {
+                Remedy::GiveRegularFile
+            }
+            Self::InputUnreadable { .. } | Self::ComponentUnreadable { .. } => Remedy::CheckPath,
+            Self::InvalidInput(_) => Remedy::FixInput,
+            Self::PipelineFailed(_) => Remedy::CheckInputAndLimits,
+            Self::TotalOverflow(_) => Remedy::SplitInput,
+            Self::Timeout { .. } => Remedy::Raise(LimitName::Timeout),
+            Self::DeadlineExceeded { .. } => Remedy::Raise(LimitName::Deadline),
+            Self::MemoryLimit { .. } => Remedy::Raise(LimitName::Memory),
+            Self::FuelExhausted { .. } => Remedy::Raise(LimitName::Fuel),
+            Self::DiskQuota { .. } => Remedy::Raise(LimitName::DiskQuota),
+            Self::FileLimit { .. } => Remedy::Raise(LimitName::MaxFiles),
+            Self::FolderLimit { .. } => Remedy::Raise(LimitName::MaxFolders),
+            Self::OutputTooLarge { .. } => Remedy::Raise(LimitName::MaxOutput),
+            Self::TooManyOutputs { .. } => Remedy::FewerOutputs,
+            Self::Delivery { reason: DeliveryError::FolderNotEmpty | DeliveryError::FileExists, .. } => {
+                Remedy::ReplaceOrChooseAnother
+            }
+            Self::Delivery {
+                reason: DeliveryError::NotAFolder | DeliveryError::NotAFile | DeliveryError::BadName,
+                ..
+            } => Remedy::ChooseAnother,
+            Self::Cleanup { .. } => Remedy::Sweep,
+            Self::Busy { .. } => Remedy::TryLater,
+            Self::ShutDown => Remedy::NewRunner,
+            _ => return None,
+        })
+    }
+
+    /// The figure that was hit, for `--json` and the service (`"limit": ...`).
     #[must_use]
     pub fn limit_hit(&self) -> Option<serde_json::Value> {
         match self {
             Self::Timeout { limit } => Some(serde_json::json!({ "timeout_ms": limit.as_millis() })),
+            Self::DeadlineExceeded { limit } => Some(serde_json::json!({ "deadline_ms": limit.as_millis() })),
             Self::MemoryLimit { limit, requested } => {
                 Some(serde_json::json!({ "memory_bytes": limit.bytes(), "requested_bytes": requested }))
             }
@@ -284,12 +494,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_outcome_has_its_own_exit_code_and_name() {
-        let mut codes: Vec<u8> = Outcome::ALL.iter().map(|o| o.exit_code()).collect();
-        codes.sort_unstable();
-        codes.dedup();
-        assert_eq!(codes.len(), Outcome::ALL.len());
-        assert_eq!(Outcome::InvalidArgument.exit_code(), 2, "2 is for usage errors, as clap's");
+    fn every_outcome_has_its_own_name() {
         let mut names: Vec<&str> = Outcome::ALL.iter().map(|o| o.name()).collect();
         names.sort_unstable();
         names.dedup();
@@ -326,11 +531,24 @@ mod tests {
     }
 
     #[test]
+    fn messages_name_no_flag_and_say_what_to_do() {
+        let errors = [
+            RunError::Timeout { limit: Duration::from_secs(2) },
+            RunError::Delivery { path: "out".into(), reason: DeliveryError::FolderNotEmpty },
+            RunError::TooManyOutputs { limit: 10_000 },
+            RunError::Busy { tenant: Some("acme".into()) },
+        ];
+        for err in errors {
+            let text = err.to_string();
+            assert!(!text.contains("--"), "{text}");
+            assert!(err.remedy().is_some() && text.contains("; "), "{text}");
+        }
+    }
+
+    #[test]
     fn too_many_outputs_is_output_too_large_with_its_bound() {
         let err = RunError::TooManyOutputs { limit: 10_000 };
         assert_eq!(err.outcome(), Outcome::OutputTooLarge);
         assert_eq!(err.limit_hit(), Some(serde_json::json!({ "max_outputs": 10_000 })));
-        assert_eq!(crate::outputs::MAX_OUTPUTS, 10_000, "the bound is written out in `Outcome::meaning`");
-        assert!(Outcome::OutputTooLarge.meaning().contains("10000"));
     }
 }

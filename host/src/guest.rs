@@ -1,20 +1,161 @@
-//! What one guest instance lives in: its WASI context (two preopens, nothing
-//! else), its ledger and the holds on host descriptors, its memory limiter
-//! and its capped stderr.
+//! The guest stage of an invocation: a fresh store (its WASI context with two
+//! preopens and nothing else, its ledger and the holds on host descriptors,
+//! its memory limiter, its capped stderr), the instance, and the call.
 
+use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use wasmtime::ResourceLimiter;
+use cap_std::fs::Dir as CapDir;
+use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
+use wasmtime_wasi::WasiCtxBuilder;
 
-use crate::ledger::Ledger;
-use crate::quota::{Held, Progress};
+use crate::bindings::Pipeline;
+use crate::component::Component;
+use crate::error::RunError;
+use crate::ledger::{Bounds, Kind, Ledger, Observed};
+use crate::limits::Limits;
+use crate::outcome::{GuestAccount, GuestEnd};
+use crate::quota::{Held, MAX_OPEN_HANDLES, Progress, stat_handle};
+use crate::sandbox::{INPUT_FILE, Sandbox};
 use wasmtime::component::{HasData, Resource, ResourceTable};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::filesystem::{Descriptor, Dir};
 use wasmtime_wasi::p2::bindings::filesystem::preopens;
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 use wasmtime_wasi::{FsPerms, OpenMode, WasiCtx, WasiCtxView, WasiView};
+
+/// Where the guest finds its input and writes its outputs.
+pub const GUEST_INPUT_DIR: &str = "/input";
+/// The folder the guest writes its outputs into, as it sees it.
+pub const GUEST_OUTPUT_DIR: &str = "/out";
+
+/// Host objects one guest may have in its resource table at once:
+/// descriptors, streams, pollables, listings. Each costs host memory (about
+/// a hundred bytes to a few hundred), so this bounds what a guest can make
+/// the host hold that way to a few MiB.
+const MAX_TABLE_ENTRIES: usize = 16_384;
+
+/// How the guest's run went.
+#[derive(Debug)]
+pub(crate) struct GuestRun {
+    pub end: GuestEnd,
+    pub account: GuestAccount,
+    /// Store, WASI context and instance.
+    pub instantiate: Duration,
+    /// Instantiation plus the call.
+    pub elapsed: Duration,
+    pub peak_memory: u64,
+    pub fuel_used: Option<u64>,
+    pub bytes_written: u64,
+}
+
+/// Runs `component` in `sandbox` under `limits` until it returns, traps, or
+/// `timeout` passes; the store (and with it every handle of the guest) is
+/// gone when this returns, so its files can be read.
+pub(crate) async fn run_pipeline(
+    engine: &Engine,
+    fuel_metering: bool,
+    component: &Component,
+    sandbox: &Sandbox,
+    limits: &Limits,
+    timeout: Duration,
+    progress: Option<Arc<Progress>>,
+) -> Result<GuestRun, RunError> {
+    let started = Instant::now();
+    let stderr = CappedStderr::new(limits.stderr_limit.bytes());
+    let mut store = new_store(engine, fuel_metering, sandbox, limits, &stderr, progress)?;
+    tracing::debug!("guest started");
+    let mut instantiated = None;
+    let call = async {
+        let pipeline: Pipeline = component.pre.instantiate_async(&mut store).await?;
+        instantiated = Some(started.elapsed());
+        let guest_input = format!("{GUEST_INPUT_DIR}/{INPUT_FILE}");
+        pipeline.call_process(&mut store, &guest_input, GUEST_OUTPUT_DIR).await
+    };
+    let end = match tokio::time::timeout(timeout, call).await {
+        Err(_elapsed) => GuestEnd::TimedOut(timeout),
+        Ok(Err(err)) => GuestEnd::Trapped(err),
+        Ok(Ok(Err(err))) => GuestEnd::Failed(err),
+        Ok(Ok(Ok(report))) => GuestEnd::Returned(report),
+    };
+    let elapsed = started.elapsed();
+    let fuel_used = limits.fuel.and_then(|fuel| Some(fuel - store.get_fuel().ok()?));
+    let state = store.data();
+    let (peak_memory, refused_memory) = (state.limiter.peak() as u64, state.limiter.refused());
+    let (refused, bytes_written) = (state.ledger.refused(), state.ledger.usage().bytes);
+    // Closing the guest's handles before its files are read.
+    drop(store);
+    let (stderr, stderr_dropped) = stderr.contents();
+    if stderr_dropped > 0 {
+        tracing::debug!(stderr_dropped, "guest stderr beyond the limit was dropped");
+    }
+    tracing::debug!(?elapsed, "guest finished");
+    Ok(GuestRun {
+        end,
+        account: GuestAccount { refused, refused_memory, stderr },
+        instantiate: instantiated.unwrap_or(elapsed),
+        elapsed,
+        peak_memory,
+        fuel_used,
+        bytes_written,
+    })
+}
+
+/// A store for one guest: its preopens served from the sandbox's handles,
+/// no environment, no arguments, no stdin, stdout discarded, stderr capped,
+/// no network; the ledger, memory limiter, epoch deadline and fuel.
+fn new_store(
+    engine: &Engine,
+    fuel_metering: bool,
+    sandbox: &Sandbox,
+    limits: &Limits,
+    stderr: &CappedStderr,
+    progress: Option<Arc<Progress>>,
+) -> Result<Store<GuestState>, RunError> {
+    let sandbox_error = |err: io::Error| RunError::Sandbox(err);
+    let ledger = Ledger::new(Bounds {
+        bytes: limits.disk_quota.bytes(),
+        files: limits.max_files,
+        folders: limits.max_folders,
+        handles: MAX_OPEN_HANDLES,
+    });
+    // The output folder is the host's: only what the guest makes it grow by is charged.
+    let out_root = stat_handle(sandbox.output_dir().map_err(sandbox_error)?).map_err(sandbox_error)?;
+    ledger.observe(Observed { kind: Kind::Root, ..out_root });
+    let preopens = vec![
+        Preopen::new(sandbox.input_dir().and_then(CapDir::try_clone).map_err(sandbox_error)?, GUEST_INPUT_DIR, false),
+        Preopen::new(sandbox.output_dir().and_then(CapDir::try_clone).map_err(sandbox_error)?, GUEST_OUTPUT_DIR, true),
+    ];
+    let wasi = WasiCtxBuilder::new()
+        .stderr(stderr.clone())
+        .allow_blocking_current_thread(BLOCK_CURRENT_THREAD)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build();
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_TABLE_ENTRIES);
+    let state = GuestState {
+        wasi,
+        table,
+        limiter: MemoryLimiter::new(limits.memory.bytes()),
+        preopens,
+        ledger,
+        held: Held::default(),
+        progress,
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|state| &mut state.limiter);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+    if fuel_metering {
+        let fuel = limits.fuel.unwrap_or(u64::MAX);
+        store.set_fuel(fuel).map_err(|err| RunError::Host(format!("cannot set fuel: {err:#}")))?;
+    }
+    Ok(store)
+}
 
 /// Blocking file operations run inline: each is small (at most one stream
 /// chunk), and a worker-thread hop per call costs more.

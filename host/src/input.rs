@@ -17,7 +17,7 @@ use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt as _};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use crate::error::RunError;
-use crate::runner::Input;
+use crate::invocation::Input;
 use crate::sandbox::{INPUT_FILE as GUEST_INPUT_FILE, Sandbox};
 
 /// The input, opened and measured before a sandbox is chosen for it.

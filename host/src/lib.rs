@@ -5,7 +5,7 @@
 //! folder is removed however the run ends.
 //!
 //! ```
-//! use host::{Destination, Input, Invocation, Runner, RunnerConfig};
+//! use orders_host::{Destination, Input, Invocation, Runner, RunnerConfig};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // Once per process: engine, sandbox roots, compiled components.
@@ -14,9 +14,10 @@
 //! let pipeline = runner.bundled()?;
 //!
 //! // Per invocation: a tenant, an input, limits (the tenant's, else the
-//! // defaults) and where the outputs go.
+//! // defaults) and where the outputs go. An invocation owns all of it, so it
+//! // can wait in a queue or move to another task.
 //! let orders = b"order_id,region,amount,status\n1,north,\"$1,250.5\",completed\n2,south,3,canceled\n";
-//! let invocation = Invocation::new(&pipeline, Input::Bytes(orders.to_vec()))
+//! let invocation = Invocation::new(pipeline.clone(), Input::Bytes(orders.to_vec()))
 //!     .tenant("acme")
 //!     .destination(Destination::Memory);
 //! let outcome = tokio::runtime::Runtime::new()?.block_on(runner.invoke(invocation))?;
@@ -30,48 +31,61 @@
 //! # }
 //! ```
 //!
-//! The runner is built once (engine, linker, sandbox root) and shared; each
-//! [`Runner::invoke`] creates a sandbox, copies the input in, instantiates the
-//! component in a fresh store, calls `process`, checks the report and the
-//! output folder (a guest may lie), delivers atomically, and removes the
-//! sandbox. See the README for the exit codes of the `host` binary.
+//! The runner is built once (engine, linker, sandbox roots) and shared; each
+//! [`Runner::invoke`] runs the stages of `invoke.rs`: admission, the input
+//! and the sandbox, the guest, its outcome, collection and delivery (a guest
+//! may lie: everything is checked), removal. Every stage that blocks runs on
+//! tokio's blocking pool, so the library can live in a long-running async
+//! service. Errors are [`RunError`]s: their [`Outcome`] names the class,
+//! their [`Remedy`] says what to do; the `host` binary words both for the
+//! command line.
 
 // `deny`, not `forbid`: `cache.rs` alone allows unsafe code, for the one call
 // that loads precompiled machine code (`Component::deserialize`).
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
+#[allow(missing_docs, reason = "generated from wit/pipeline.wit, whose own docs it carries")]
 mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "pipeline",
         exports: { default: async },
+        additional_derives: [serde::Serialize, Clone, PartialEq, Eq],
     });
 }
 
-pub mod cache;
+mod cache;
+mod component;
 mod engine;
 mod error;
 mod guest;
 mod housekeeper;
 mod input;
+mod invocation;
+mod invoke;
 mod ledger;
-pub mod limits;
+mod limits;
+mod outcome;
 mod outputs;
 pub mod program;
 mod quota;
 mod report;
 mod runner;
-pub mod sandbox;
+mod sandbox;
 mod tenants;
 pub mod text;
 
 pub use cache::{CacheStatus, CodeCache};
-pub use error::{Outcome, RunError};
-pub use limits::{ByteSize, Limits};
-pub use outputs::{Delivered, Destination, MAX_OUTPUTS, OutputFile, check_destination};
+pub use component::{BUNDLED_PIPELINE, Component};
+pub use error::{DeliveryError, LimitName, Outcome, Remedy, RunError};
+pub use guest::{GUEST_INPUT_DIR, GUEST_OUTPUT_DIR};
+pub use invocation::{Admission, Input, Invocation};
+pub use invoke::{RunOutcome, Timings};
+pub use limits::{ByteSize, Limits, ParseFigureError, parse_duration};
+pub use outputs::{Delivered, Destination, MAX_OUTPUTS, OutputFile};
 pub use quota::{MAX_OPEN_HANDLES, MAX_OPEN_LISTINGS, Progress};
-pub use report::{ReasonCount, RegionTotal, Report, format_cents};
-pub use runner::{
-    Admission, BUNDLED_PIPELINE, Component, GUEST_INPUT_DIR, GUEST_OUTPUT_DIR, Input, Invocation, RunOutcome, Runner,
-    RunnerConfig, Timings, default_output_folder,
-};
+pub use report::{ReasonCount, RegionTotal, Report};
+pub use runner::{Runner, RunnerConfig};
+pub use sandbox::{SandboxRoot, Sweep, sweep_roots};
+pub use tenants::MAX_IDLE_TENANTS;

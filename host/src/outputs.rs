@@ -33,7 +33,8 @@ use rustix::io::Errno;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::error::RunError;
+use crate::error::{DeliveryError, RunError};
+use crate::invoke::Cancel;
 use crate::limits::ByteSize;
 use crate::report::Report;
 use crate::sandbox::{list_dir, random_hex, remove_tree};
@@ -59,7 +60,9 @@ const BUFFER_BYTES: u64 = 256 * 1024;
 /// One delivered file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OutputFile {
+    /// Its name in the output folder (checked: a plain name).
     pub name: String,
+    /// Its size.
     pub bytes: u64,
     /// Hex SHA-256 of the contents, computed while delivering.
     pub sha256: String,
@@ -70,19 +73,32 @@ pub struct OutputFile {
 pub enum Destination {
     /// A folder, created 0700 with files 0600. An existing non-empty folder
     /// is replaced only with `force`, atomically.
-    Folder { path: PathBuf, force: bool },
+    Folder {
+        /// The folder.
+        path: PathBuf,
+        /// Replace an existing non-empty folder.
+        force: bool,
+    },
     /// Returned in memory, as (name, contents) pairs.
     Memory,
     /// One tar archive (files 0600), written beside `path` and renamed into
     /// place; an existing file is replaced only with `force`.
-    Tar { path: PathBuf, force: bool },
+    Tar {
+        /// The archive.
+        path: PathBuf,
+        /// Replace an existing archive.
+        force: bool,
+    },
 }
 
 /// What was delivered where.
 #[derive(Debug)]
 pub enum Delivered {
+    /// Into this folder.
     Folder(PathBuf),
+    /// In memory: each output's name and contents.
     Memory(Vec<(String, Vec<u8>)>),
+    /// Into this archive.
     Tar(PathBuf),
 }
 
@@ -343,12 +359,14 @@ pub(crate) fn deliver(
     files: Vec<Listed>,
     out: &Dir,
     destination: &Destination,
+    cancel: &Cancel,
 ) -> Result<(Delivered, Vec<OutputFile>), RunError> {
     match destination {
         Destination::Memory => {
             let mut delivered = Vec::with_capacity(files.len());
             let mut hashed = Vec::with_capacity(files.len());
             for listed in files {
+                cancel.check().map_err(|err| RunError::Host(err.to_string()))?;
                 let (contents, sha256) = read_whole(&listed, out).map_err(|err| {
                     RunError::Host(format!("cannot read the output `{}`: {err}", shown(&listed.file.name)))
                 })?;
@@ -358,10 +376,10 @@ pub(crate) fn deliver(
             Ok((Delivered::Memory(delivered), hashed))
         }
         Destination::Folder { path, force } => {
-            deliver_to_folder(&files, out, path, *force).map(|hashed| (Delivered::Folder(path.clone()), hashed))
+            deliver_to_folder(&files, out, path, *force, cancel).map(|hashed| (Delivered::Folder(path.clone()), hashed))
         }
         Destination::Tar { path, force } => {
-            deliver_to_tar(&files, out, path, *force).map(|hashed| (Delivered::Tar(path.clone()), hashed))
+            deliver_to_tar(&files, out, path, *force, cancel).map(|hashed| (Delivered::Tar(path.clone()), hashed))
         }
     }
 }
@@ -386,10 +404,10 @@ fn hex_digest(bytes: &[u8]) -> String {
 }
 
 fn split_destination(path: &Path) -> Result<(PathBuf, &str), RunError> {
-    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| RunError::Delivery {
-        path: path.to_owned(),
-        reason: "the output folder needs a plain UTF-8 name as its last component".into(),
-    })?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| RunError::Delivery { path: path.to_owned(), reason: DeliveryError::BadName })?;
     let parent = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
         _ => PathBuf::from("."),
@@ -401,43 +419,48 @@ fn split_destination(path: &Path) -> Result<(PathBuf, &str), RunError> {
 /// path: the one place where delivery turns a path into a capability, once
 /// per delivery, so the folder checked is the folder delivered into.
 fn open_parent(parent: &Path, path: &Path) -> Result<Dir, RunError> {
-    Dir::open_ambient_dir(parent, cap_std::ambient_authority()).map_err(|err| RunError::Delivery {
+    Dir::open_ambient_dir(parent, cap_std::ambient_authority()).map_err(|source| RunError::Delivery {
         path: path.to_owned(),
-        reason: format!("cannot open its parent folder {}: {err}", parent.display()),
+        reason: DeliveryError::Parent { parent: parent.to_owned(), source },
     })
 }
 
 /// `Ok(None)` when the destination `name` in `parent` does not exist,
 /// `Ok(Some(empty))` when it is a folder that may be replaced.
 fn existing_destination(parent: &Dir, name: &str, path: &Path, force: bool) -> Result<Option<bool>, RunError> {
-    let refuse = |reason: String| RunError::Delivery { path: path.to_owned(), reason };
+    let refuse = |reason: DeliveryError| RunError::Delivery { path: path.to_owned(), reason };
     match parent.symlink_metadata(name) {
         Err(err) if err.kind() == ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(refuse(err.to_string())),
-        Ok(meta) if !meta.is_dir() => Err(refuse("it exists and is not a folder; choose another --out".into())),
+        Err(err) => Err(refuse(err.into())),
+        Ok(meta) if !meta.is_dir() => Err(refuse(DeliveryError::NotAFolder)),
         Ok(_) => {
-            let empty = parent.read_dir(name).map_err(|err| refuse(err.to_string()))?.next().is_none();
+            let empty = parent.read_dir(name).map_err(|err| refuse(err.into()))?.next().is_none();
             if !empty && !force {
-                return Err(refuse(
-                    "the folder exists and is not empty; pass --force to replace it, or choose another --out".into(),
-                ));
+                return Err(refuse(DeliveryError::FolderNotEmpty));
             }
             Ok(Some(empty))
         }
     }
 }
 
-fn deliver_to_folder(files: &[Listed], out: &Dir, path: &Path, force: bool) -> Result<Vec<OutputFile>, RunError> {
-    let fail = |reason: String| RunError::Delivery { path: path.to_owned(), reason };
+fn deliver_to_folder(
+    files: &[Listed],
+    out: &Dir,
+    path: &Path,
+    force: bool,
+    cancel: &Cancel,
+) -> Result<Vec<OutputFile>, RunError> {
+    let fail = |err: io::Error| RunError::Delivery { path: path.to_owned(), reason: DeliveryError::Io(err) };
     let (parent_path, name) = split_destination(path)?;
     let parent = open_parent(&parent_path, path)?;
     let existing = existing_destination(&parent, name, path, force)?;
 
-    let staging = format!(".{name}.staging-{}", random_hex().map_err(|err| fail(err.to_string()))?);
-    rustix::fs::mkdirat(&parent, staging.as_str(), Mode::from_raw_mode(0o700))
-        .map_err(|err| fail(format!("cannot create a staging folder beside it: {err}")))?;
+    let staging = format!(".{name}.staging-{}", random_hex().map_err(fail)?);
+    rustix::fs::mkdirat(&parent, staging.as_str(), Mode::from_raw_mode(0o700)).map_err(|err| {
+        fail(io::Error::new(io::Error::from(err).kind(), format!("cannot create a staging folder beside it: {err}")))
+    })?;
 
-    let staged = stage_files(files, out, &parent, &staging).and_then(|hashed| {
+    let staged = stage_files(files, out, &parent, &staging, cancel).and_then(|hashed| {
         match existing {
             // rename(2) replaces a missing or empty folder atomically.
             None | Some(true) => rustix::fs::renameat(&parent, staging.as_str(), &parent, name)?,
@@ -455,7 +478,7 @@ fn deliver_to_folder(files: &[Listed], out: &Dir, path: &Path, force: bool) -> R
             if let Err(cleanup) = remove_tree(&parent, staging.as_ref()) {
                 tracing::error!(staging, "cannot remove the staging folder: {cleanup}");
             }
-            return Err(fail(err.to_string()));
+            return Err(fail(err));
         }
     };
     if existing == Some(false)
@@ -473,16 +496,25 @@ fn deliver_to_folder(files: &[Listed], out: &Dir, path: &Path, force: bool) -> R
 /// outputs they overlap: [`FLUSHERS`] threads flush the outputs while
 /// [`HASHERS`] others hash them (the data is in the page cache either way),
 /// each thread with one output open at a time.
-fn stage_files(files: &[Listed], out: &Dir, parent: &Dir, staging: &str) -> io::Result<Vec<OutputFile>> {
+fn stage_files(
+    files: &[Listed],
+    out: &Dir,
+    parent: &Dir,
+    staging: &str,
+    cancel: &Cancel,
+) -> io::Result<Vec<OutputFile>> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let staging_dir = rustix::fs::openat(parent, staging, flags, Mode::empty())?;
     let largest = files.iter().map(|listed| listed.file.bytes).max().unwrap_or(0);
     let mut buffer = read_buffer(largest);
-    let staged =
-        files.iter().map(|listed| stage_one(listed, out, &staging_dir, &mut buffer)).collect::<io::Result<Vec<_>>>()?;
+    let staged = files
+        .iter()
+        .map(|listed| cancel.check().and_then(|()| stage_one(listed, out, &staging_dir, &mut buffer)))
+        .collect::<io::Result<Vec<_>>>()?;
     let total: u64 = files.iter().map(|listed| listed.file.bytes).sum();
     if total < PARALLEL_BYTES && files.len() < PARALLEL_FILES {
         for file in &staged {
+            cancel.check()?;
             let handle = file.listed.open_in(&staging_dir)?;
             if !file.is_hashed() {
                 file.set_sha256(hash(&file.listed, &handle, &mut buffer)?);
@@ -490,7 +522,7 @@ fn stage_files(files: &[Listed], out: &Dir, parent: &Dir, staging: &str) -> io::
             finish(&handle)?;
         }
     } else {
-        flush_and_hash(&staged, &staging_dir, largest)?;
+        flush_and_hash(&staged, &staging_dir, largest, cancel)?;
     }
     // The folder's entries, once every file in it is flushed.
     rustix::fs::fsync(&staging_dir)?;
@@ -516,15 +548,15 @@ pub const HASHERS: usize = 2;
 
 /// The flushers and hashers of [`stage_files`], each taking the next output,
 /// largest first, and holding one output open at a time.
-fn flush_and_hash(staged: &[Staged], staging_dir: &OwnedFd, largest: u64) -> io::Result<()> {
+fn flush_and_hash(staged: &[Staged], staging_dir: &OwnedFd, largest: u64, cancel: &Cancel) -> io::Result<()> {
     let mut order: Vec<&Staged> = staged.iter().collect();
     order.sort_by_key(|file| std::cmp::Reverse(file.listed.file.bytes));
     let unhashed: Vec<&Staged> = order.iter().copied().filter(|file| !file.is_hashed()).collect();
     let (next_flush, next_hash, failed) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicBool::new(false));
-    let flush = || drain(&order, &next_flush, &failed, |file| finish(&file.listed.open_in(staging_dir)?));
+    let flush = || drain(&order, &next_flush, &failed, cancel, |file| finish(&file.listed.open_in(staging_dir)?));
     let hash_all = || {
         let mut buffer = read_buffer(largest);
-        drain(&unhashed, &next_hash, &failed, |file| {
+        drain(&unhashed, &next_hash, &failed, cancel, |file| {
             let handle = file.listed.open_in(staging_dir)?;
             file.set_sha256(hash(&file.listed, &handle, &mut buffer)?);
             Ok(())
@@ -550,11 +582,12 @@ fn drain(
     queue: &[&Staged],
     next: &AtomicUsize,
     failed: &AtomicBool,
+    cancel: &Cancel,
     mut step: impl FnMut(&Staged) -> io::Result<()>,
 ) -> io::Result<()> {
     while !failed.load(Ordering::Relaxed) {
         let Some(file) = queue.get(next.fetch_add(1, Ordering::Relaxed)) else { return Ok(()) };
-        if let Err(err) = step(file) {
+        if let Err(err) = cancel.check().and_then(|()| step(file)) {
             failed.store(true, Ordering::Relaxed);
             return Err(err);
         }
@@ -624,12 +657,12 @@ fn stage_one(listed: &Listed, out: &Dir, staging_dir: &OwnedFd, buffer: &mut [u8
 }
 
 fn check_tar_destination(parent: &Dir, name: &str, path: &Path, force: bool) -> Result<(), RunError> {
-    let refuse = |reason: &str| RunError::Delivery { path: path.to_owned(), reason: reason.to_owned() };
+    let refuse = |reason: DeliveryError| RunError::Delivery { path: path.to_owned(), reason };
     match parent.symlink_metadata(name) {
         Err(err) if err.kind() == ErrorKind::NotFound => Ok(()),
-        Err(err) => Err(refuse(&err.to_string())),
-        Ok(meta) if !meta.is_file() => Err(refuse("it exists and is not a regular file; choose another path")),
-        Ok(_) if !force => Err(refuse("the file exists; pass force to replace it, or choose another path")),
+        Err(err) => Err(refuse(err.into())),
+        Ok(meta) if !meta.is_file() => Err(refuse(DeliveryError::NotAFile)),
+        Ok(_) if !force => Err(refuse(DeliveryError::FileExists)),
         Ok(_) => Ok(()),
     }
 }
@@ -639,12 +672,18 @@ fn check_tar_destination(parent: &Dir, name: &str, path: &Path, force: bool) -> 
 /// Each output is streamed from its checked handle into its entry, hashed on
 /// the way, so memory does not grow with the outputs' size; entries carry
 /// the host's time.
-fn deliver_to_tar(files: &[Listed], out: &Dir, path: &Path, force: bool) -> Result<Vec<OutputFile>, RunError> {
-    let fail = |reason: String| RunError::Delivery { path: path.to_owned(), reason };
+fn deliver_to_tar(
+    files: &[Listed],
+    out: &Dir,
+    path: &Path,
+    force: bool,
+    cancel: &Cancel,
+) -> Result<Vec<OutputFile>, RunError> {
+    let fail = |err: io::Error| RunError::Delivery { path: path.to_owned(), reason: DeliveryError::Io(err) };
     let (parent_path, name) = split_destination(path)?;
     let parent = open_parent(&parent_path, path)?;
     check_tar_destination(&parent, name, path, force)?;
-    let staging = format!(".{name}.staging-{}", random_hex().map_err(|err| fail(err.to_string()))?);
+    let staging = format!(".{name}.staging-{}", random_hex().map_err(fail)?);
     let mut options = OpenOptions::new();
     options.write(true).create_new(true).mode(0o600);
     let mtime = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |since| since.as_secs());
@@ -653,6 +692,7 @@ fn deliver_to_tar(files: &[Listed], out: &Dir, path: &Path, force: bool) -> Resu
         let mut builder = tar::Builder::new(BufWriter::with_capacity(BUFFER_BYTES as usize, archive));
         let mut hashed = Vec::with_capacity(files.len());
         for listed in files {
+            cancel.check()?;
             let source = listed.open_in(out)?;
             let mut header = tar::Header::new_ustar();
             header.set_size(listed.file.bytes);
@@ -678,7 +718,7 @@ fn deliver_to_tar(files: &[Listed], out: &Dir, path: &Path, force: bool) -> Resu
         {
             tracing::error!(staging, "cannot remove the staging archive: {cleanup}");
         }
-        fail(err.to_string())
+        fail(err)
     })
 }
 

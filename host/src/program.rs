@@ -74,6 +74,7 @@ impl fmt::Display for ProgramKind {
 /// the file's name in front.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
+#[allow(missing_docs, reason = "each variant's message, above it, says what it is")]
 pub enum ProgramError {
     #[error("not a WebAssembly program: the file {found}; {ACCEPTED}")]
     NotWasm { found: String },
@@ -204,6 +205,7 @@ impl Program {
         &self.component
     }
 
+    /// The component to compile, owned.
     #[must_use]
     pub fn into_component_bytes(self) -> Vec<u8> {
         self.component

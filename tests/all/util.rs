@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use host::{Component, Destination, Input, Limits, RunError, RunOutcome, Runner, RunnerConfig};
+use orders_host::{Component, Input, Invocation, Limits, RunError, RunOutcome, Runner, RunnerConfig};
 
 /// A scratch folder removed when the test ends (also on panic).
 pub struct Scratch {
@@ -118,11 +118,11 @@ impl TestHost {
     }
 
     pub async fn run_bytes(&self, component: &Component, input: &[u8]) -> Result<RunOutcome, RunError> {
-        self.runner.run(component, Input::Bytes(input.to_vec()), &Limits::default(), &Destination::Memory).await
+        self.run_with(component, input, &Limits::default()).await
     }
 
     pub async fn run_with(&self, component: &Component, input: &[u8], limits: &Limits) -> Result<RunOutcome, RunError> {
-        self.runner.run(component, Input::Bytes(input.to_vec()), limits, &Destination::Memory).await
+        self.runner.invoke(Invocation::new(component.clone(), Input::Bytes(input.to_vec())).limits(*limits)).await
     }
 
     /// After an attack: nothing is left, and the host still runs a normal
@@ -152,11 +152,11 @@ impl TestHost {
 /// The files of an in-memory delivery, by name.
 pub fn files(outcome: &RunOutcome) -> std::collections::BTreeMap<String, String> {
     match &outcome.delivered {
-        host::Delivered::Memory(files) => files
+        orders_host::Delivered::Memory(files) => files
             .iter()
             .map(|(name, bytes)| (name.clone(), String::from_utf8(bytes.clone()).expect("outputs are UTF-8")))
             .collect(),
-        host::Delivered::Folder(path) | host::Delivered::Tar(path) => {
+        orders_host::Delivered::Folder(path) | orders_host::Delivered::Tar(path) => {
             panic!("expected an in-memory delivery, got {}", path.display())
         }
     }

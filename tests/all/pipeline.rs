@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use host::{Outcome, RunError};
+use orders_host::{Outcome, RunError};
 
 use crate::util::{TestHost, files, gen_orders, seven_rows};
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use host::{Destination, Input, Invocation, Limits, Outcome, Progress};
+use orders_host::{Destination, Input, Invocation, Limits, Outcome, Progress};
 
 use crate::util::{TestHost, files, seven_rows};
 
@@ -47,7 +47,7 @@ fn two_hundred_invocations_over_eight_threads_and_three_tenants_each_get_their_o
                 for index in (thread..200).step_by(8) {
                     let input = distinct_input(index);
                     let tenant = tenants[index % tenants.len()];
-                    let invocation = Invocation::new(&pipeline, Input::Bytes(input.clone())).tenant(tenant);
+                    let invocation = Invocation::new(pipeline.clone(), Input::Bytes(input.clone())).tenant(tenant);
                     let outcome = runtime.block_on(runner.invoke(invocation)).expect("invocation succeeds");
                     assert_eq!(outcome.tenant.as_deref(), Some(tenant));
                     assert_eq!(files(&outcome), native_outputs(&input), "invocation {index} got its own outputs");
@@ -73,7 +73,7 @@ async fn a_tenant_never_runs_more_than_its_bound_and_fail_fast_is_refused() {
             .filter(|path| path.contains("tenant-slow/sbx-") && !path.ends_with(".lock"))
             .count()
     };
-    let invoke = || host.runner.invoke(Invocation::new(&sleep, Input::Bytes(b"400".to_vec())).tenant("slow"));
+    let invoke = || host.runner.invoke(Invocation::new(sleep.clone(), Input::Bytes(b"400".to_vec())).tenant("slow"));
     let watch = async {
         let mut most = 0;
         let mut refused = None;
@@ -81,7 +81,7 @@ async fn a_tenant_never_runs_more_than_its_bound_and_fail_fast_is_refused() {
             let now = running();
             most = most.max(now);
             if now == 2 && refused.is_none() {
-                let fail_fast = Invocation::new(&sleep, Input::Bytes(b"1".to_vec())).tenant("slow").fail_fast();
+                let fail_fast = Invocation::new(sleep.clone(), Input::Bytes(b"1".to_vec())).tenant("slow").fail_fast();
                 refused = Some(host.runner.invoke(fail_fast).await.expect_err("the tenant is at its bound"));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -97,7 +97,8 @@ async fn a_tenant_never_runs_more_than_its_bound_and_fail_fast_is_refused() {
     assert_eq!(refused.outcome(), Outcome::Busy, "{refused}");
     // Another tenant is not held up by the busy one.
     let pipeline = host.bundled();
-    let other = host.runner.invoke(Invocation::new(&pipeline, Input::Bytes(seven_rows())).tenant("quick").fail_fast());
+    let other =
+        host.runner.invoke(Invocation::new(pipeline.clone(), Input::Bytes(seven_rows())).tenant("quick").fail_fast());
     other.await.expect("another tenant has room");
     host.runner.shutdown().expect("shutdown");
     host.assert_root_empty();
@@ -130,14 +131,14 @@ async fn a_reader_input_spools_when_small_and_streams_when_large() {
     let pipeline = host.bundled();
     let small = host
         .runner
-        .invoke(Invocation::new(&pipeline, Input::Reader(Box::new(std::io::Cursor::new(seven_rows())))))
+        .invoke(Invocation::new(pipeline.clone(), Input::Reader(Box::new(std::io::Cursor::new(seven_rows())))))
         .await
         .expect("small reader");
     assert!(small.spooled);
     let input = crate::util::gen_orders(&["--rows", "500", "--seed", "2"]);
     let large = host
         .runner
-        .invoke(Invocation::new(&pipeline, Input::Reader(Box::new(std::io::Cursor::new(input.clone())))))
+        .invoke(Invocation::new(pipeline.clone(), Input::Reader(Box::new(std::io::Cursor::new(input.clone())))))
         .await
         .expect("large reader");
     assert!(!large.spooled);
@@ -151,7 +152,7 @@ async fn progress_follows_what_the_guest_reads() {
     let input = crate::util::gen_orders(&["--rows", "2000", "--seed", "9"]);
     let progress = Arc::new(Progress::default());
     let pipeline = host.bundled();
-    let invocation = Invocation::new(&pipeline, Input::Bytes(input.clone())).progress(Arc::clone(&progress));
+    let invocation = Invocation::new(pipeline.clone(), Input::Bytes(input.clone())).progress(Arc::clone(&progress));
     host.runner.invoke(invocation).await.expect("run");
     assert_eq!(progress.total_bytes(), input.len() as u64);
     assert_eq!(progress.bytes_read(), input.len() as u64, "the guest read its whole input");
@@ -164,7 +165,7 @@ async fn outputs_can_be_delivered_as_one_tar_archive() {
     let host = TestHost::new("tar");
     let archive = host.scratch.join("orders.tar");
     let pipeline = host.bundled();
-    let invocation = Invocation::new(&pipeline, Input::Bytes(seven_rows()))
+    let invocation = Invocation::new(pipeline.clone(), Input::Bytes(seven_rows()))
         .destination(Destination::Tar { path: archive.clone(), force: false });
     let outcome = host.runner.invoke(invocation).await.expect("run");
     let listing = std::process::Command::new("tar").arg("-tvf").arg(&archive).output().expect("tar lists");
@@ -176,7 +177,7 @@ async fn outputs_can_be_delivered_as_one_tar_archive() {
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&archive).expect("stat").permissions());
     assert_eq!(mode & 0o777, 0o600);
     // An existing archive is kept without force.
-    let again = Invocation::new(&pipeline, Input::Bytes(seven_rows()))
+    let again = Invocation::new(pipeline.clone(), Input::Bytes(seven_rows()))
         .destination(Destination::Tar { path: archive.clone(), force: false });
     assert_eq!(host.runner.invoke(again).await.expect_err("exists").outcome(), Outcome::DeliveryFailed);
     host.assert_root_empty();
@@ -190,15 +191,15 @@ async fn tenant_limit_profiles_apply_to_their_invocations() {
     let sleep = host.component(test_programs_artifacts::SLEEP);
     let err = host
         .runner
-        .invoke(Invocation::new(&sleep, Input::Bytes(b"2000".to_vec())).tenant("strict"))
+        .invoke(Invocation::new(sleep.clone(), Input::Bytes(b"2000".to_vec())).tenant("strict"))
         .await
         .expect_err("the tenant's timeout applies");
     assert_eq!(err.outcome(), Outcome::Timeout);
     host.runner
-        .invoke(Invocation::new(&sleep, Input::Bytes(b"500".to_vec())).tenant("relaxed"))
+        .invoke(Invocation::new(sleep.clone(), Input::Bytes(b"500".to_vec())).tenant("relaxed"))
         .await
         .expect("another tenant keeps the defaults");
-    let bad = host.runner.invoke(Invocation::new(&sleep, Input::Bytes(b"1".to_vec())).tenant("../escape")).await;
+    let bad = host.runner.invoke(Invocation::new(sleep.clone(), Input::Bytes(b"1".to_vec())).tenant("../escape")).await;
     assert!(bad.expect_err("tenant ids are plain names").to_string().contains("tenant id"));
     host.runner.shutdown().expect("shutdown");
     host.assert_root_empty();
@@ -223,7 +224,7 @@ async fn a_destination_that_would_refuse_the_outputs_fails_before_the_guest_runs
     std::fs::write(taken.join("keep.txt"), "keep").expect("write");
     let sleep = host.component(test_programs_artifacts::SLEEP);
     let started = std::time::Instant::now();
-    let invocation = Invocation::new(&sleep, Input::Bytes(b"3600000".to_vec()))
+    let invocation = Invocation::new(sleep.clone(), Input::Bytes(b"3600000".to_vec()))
         .destination(Destination::Folder { path: taken.clone(), force: false });
     let err = host.runner.invoke(invocation).await.expect_err("refused");
     assert_eq!(err.outcome(), Outcome::DeliveryFailed, "{err}");
@@ -262,14 +263,14 @@ async fn sandboxes_made_ahead_are_fresh_for_every_invocation_and_gone_by_shutdow
     host.assert_root_empty();
     // After shutdown, the runner refuses invocations with a clear error.
     let err = host.run_bytes(&pipeline, &seven_rows()).await.expect_err("refused after shutdown");
-    assert!(matches!(err, host::RunError::ShutDown), "{err}");
+    assert!(matches!(err, orders_host::RunError::ShutDown), "{err}");
     assert!(err.to_string().contains("shut down"), "{err}");
     host.assert_root_empty();
 }
 
 /// A folder delivery, checked file by file against the native pipeline, the
 /// sha256 of the outcome and the owner-only modes.
-fn assert_delivered(folder: &std::path::Path, outcome: &host::RunOutcome, input: &[u8]) {
+fn assert_delivered(folder: &std::path::Path, outcome: &orders_host::RunOutcome, input: &[u8]) {
     use sha2::Digest as _;
     use std::os::unix::fs::PermissionsExt as _;
     let expected = native_outputs(input);
@@ -300,7 +301,7 @@ async fn folder_delivery_moves_copies_and_splits_large_outputs_alike() {
     let small = distinct_input(3);
     for (name, input) in [("large", &large), ("small", &small)] {
         let folder = host.scratch.join(name);
-        let invocation = Invocation::new(&pipeline, Input::Bytes(input.clone()))
+        let invocation = Invocation::new(pipeline.clone(), Input::Bytes(input.clone()))
             .destination(Destination::Folder { path: folder.clone(), force: false });
         let outcome = host.runner.invoke(invocation).await.expect("delivered");
         assert!(name == "small" || outcome.outputs.iter().map(|f| f.bytes).sum::<u64>() > 1 << 20, "{name}");
@@ -321,7 +322,7 @@ async fn folder_delivery_moves_copies_and_splits_large_outputs_alike() {
     let copying = TestHost::configured("deliver-copy", |config| config.memory_root = Some(memory_root.clone()));
     let folder = copying.scratch.join("copied");
     let copying_pipeline = copying.bundled();
-    let invocation = Invocation::new(&copying_pipeline, Input::Bytes(small.clone()))
+    let invocation = Invocation::new(copying_pipeline.clone(), Input::Bytes(small.clone()))
         .destination(Destination::Folder { path: folder.clone(), force: false });
     let outcome = copying.runner.invoke(invocation).await.expect("delivered");
     assert!(outcome.spooled, "the small input ran on the memory root");

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use host::{Destination, Input, Limits, Outcome, RunError};
+use orders_host::{Destination, Input, Invocation, Limits, Outcome, RunError};
 use test_programs_artifacts as programs;
 
 use crate::util::TestHost;
@@ -104,7 +104,9 @@ async fn the_host_keeps_at_most_a_few_kib_of_each_guest_text() {
     for channel in ["invalid-input", "io", "overflow", "panic"] {
         let err = host.run_with(&component, channel.as_bytes(), &limits).await.expect_err(channel);
         let kept = match &err {
-            RunError::InvalidInput(message) | RunError::PipelineFailed(message) => message.len(),
+            RunError::InvalidInput(message) | RunError::PipelineFailed(message) | RunError::TotalOverflow(message) => {
+                message.len()
+            }
             RunError::Trap { message, .. } => message.len(),
             other => panic!("{channel}: unexpected {other:?}"),
         };
@@ -114,7 +116,11 @@ async fn the_host_keeps_at_most_a_few_kib_of_each_guest_text() {
     }
     let outcome = host
         .runner
-        .run(&component, Input::Bytes(b"report".to_vec()), &limits, &Destination::Memory)
+        .invoke(
+            Invocation::new(component.clone(), Input::Bytes(b"report".to_vec()))
+                .limits(limits)
+                .destination(Destination::Memory),
+        )
         .await
         .expect("the report run succeeds");
     for region in &outcome.report.regions {

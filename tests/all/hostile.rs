@@ -5,7 +5,7 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::time::{Duration, Instant};
 
-use host::{ByteSize, Limits, Outcome};
+use orders_host::{ByteSize, Limits, Outcome};
 use test_programs_artifacts as programs;
 
 use crate::util::TestHost;

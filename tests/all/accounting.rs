@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use host::{ByteSize, Limits, Outcome, RunError};
+use orders_host::{ByteSize, Limits, Outcome, RunError};
 use test_programs_artifacts as programs;
 
 use crate::util::{TestHost, peak_rss_kib};
@@ -87,7 +87,7 @@ async fn preopens_handed_out_again_count_against_the_descriptor_cap() {
     let component = host.component(programs::PREOPEN_DESCRIPTORS);
     let err = host.run_with(&component, b"x", &tight()).await.expect_err("capped");
     assert_eq!(err.outcome(), Outcome::Trap, "{err}");
-    assert!(err.to_string().contains(&format!("holds {} descriptors", host::MAX_OPEN_HANDLES)), "{err}");
+    assert!(err.to_string().contains(&format!("holds {} descriptors", orders_host::MAX_OPEN_HANDLES)), "{err}");
     host.assert_recovers().await;
 }
 
@@ -126,7 +126,7 @@ fn listing_a_full_folder_many_times_keeps_host_memory_bounded() {
         .and_then(|before| before.rsplit(", ").next())
         .and_then(|digits| digits.trim().parse().ok())
         .unwrap_or_else(|| panic!("the guest says how many listings it opened: {stdout}"));
-    assert!(listings as usize <= host::MAX_OPEN_LISTINGS, "{stdout}");
+    assert!(listings as usize <= orders_host::MAX_OPEN_LISTINGS, "{stdout}");
     assert!(stdout.contains("9000 files"), "{stdout}");
     let peak = peak_kib * 1024;
     assert!(peak < guest_memory + (64 << 20), "host peak RSS {peak} bytes with a 64 MiB guest: {stdout}");

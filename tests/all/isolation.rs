@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::Duration;
 
-use host::{Destination, Input, Limits, Outcome};
+use orders_host::{Destination, Input, Invocation, Limits, Outcome};
 
 use crate::util::{TestHost, files, seven_rows};
 
@@ -51,11 +51,9 @@ async fn links_and_folders_planted_in_the_output_are_never_delivered() {
     let destination = host.scratch.join("delivered");
     let err = host
         .runner
-        .run(
-            &links,
-            Input::Bytes(seven_rows()),
-            &Limits::default(),
-            &Destination::Folder { path: destination.clone(), force: false },
+        .invoke(
+            Invocation::new(links.clone(), Input::Bytes(seven_rows()))
+                .destination(Destination::Folder { path: destination.clone(), force: false }),
         )
         .await
         .expect_err("refused");
@@ -164,7 +162,9 @@ async fn a_large_input_file_is_linked_in_read_only_and_left_as_it_was() {
 
     let sleep = host.component(test_programs_artifacts::SLEEP);
     let limits = Limits::default();
-    let run = host.runner.run(&sleep, Input::Path(input.clone()), &limits, &Destination::Memory);
+    let run = host.runner.invoke(
+        Invocation::new(sleep.clone(), Input::Path(input.clone())).limits(limits).destination(Destination::Memory),
+    );
     let watch = async {
         for _ in 0..500 {
             if let Some(sandbox) = host.scratch.running_sandbox()
@@ -184,8 +184,13 @@ async fn a_large_input_file_is_linked_in_read_only_and_left_as_it_was() {
     let contents = b"probe input, long enough not to be spooled".repeat(4);
     std::fs::write(&input, &contents).expect("rewrite");
     let probe = host.component(test_programs_artifacts::PROBE);
-    let outcome =
-        host.runner.run(&probe, Input::Path(input.clone()), &limits, &Destination::Memory).await.expect("probe runs");
+    let outcome = host
+        .runner
+        .invoke(
+            Invocation::new(probe.clone(), Input::Path(input.clone())).limits(limits).destination(Destination::Memory),
+        )
+        .await
+        .expect("probe runs");
     let files = files(&outcome);
     let lines = probe_lines(&files["probe.txt"]);
     for attempt in ["write_input", "create_in_input"] {

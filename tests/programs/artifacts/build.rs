@@ -12,7 +12,7 @@ use wasm_build::{GuestBuild, components_in};
 fn main() {
     // The nested build's dep-info covers the sources it compiled; these catch
     // what it cannot: a new example, a changed manifest or WIT file.
-    for path in ["../Cargo.toml", "../src", "../examples", "../../wit"] {
+    for path in ["../Cargo.toml", "../src", "../examples", "../../../wit"] {
         println!("cargo:rerun-if-changed={path}");
     }
 

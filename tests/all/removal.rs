@@ -6,7 +6,7 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::time::Duration;
 
-use host::{Destination, Input, Limits, Outcome};
+use orders_host::{Destination, Input, Invocation, Limits, Outcome};
 use test_programs_artifacts as programs;
 
 use crate::util::TestHost;
@@ -20,7 +20,11 @@ async fn dropping_the_last_runner_waits_for_a_removal_left_to_the_housekeeper() 
     let limits = Limits { timeout: Duration::from_secs(60), max_folders: 6000, ..Limits::default() };
     let err = host
         .runner
-        .run(&component, Input::Bytes(Vec::new()), &limits, &Destination::Memory)
+        .invoke(
+            Invocation::new(component.clone(), Input::Bytes(Vec::new()))
+                .limits(limits)
+                .destination(Destination::Memory),
+        )
         .await
         .expect_err("a folder is no output");
     assert_eq!(err.outcome(), Outcome::ContractViolation, "{err}");

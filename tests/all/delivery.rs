@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
-use host::{Destination, Input, Limits, Outcome};
+use orders_host::{Destination, Input, Invocation, Limits, Outcome};
 use sha2::Digest as _;
 use test_programs_artifacts as programs;
 
@@ -98,7 +98,11 @@ async fn more_than_ten_thousand_outputs_end_as_output_too_large() {
     // The bound itself is delivered.
     let outcome = host
         .runner
-        .run(&component, Input::Bytes(b"10000".to_vec()), &limits, &Destination::Memory)
+        .invoke(
+            Invocation::new(component.clone(), Input::Bytes(b"10000".to_vec()))
+                .limits(limits)
+                .destination(Destination::Memory),
+        )
         .await
         .expect("10,000 outputs are delivered");
     assert_eq!(outcome.outputs.len(), 10_000);
@@ -108,7 +112,9 @@ async fn more_than_ten_thousand_outputs_end_as_output_too_large() {
     let destination = Destination::Folder { path: folder.clone(), force: false };
     let err = host
         .runner
-        .run(&component, Input::Bytes(b"10001".to_vec()), &limits, &destination)
+        .invoke(
+            Invocation::new(component.clone(), Input::Bytes(b"10001".to_vec())).limits(limits).destination(destination),
+        )
         .await
         .expect_err("one more is refused");
     assert_eq!(err.outcome(), Outcome::OutputTooLarge, "{err}");
@@ -186,14 +192,24 @@ async fn delivered_files_get_the_host_s_time_not_the_guest_s() {
 
         let folder: PathBuf = host.scratch.join("future.out");
         let destination = Destination::Folder { path: folder.clone(), force: false };
-        host.runner.run(&component, Input::Bytes(Vec::new()), &limits, &destination).await.expect("delivered");
+        host.runner
+            .invoke(
+                Invocation::new(component.clone(), Input::Bytes(Vec::new())).limits(limits).destination(destination),
+            )
+            .await
+            .expect("delivered");
         let meta = std::fs::metadata(folder.join("future.txt")).expect("delivered file");
         assert_recent(meta.modified().expect("mtime"), "the delivered file's mtime");
         assert_recent(meta.accessed().expect("atime"), "the delivered file's atime");
 
         let archive = host.scratch.join("future.tar");
         let destination = Destination::Tar { path: archive.clone(), force: false };
-        host.runner.run(&component, Input::Bytes(Vec::new()), &limits, &destination).await.expect("delivered");
+        host.runner
+            .invoke(
+                Invocation::new(component.clone(), Input::Bytes(Vec::new())).limits(limits).destination(destination),
+            )
+            .await
+            .expect("delivered");
         let mut reader = tar::Archive::new(std::fs::File::open(&archive).expect("archive"));
         for entry in reader.entries().expect("entries") {
             let mtime = entry.expect("entry").header().mtime().expect("mtime");

@@ -25,7 +25,7 @@ use std::path::{Component, Path, PathBuf};
 /// does not report: no allowance is needed here nor in the examples.
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "../../wit",
         world: "pipeline",
         pub_export_macro: true,
         default_bindings_module: "test_programs::bindings",

@@ -1,0 +1,80 @@
+//! The `host` command: a thin shell over the `orders_host` library. Each
+//! subcommand is a module; `render` words the library's outcomes and errors
+//! for the command line (messages that name flags, exit codes, JSON).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+mod render;
+mod run;
+
+#[derive(Parser, Debug)]
+#[command(name = "host", version, about = "Runs order-pipeline components in a private, throw-away sandbox.")]
+#[command(after_help = render::exit_code_table())]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Runs a pipeline on one input file and delivers its outputs.
+    ///
+    /// `host run orders.csv` uses the bundled pipeline; `host run plugin.wasm
+    /// orders.csv` runs any component of the orders:pipeline@0.1.0 world.
+    #[command(after_help = render::exit_code_table())]
+    Run(run::RunArgs),
+    /// Removes sandboxes left behind by host processes that were killed.
+    ///
+    /// Sandboxes whose owner is still running are never touched.
+    Sweep {
+        #[command(flatten)]
+        root: RootArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+struct RootArgs {
+    /// Folder that holds the sandboxes [default: orders-host-<uid> in the temp
+    /// folder, or ~/.cache/orders-host-sandboxes when that one is not yours].
+    #[arg(long, value_name = "DIR")]
+    sandbox_root: Option<PathBuf>,
+
+    /// Memory-backed folder for the sandboxes of small inputs [default:
+    /// /dev/shm/orders-host-<uid>, or $XDG_RUNTIME_DIR/orders-host].
+    #[arg(long, value_name = "DIR")]
+    memory_root: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Run(args) => run::command(&args),
+        Command::Sweep { root } => match sweep_command(&root) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("host: {err:#}");
+                ExitCode::from(render::exit_code(orders_host::Outcome::HostError))
+            }
+        },
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn sweep_command(args: &RootArgs) -> anyhow::Result<()> {
+    // Named roots, else every default location (fallbacks included).
+    let sweep = orders_host::sweep_roots(args.sandbox_root.as_deref(), args.memory_root.as_deref())?;
+    println!("removed {} sandbox(es) of killed hosts, left {} of running hosts", sweep.removed.len(), sweep.live);
+    if let Some((name, err)) = sweep.failed.first() {
+        anyhow::bail!("{} sandbox(es) could not be removed, first {name}: {err}", sweep.failed.len());
+    }
+    Ok(())
+}

@@ -1,0 +1,284 @@
+//! How the command line words what the library says: the exit code of each
+//! outcome, error messages whose remedies name this binary's flags, the
+//! summary and the JSON of `--json`.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use orders_host::text::shown;
+use orders_host::{LimitName, Outcome, Remedy, RunError, RunOutcome};
+
+/// The process exit code of each outcome. Usage errors exit with 2, as clap's.
+pub fn exit_code(outcome: Outcome) -> u8 {
+    match outcome {
+        Outcome::Success => 0,
+        Outcome::HostError => 1,
+        Outcome::InvalidArgument => 2,
+        Outcome::InputUnreadable => 3,
+        Outcome::InvalidInput => 4,
+        Outcome::PipelineError => 5,
+        Outcome::ComponentInvalid => 6,
+        Outcome::Trap => 7,
+        Outcome::ContractViolation => 8,
+        Outcome::DeliveryFailed => 9,
+        Outcome::Timeout => 10,
+        Outcome::MemoryLimit => 11,
+        Outcome::FuelExhausted => 12,
+        Outcome::DiskQuota => 13,
+        Outcome::FileLimit => 14,
+        Outcome::OutputTooLarge => 15,
+        Outcome::CleanupFailed => 16,
+        Outcome::Busy => 17,
+        Outcome::Interrupted => 130,
+        _ => 1,
+    }
+}
+
+/// One line for the exit-code table of `--help` and the README.
+fn meaning(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Success => "the outputs were delivered",
+        Outcome::HostError => "the host itself failed (a bug, or the machine is out of resources)",
+        Outcome::InvalidArgument => "usage error: bad arguments, or an argument that is not valid",
+        Outcome::InputUnreadable => "the input or component file cannot be read",
+        Outcome::InvalidInput => "the pipeline refused the input (no header, missing or repeated column)",
+        Outcome::PipelineError => "the pipeline failed while reading or writing, or a total overflowed",
+        Outcome::ComponentInvalid => "the file is not a component of the orders:pipeline world",
+        Outcome::Trap => "the guest crashed: trap, panic or exit",
+        Outcome::ContractViolation => "the guest's report or output folder broke the contract",
+        Outcome::DeliveryFailed => "the outputs could not be delivered (e.g. the output folder exists)",
+        Outcome::Timeout => "the guest ran past --timeout",
+        Outcome::MemoryLimit => "the guest hit --memory",
+        Outcome::FuelExhausted => "the guest used up --fuel",
+        Outcome::DiskQuota => "the guest hit --disk-quota",
+        Outcome::FileLimit => "the guest hit --max-files or --max-folders",
+        Outcome::OutputTooLarge => "the outputs are larger than --max-output, or more than 10000 files",
+        Outcome::CleanupFailed => "the sandbox could not be removed (run `host sweep`)",
+        Outcome::Interrupted => "Ctrl-C or SIGTERM stopped the run; its sandbox was removed",
+        Outcome::Busy => "library only: the concurrency bound was reached and the caller asked to fail fast",
+        _ => "",
+    }
+}
+
+/// The exit codes, for `--help`.
+pub fn exit_code_table() -> String {
+    let mut table = String::from("Exit codes:\n");
+    for outcome in Outcome::ALL {
+        table.push_str(&format!("  {:<4} {} — {}\n", exit_code(outcome), outcome.name(), meaning(outcome)));
+    }
+    table
+}
+
+/// The error as one line for stderr: what was wrong, and what to do with
+/// this command's flags.
+pub fn message(err: &RunError) -> String {
+    match err.remedy() {
+        Some(remedy) => format!("{}; {}", err.summary(), remedy_text(remedy)),
+        None => err.summary(),
+    }
+}
+
+fn remedy_text(remedy: Remedy) -> String {
+    match remedy {
+        Remedy::Raise(LimitName::Timeout) => "raise --timeout if the input needs longer".into(),
+        Remedy::Raise(LimitName::Memory) => "raise --memory if the input needs more".into(),
+        Remedy::Raise(LimitName::Fuel) => "raise --fuel if the input needs more".into(),
+        Remedy::Raise(LimitName::DiskQuota) => "raise --disk-quota if the outputs need more room".into(),
+        Remedy::Raise(LimitName::MaxFiles) => "raise --max-files if the outputs need more".into(),
+        Remedy::Raise(LimitName::MaxFolders) => "raise --max-folders if the outputs need more".into(),
+        Remedy::Raise(LimitName::MaxOutput) => "raise --max-output to accept them".into(),
+        Remedy::ReplaceOrChooseAnother => "pass --force to replace it, or choose another --out".into(),
+        Remedy::ChooseAnother => "choose another --out".into(),
+        Remedy::Sweep => "run `host sweep` once no host is running".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Region names are padded to the longest up to this many characters; a
+/// longer one (a guest's choice) only pushes its own line out.
+const MAX_REGION_COLUMN: usize = 32;
+
+/// The names of the report are the guest's: shown escaped, as every guest text.
+pub fn print_summary(outcome: &RunOutcome) {
+    let report = &outcome.report;
+    println!(
+        "{} rows: {} accepted, {} cancelled, {} rejected",
+        report.rows, report.accepted, report.cancelled, report.rejected
+    );
+    if !report.reasons.is_empty() {
+        let reasons: Vec<String> = report.reasons.iter().map(|r| format!("{} {}", shown(&r.reason), r.rows)).collect();
+        println!("rejected by reason: {}", reasons.join(", "));
+    }
+    let regions: Vec<String> = report.regions.iter().map(|r| shown(&r.region).to_string()).collect();
+    let width = regions.iter().map(|name| name.chars().count()).filter(|&n| n <= MAX_REGION_COLUMN).max().unwrap_or(0);
+    for (name, region) in regions.iter().zip(&report.regions) {
+        let noun = if region.orders == 1 { "order " } else { "orders" };
+        let padding = " ".repeat(width.saturating_sub(name.chars().count()));
+        println!("  {name}{padding}  {:>8} {noun}  {:>16}", region.orders, format_cents(region.total_cents));
+    }
+    let names: Vec<String> = outcome.outputs.iter().map(|f| shown(&f.name).to_string()).collect();
+    match &outcome.delivered {
+        orders_host::Delivered::Folder(path) => println!("outputs in {}: {}", path.display(), names.join(", ")),
+        orders_host::Delivered::Tar(path) => {
+            println!("outputs in the archive {}: {}", path.display(), names.join(", "))
+        }
+        orders_host::Delivered::Memory(_) => {}
+    }
+}
+
+pub fn print_json_success(outcome: &RunOutcome) {
+    let destination = match &outcome.delivered {
+        orders_host::Delivered::Folder(path) | orders_host::Delivered::Tar(path) => Some(path.display().to_string()),
+        orders_host::Delivered::Memory(_) => None,
+    };
+    let value = serde_json::json!({
+        "outcome": Outcome::Success,
+        "exit_code": 0,
+        "report": outcome.report,
+        "outputs": outcome.outputs,
+        "destination": destination,
+        "peak_memory_bytes": outcome.peak_memory,
+        "fuel_used": outcome.fuel_used,
+        "bytes_written": outcome.bytes_written,
+        "spooled": outcome.spooled,
+        "timings_us": timings_json(&outcome.timings),
+    });
+    print_json(&value);
+}
+
+fn timings_json(timings: &orders_host::Timings) -> serde_json::Value {
+    let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    serde_json::json!({
+        "sandbox_create": us(timings.sandbox_create),
+        "input_copy": us(timings.input_copy),
+        "guest": us(timings.guest),
+        "collect": us(timings.collect),
+        "deliver": us(timings.deliver),
+        "sandbox_remove": us(timings.sandbox_remove),
+        "total": us(timings.total),
+    })
+}
+
+pub fn print_json_failure(err: &RunError) {
+    let outcome = err.outcome();
+    let value = serde_json::json!({
+        "outcome": outcome,
+        "exit_code": exit_code(outcome),
+        "error": message(err),
+        "limit": err.limit_hit(),
+    });
+    print_json(&value);
+}
+
+/// Pretty JSON on stdout, as `{:#}` prints it, but with every character
+/// that could act on a terminal escaped (`\u009b`): JSON escapes only C0
+/// controls, and the report's names are the guest's text. The value read
+/// back is the same.
+fn print_json(value: &serde_json::Value) {
+    let mut text = Vec::new();
+    let mut serializer = serde_json::Serializer::with_formatter(&mut text, TerminalSafe::default());
+    if let Err(err) = serde::Serialize::serialize(value, &mut serializer) {
+        eprintln!("host: cannot write the JSON output: {err}");
+        return;
+    }
+    text.push(b'\n');
+    if let Err(err) = std::io::stdout().lock().write_all(&text) {
+        eprintln!("host: cannot write the JSON output: {err}");
+    }
+}
+
+/// serde_json's pretty layout, with [`orders_host::text::acts_on_terminal`]
+/// characters written as JSON escapes.
+#[derive(Default)]
+struct TerminalSafe(serde_json::ser::PrettyFormatter<'static>);
+
+impl serde_json::ser::Formatter for TerminalSafe {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let mut plain = 0;
+        for (at, c) in fragment.char_indices() {
+            if orders_host::text::acts_on_terminal(c) {
+                writer.write_all(&fragment.as_bytes()[plain..at])?;
+                // Every such character is in the Basic Multilingual Plane: one escape.
+                write!(writer, "\\u{:04x}", u32::from(c))?;
+                plain = at + c.len_utf8();
+            }
+        }
+        writer.write_all(&fragment.as_bytes()[plain..])
+    }
+
+    fn begin_array<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.0.begin_array(writer)
+    }
+
+    fn end_array<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.0.end_array(writer)
+    }
+
+    fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
+        self.0.begin_array_value(writer, first)
+    }
+
+    fn end_array_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.0.end_array_value(writer)
+    }
+
+    fn begin_object<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.0.begin_object(writer)
+    }
+
+    fn end_object<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.0.end_object(writer)
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, first: bool) -> std::io::Result<()> {
+        self.0.begin_object_key(writer, first)
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.0.begin_object_value(writer)
+    }
+
+    fn end_object_value<W: ?Sized + std::io::Write>(&mut self, writer: &mut W) -> std::io::Result<()> {
+        self.0.end_object_value(writer)
+    }
+}
+
+/// Formats whole cents as `1234.50`.
+fn format_cents(cents: u64) -> String {
+    format!("{}.{:02}", cents / 100, cents % 100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_outcome_has_its_own_exit_code() {
+        let mut codes: Vec<u8> = Outcome::ALL.iter().map(|o| exit_code(*o)).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), Outcome::ALL.len());
+        assert_eq!(exit_code(Outcome::InvalidArgument), 2, "2 is for usage errors, as clap's");
+        assert!(Outcome::ALL.iter().all(|o| !meaning(*o).is_empty()));
+    }
+
+    #[test]
+    fn cents_print_with_two_decimals() {
+        assert_eq!(format_cents(123_450), "1234.50");
+        assert_eq!(format_cents(5), "0.05");
+        assert_eq!(format_cents(0), "0.00");
+    }
+
+    #[test]
+    fn messages_name_the_flags_of_this_command() {
+        let err = RunError::Timeout { limit: Duration::from_secs(2) };
+        assert_eq!(
+            message(&err),
+            "the guest ran out of time: it was stopped after 2s; raise --timeout if the input needs longer"
+        );
+    }
+}

@@ -1,0 +1,159 @@
+//! What one invocation is: the component, the input, for whom, under which
+//! limits and deadlines, and where the outputs go. An [`Invocation`] owns all
+//! of it (`Send + 'static`), so it can be built in one task and wait in a
+//! queue for another to run it.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::component::Component;
+use crate::limits::Limits;
+use crate::outputs::Destination;
+use crate::quota::Progress;
+
+/// The input of one invocation. The guest cannot tell them apart.
+pub enum Input {
+    /// A file, linked or copied into the sandbox.
+    Path(PathBuf),
+    /// Bytes already in memory.
+    Bytes(Vec<u8>),
+    /// A stream, read to its end into the sandbox (on a blocking thread).
+    Reader(Box<dyn Read + Send>),
+}
+
+impl std::fmt::Debug for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Path(path) => f.debug_tuple("Path").field(path).finish(),
+            Self::Bytes(bytes) => write!(f, "Bytes({} bytes)", bytes.len()),
+            Self::Reader(_) => f.write_str("Reader(..)"),
+        }
+    }
+}
+
+/// What to do when the concurrency bound is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Admission {
+    /// Wait for a slot (the default), up to the queue timeout if one is set.
+    #[default]
+    Wait,
+    /// Fail at once with [`crate::RunError::Busy`].
+    FailFast,
+}
+
+/// One invocation: what to run, on what, for whom, under which limits, and
+/// where the outputs go. Built with its methods; run with
+/// [`crate::Runner::invoke`].
+///
+/// ```no_run
+/// # async fn example(runner: &orders_host::Runner, pipeline: &orders_host::Component) -> Result<(), orders_host::RunError> {
+/// use std::time::Duration;
+/// use orders_host::{Destination, Input, Invocation};
+/// let invocation = Invocation::new(pipeline.clone(), Input::Path("orders.csv".into()))
+///     .tenant("acme")
+///     .deadline(Duration::from_secs(120))
+///     .destination(Destination::Tar { path: "acme-orders.tar".into(), force: true });
+/// let outcome = runner.invoke(invocation).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Invocation {
+    pub(crate) component: Component,
+    pub(crate) input: Input,
+    pub(crate) tenant: Option<String>,
+    pub(crate) limits: Option<Limits>,
+    pub(crate) destination: Destination,
+    pub(crate) admission: Admission,
+    pub(crate) queue_timeout: Option<Duration>,
+    pub(crate) deadline: Option<Duration>,
+    pub(crate) progress: Option<Arc<Progress>>,
+}
+
+impl Invocation {
+    /// An invocation of `component` on `input`, with outputs in memory.
+    #[must_use]
+    pub fn new(component: Component, input: Input) -> Self {
+        Self {
+            component,
+            input,
+            tenant: None,
+            limits: None,
+            destination: Destination::Memory,
+            admission: Admission::Wait,
+            queue_timeout: None,
+            deadline: None,
+            progress: None,
+        }
+    }
+
+    /// Runs for `tenant`: its own sandbox folder, concurrency bound and
+    /// limit profile (`[A-Za-z0-9_-]{1,64}`).
+    #[must_use]
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = Some(tenant.into());
+        self
+    }
+
+    /// Runs under `limits`, instead of the tenant's profile or the defaults.
+    #[must_use]
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
+    /// Delivers the outputs to `destination` (default: in memory).
+    #[must_use]
+    pub fn destination(mut self, destination: Destination) -> Self {
+        self.destination = destination;
+        self
+    }
+
+    /// Fails at once with [`crate::RunError::Busy`] when no slot is free.
+    #[must_use]
+    pub fn fail_fast(mut self) -> Self {
+        self.admission = Admission::FailFast;
+        self
+    }
+
+    /// Waits at most `timeout` for a slot, then fails with
+    /// [`crate::RunError::Busy`].
+    #[must_use]
+    pub fn queue_timeout(mut self, timeout: Duration) -> Self {
+        self.queue_timeout = Some(timeout);
+        self
+    }
+
+    /// Bounds the whole invocation once it has its slot, from making the
+    /// sandbox to removing it: past `deadline` it stops where it is (the
+    /// guest, the delivery) with [`crate::RunError::DeadlineExceeded`], and
+    /// its sandbox is removed (what removal cannot finish in its budget goes
+    /// on in the background). The guest's own [`Limits::timeout`] applies
+    /// within it.
+    #[must_use]
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Counts how far the guest has read its input into `progress`.
+    #[must_use]
+    pub fn progress(mut self, progress: Arc<Progress>) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_static<T: Send + 'static>() {}
+
+    #[test]
+    fn an_invocation_can_wait_in_a_queue_of_another_task() {
+        assert_send_static::<Invocation>();
+    }
+}
