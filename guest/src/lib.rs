@@ -65,8 +65,9 @@
 //!   and shows the header that was found, which makes a `;`-separated file or
 //!   a missing header row obvious.
 //! - **Encoding** is checked on every field of the row, extra columns
-//!   included. A row with invalid UTF-8 appears in `rejected.csv` with each
-//!   bad byte sequence replaced by U+FFFD, so that file stays valid UTF-8.
+//!   included. A row with invalid UTF-8 appears in `rejected.csv` with its
+//!   original bytes (CSV-quoted as needed), so that file is not always valid
+//!   UTF-8; the other outputs are always ASCII.
 //! - **Order ids** are compared exactly (case-sensitive) after trimming: `A1`
 //!   and `a1` are different orders. The first valid row with an id wins; a row
 //!   rejected for any reason does not reserve its id, a cancelled row does.

@@ -40,19 +40,20 @@ fn text(sink: &MemorySink, name: &str) -> String {
     sink.text(name).unwrap_or_else(|| panic!("`{name}` was written"))
 }
 
-/// `rejected.csv` parsed back: (line, reason, record).
+/// `rejected.csv` parsed back: (line, reason, record), the record shown
+/// with U+FFFD for invalid UTF-8 (which the file keeps as it was).
 fn rejected_rows(sink: &MemorySink) -> Vec<(u64, String, String)> {
     let bytes = sink.file("rejected.csv").expect("rejected.csv is always written");
-    let text = String::from_utf8(bytes).expect("rejected.csv is UTF-8");
-    let mut reader = csv::Reader::from_reader(text.as_bytes());
-    assert_eq!(reader.headers().expect("header"), vec!["line", "reason", "record"]);
+    let mut reader = csv::Reader::from_reader(bytes.as_slice());
+    assert_eq!(reader.byte_headers().expect("header"), vec!["line", "reason", "record"]);
     reader
-        .records()
+        .byte_records()
         .map(|row| {
             let row = row.expect("rejected.csv parses");
             assert_eq!(row.len(), 3);
-            let line = row[0].parse().expect("a line number");
-            (line, row[1].to_owned(), row[2].to_owned())
+            let line = std::str::from_utf8(&row[0]).expect("ASCII").parse().expect("a line number");
+            let reason = String::from_utf8(row[1].to_vec()).expect("a reason is ASCII");
+            (line, reason, String::from_utf8_lossy(&row[2]).into_owned())
         })
         .collect()
 }
@@ -440,13 +441,28 @@ fn an_input_without_a_header_fails_and_writes_nothing() {
 }
 
 #[test]
-fn invalid_utf8_is_rejected_and_shown_with_replacement_characters() {
+fn invalid_utf8_is_rejected_and_kept_byte_for_byte() {
     let mut input = b"order_id,region,amount,status,note\n".to_vec();
     input.extend_from_slice(b"1,north,5,completed,caf\xe9\n2,north,5,completed,ok\n");
+    // Quoted as needed, the bad bytes as they were: a truncated sequence,
+    // an overlong one, a lone continuation byte.
+    input.extend_from_slice(b"3,north,5,completed,\"\xc3,\xc0\xaf \"\"\x80\"\"\"\n");
     let (report, sink) = run(&input);
-    assert_eq!(report.reasons, [(Reason::Encoding, 1)]);
+    assert_eq!(report.reasons, [(Reason::Encoding, 2)]);
     assert_eq!(report.regions, [region("north", 1, 500)]);
-    assert_eq!(rejected_rows(&sink), [(2, "encoding".to_owned(), "1,north,5,completed,caf\u{fffd}".to_owned())]);
+    assert_eq!(
+        sink.file("rejected.csv").expect("written"),
+        b"line,reason,record\n\
+          2,encoding,\"1,north,5,completed,caf\xe9\"\n\
+          4,encoding,\"3,north,5,completed,\"\"\xc3,\xc0\xaf \"\"\"\"\x80\"\"\"\"\"\"\"\n"
+    );
+    // Read back, the record is the row's fields, bytes and all.
+    let rejected = sink.file("rejected.csv").expect("written");
+    let mut reader = csv::Reader::from_reader(rejected.as_slice());
+    let rows: Vec<csv::ByteRecord> = reader.byte_records().map(|row| row.expect("parses")).collect();
+    let mut inner = csv::ReaderBuilder::new().has_headers(false).from_reader(&rows[1][2]);
+    let fields = inner.byte_records().next().expect("one record").expect("parses");
+    assert_eq!(fields.iter().collect::<Vec<_>>(), [&b"3"[..], b"north", b"5", b"completed", b"\xc3,\xc0\xaf \"\x80\""]);
 }
 
 #[test]
