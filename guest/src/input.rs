@@ -9,6 +9,10 @@
 //! by its own fast paths (in WebAssembly, `csv_core`'s byte-at-a-time state
 //! machine was the largest cost of a run), anything else with `csv_core`,
 //! whose results the fast paths reproduce exactly (see the tests).
+//!
+//! Physical lines end at LF, CRLF or a lone CR, inside quoted fields too
+//! (where the line end is data but still moves later lines down); a CRLF is
+//! one line end even when a buffer refill falls between its two bytes.
 
 #![forbid(unsafe_code)]
 
@@ -110,8 +114,12 @@ struct Split {
     fields: usize,
     /// True if every byte of the record is ASCII.
     ascii: bool,
-    /// Line feeds inside quoted fields.
-    quoted_line_feeds: u64,
+    /// CR and LF bytes inside quoted fields (each one line end unless one
+    /// follows another: then see `quoted_breaks_adjacent`).
+    quoted_breaks: u64,
+    /// True if two of those bytes are next to each other (a CRLF counts
+    /// once, so the record's line ends must be counted byte by byte).
+    quoted_breaks_adjacent: bool,
     /// The first field that holds a doubled quote (`""`), still to be
     /// unescaped; `usize::MAX` if none does.
     first_escaped: usize,
@@ -132,7 +140,8 @@ struct Split {
 fn split_line(rest: &[u8], starts: &mut [usize], ends: &mut [usize]) -> Option<Split> {
     let mut fields = 0;
     let mut non_ascii = 0;
-    let mut quoted_line_feeds = 0;
+    let mut quoted_breaks = 0;
+    let mut adjacent = 0;
     let mut first_escaped = usize::MAX;
     // Where the current field starts, and the next unquoted bytes to look at.
     let mut field_start = 0;
@@ -155,24 +164,40 @@ fn split_line(rest: &[u8], starts: &mut [usize], ends: &mut [usize]) -> Option<S
             *starts.get_mut(fields)? = field_start;
             *ends.get_mut(fields)? = at;
             let ascii = non_ascii == 0;
-            return Some(Split { len: at, fields: fields + 1, ascii, quoted_line_feeds, first_escaped });
+            let quoted_breaks_adjacent = adjacent != 0;
+            return Some(Split {
+                len: at,
+                fields: fields + 1,
+                ascii,
+                quoted_breaks,
+                quoted_breaks_adjacent,
+                first_escaped,
+            });
         }
         // As in `csv_core`, only a field's first byte opens a quoted part.
         if at != field_start {
             return None;
         }
         let mut position = at + 1;
+        // The last byte of the previous chunk, if it was a line end and the
+        // chunks are contiguous.
+        let mut carried = 0;
         let close = loop {
-            let (quotes, line_feeds, high) = classify_quoted(&load_chunk(rest, position)?);
+            let (quotes, line_breaks, high) = classify_quoted(&load_chunk(rest, position)?);
             if quotes == 0 {
-                quoted_line_feeds += u64::from(line_feeds.count_ones());
+                quoted_breaks += u64::from(line_breaks.count_ones());
+                adjacent |= line_breaks & (line_breaks >> 1 | carried);
+                carried = line_breaks >> (CHUNK - 1);
                 non_ascii |= high;
                 position += CHUNK;
                 continue;
             }
             let quote = quotes.trailing_zeros();
             let before_quote = (1 << quote) - 1;
-            quoted_line_feeds += u64::from((line_feeds & before_quote).count_ones());
+            let line_breaks = line_breaks & before_quote;
+            quoted_breaks += u64::from(line_breaks.count_ones());
+            adjacent |= line_breaks & (line_breaks >> 1 | carried);
+            carried = 0;
             non_ascii |= high & before_quote;
             let quote = position + quote as usize;
             if *rest.get(quote + 1)? != b'"' {
@@ -194,7 +219,16 @@ fn split_line(rest: &[u8], starts: &mut [usize], ends: &mut [usize]) -> Option<S
             }
             b'\n' | b'\r' => {
                 let ascii = non_ascii == 0;
-                return Some(Split { len: close + 1, fields: fields + 1, ascii, quoted_line_feeds, first_escaped });
+                let quoted_breaks_adjacent = adjacent != 0;
+                let len = close + 1;
+                return Some(Split {
+                    len,
+                    fields: fields + 1,
+                    ascii,
+                    quoted_breaks,
+                    quoted_breaks_adjacent,
+                    first_escaped,
+                });
             }
             // Text after the closing quote: `csv_core` appends it to the field.
             _ => return None,
@@ -292,28 +326,28 @@ fn classify(chunk: &[u8; CHUNK]) -> (u32, u32, u32) {
 }
 
 /// Bit `i` of the first mask is set if `chunk[i]` is a quote, of the second
-/// if it is a line feed, of the third if it is not ASCII.
+/// if it is a CR or LF, of the third if it is not ASCII.
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
 fn classify_quoted(chunk: &[u8; CHUNK]) -> (u32, u32, u32) {
     let mut quotes = 0;
-    let mut line_feeds = 0;
+    let mut line_breaks = 0;
     let mut high = 0;
     for (index, &byte) in chunk.iter().enumerate() {
         quotes |= u32::from(byte == b'"') << index;
-        line_feeds |= u32::from(byte == b'\n') << index;
+        line_breaks |= u32::from(byte == b'\n' || byte == b'\r') << index;
         high |= u32::from(!byte.is_ascii()) << index;
     }
-    (quotes, line_feeds, high)
+    (quotes, line_breaks, high)
 }
 
 /// `classify_quoted` in vector comparisons. Same result, bit for bit.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 fn classify_quoted(chunk: &[u8; CHUNK]) -> (u32, u32, u32) {
-    use core::arch::wasm32::{u8x16_bitmask, u8x16_eq, u8x16_splat};
+    use core::arch::wasm32::{u8x16_bitmask, u8x16_eq, u8x16_splat, v128_or};
     let bytes = vector(chunk);
     let quotes = u8x16_eq(bytes, u8x16_splat(b'"'));
-    let line_feeds = u8x16_eq(bytes, u8x16_splat(b'\n'));
-    (u32::from(u8x16_bitmask(quotes)), u32::from(u8x16_bitmask(line_feeds)), u32::from(u8x16_bitmask(bytes)))
+    let line_breaks = v128_or(u8x16_eq(bytes, u8x16_splat(b'\n')), u8x16_eq(bytes, u8x16_splat(b'\r')));
+    (u32::from(u8x16_bitmask(quotes)), u32::from(u8x16_bitmask(line_breaks)), u32::from(u8x16_bitmask(bytes)))
 }
 
 /// Parses a record at the start of `rest` that holds quotes, the way
@@ -413,9 +447,11 @@ pub(crate) struct RecordReader<R> {
     /// True until the first block was read: only its start can hold a byte
     /// order mark.
     first_call: bool,
-    /// The physical line of `buffer[consumed]`: one more than the `\n` bytes
+    /// The physical line of `buffer[consumed]`: one more than the line ends
     /// consumed so far.
     line: u64,
+    /// True if the last byte consumed is a CR: an LF next ends no new line.
+    after_cr: bool,
     /// Set while `csv_core` has a record part way.
     partial: Option<Partial>,
 }
@@ -437,6 +473,7 @@ impl<R: Read> RecordReader<R> {
             source_exhausted: false,
             first_call: true,
             line: 1,
+            after_cr: false,
             partial: None,
         }
     }
@@ -459,7 +496,9 @@ impl<R: Read> RecordReader<R> {
                     // Between records, line ends are empty lines.
                     let rest = &self.buffer[self.consumed..self.filled];
                     let skipped = rest.iter().position(|&byte| byte != b'\n' && byte != b'\r').unwrap_or(rest.len());
-                    self.line += count_line_feeds(&rest[..skipped]);
+                    if skipped > 0 {
+                        self.line += count_line_breaks(&rest[..skipped], &mut self.after_cr);
+                    }
                     self.consumed += skipped;
                     let rest = &rest[skipped..];
                     if rest.is_empty() {
@@ -470,7 +509,16 @@ impl<R: Read> RecordReader<R> {
                     }
                     if let Some(split) = split_line(rest, &mut raw.starts, &mut raw.ends) {
                         let line = self.line;
-                        self.line += split.quoted_line_feeds + u64::from(rest[split.len] == b'\n');
+                        // The terminator ends a line (it never follows a CR:
+                        // a CR before it would have ended the record), and
+                        // only quoted fields can hold others.
+                        let quoted = if split.quoted_breaks_adjacent {
+                            count_line_breaks(&rest[..split.len], &mut false)
+                        } else {
+                            split.quoted_breaks
+                        };
+                        self.line += quoted + 1;
+                        self.after_cr = rest[split.len] == b'\r';
                         let start = self.consumed;
                         self.consumed += split.len + 1;
                         let fields = split.fields;
@@ -497,7 +545,7 @@ impl<R: Read> RecordReader<R> {
                         unescape_line(rest, &mut raw.data, &mut raw.starts, &mut raw.ends)
                     {
                         let line = self.line;
-                        self.line += count_line_feeds(&rest[..=len]);
+                        self.line += count_line_breaks(&rest[..=len], &mut self.after_cr);
                         self.consumed += len + 1;
                         return Ok(Some(Record {
                             data: &raw.data[..data_len],
@@ -544,7 +592,7 @@ impl<R: Read> RecordReader<R> {
         let parser = self.parser.get_or_insert_with(started_parser);
         let (result, read, written, ends_written) =
             parser.read_record(input, &mut raw.data[partial.data_len..], &mut raw.ends[partial.ends_len..]);
-        self.line += count_line_feeds(&input[..read]);
+        self.line += count_line_breaks(&input[..read], &mut self.after_cr);
         self.consumed += read;
         partial.data_len += written;
         partial.ends_len += ends_written;
@@ -590,8 +638,22 @@ impl<R: Read> RecordReader<R> {
     }
 }
 
-fn count_line_feeds(bytes: &[u8]) -> u64 {
-    memchr::memchr_iter(b'\n', bytes).count() as u64
+/// The line ends in `bytes`: every CR, and every LF that does not follow a
+/// CR (a CRLF is one line end). `after_cr` tells whether the byte before
+/// `bytes` is a CR, and is updated to whether their last one is.
+fn count_line_breaks(bytes: &[u8], after_cr: &mut bool) -> u64 {
+    let mut count = 0;
+    for position in memchr::memchr2_iter(b'\r', b'\n', bytes) {
+        let follows_cr = match position.checked_sub(1) {
+            Some(before) => bytes[before] == b'\r',
+            None => *after_cr,
+        };
+        count += u64::from(bytes[position] == b'\r' || !follows_cr);
+    }
+    if let Some(&last) = bytes.last() {
+        *after_cr = last == b'\r';
+    }
+    count
 }
 
 /// Doubles a record buffer, failing the run past `limit` entries.
@@ -657,8 +719,8 @@ mod tests {
     }
 
     /// The reader as it was before its quote-free fast path: `csv_core` on
-    /// every byte. The fast path must give exactly its records, lines and
-    /// errors.
+    /// every byte, line ends counted byte by byte. The fast path must give
+    /// exactly its records, lines and errors.
     struct ReferenceReader<R> {
         source: R,
         parser: CsvParser,
@@ -667,6 +729,9 @@ mod tests {
         filled: usize,
         source_exhausted: bool,
         first_call: bool,
+        /// The physical line of the next byte, and whether the last was CR.
+        line: u64,
+        after_cr: bool,
     }
 
     impl<R: Read> ReferenceReader<R> {
@@ -679,6 +744,8 @@ mod tests {
                 filled: 0,
                 source_exhausted: false,
                 first_call: true,
+                line: 1,
+                after_cr: false,
             }
         }
 
@@ -701,32 +768,26 @@ mod tests {
                             Err(err) => {
                                 return Err(PipelineError::Io(format!(
                                     "reading the input failed after line {}: {err}",
-                                    self.parser.line()
+                                    self.line
                                 )));
                             }
                         }
                     }
                 }
                 let input = &self.buffer[self.consumed..self.filled];
-                let line_before = self.parser.line();
                 let (result, read, written, ends_written) =
                     self.parser.read_record(input, &mut record.data[data_len..], &mut record.ends[ends_len..]);
-                if start_line.is_none() {
-                    let mut consumed = &input[..read];
-                    if std::mem::take(&mut self.first_call) && consumed.starts_with(UTF8_BOM) {
-                        consumed = &consumed[UTF8_BOM.len()..];
+                let mut consumed = &input[..read];
+                if std::mem::take(&mut self.first_call) && consumed.starts_with(UTF8_BOM) {
+                    consumed = &consumed[UTF8_BOM.len()..];
+                }
+                for &byte in consumed {
+                    let line_end = byte == b'\r' || byte == b'\n';
+                    if start_line.is_none() && !line_end {
+                        start_line = Some(self.line);
                     }
-                    let mut line = line_before;
-                    for &byte in consumed {
-                        match byte {
-                            b'\n' => line += 1,
-                            b'\r' => {}
-                            _ => {
-                                start_line = Some(line);
-                                break;
-                            }
-                        }
-                    }
+                    self.line += u64::from(byte == b'\r' || (byte == b'\n' && !self.after_cr));
+                    self.after_cr = byte == b'\r';
                 }
                 self.consumed += read;
                 data_len += written;
@@ -749,7 +810,7 @@ mod tests {
                                 field
                             })
                             .collect();
-                        return Ok(Some((start_line.unwrap_or(line_before), fields)));
+                        return Ok(Some((start_line.unwrap_or(self.line), fields)));
                     }
                     ReadRecordResult::End => return Ok(None),
                 }
@@ -858,18 +919,36 @@ mod tests {
                         String::from_utf8_lossy(&field[..len]).into_owned()
                     })
                     .collect();
-                (split.len, fields, split.quoted_line_feeds, split.ascii)
+                (split.len, fields, (split.quoted_breaks, split.quoted_breaks_adjacent), split.ascii)
             })
         };
         let long = "x".repeat(40);
-        assert_eq!(split("a,\"b,c\",d\n"), Some((9, vec!["a".into(), "b,c".into(), "d".into()], 0, true)));
-        assert_eq!(split("\"\"\r\n"), Some((2, vec!["".into()], 0, true)));
-        assert_eq!(split("\"\"\"\"\n"), Some((4, vec!["\"".into()], 0, true)));
-        assert_eq!(split("1,\"said \"\"asap\"\"\"\n"), Some((17, vec!["1".into(), "said \"asap\"".into()], 0, true)));
+        assert_eq!(split("a,\"b,c\",d\n"), Some((9, vec!["a".into(), "b,c".into(), "d".into()], (0, false), true)));
+        assert_eq!(split("\"\"\r\n"), Some((2, vec!["".into()], (0, false), true)));
+        assert_eq!(split("\"\"\"\"\n"), Some((4, vec!["\"".into()], (0, false), true)));
+        assert_eq!(
+            split("1,\"said \"\"asap\"\"\"\n"),
+            Some((17, vec!["1".into(), "said \"asap\"".into()], (0, false), true))
+        );
+        assert_eq!(split("\"a\rb\",c\r"), Some((7, vec!["a\rb".into(), "c".into()], (1, false), true)));
+        // Line ends next to each other, across a chunk boundary or not; and
+        // not next to each other across an escaped quote.
+        let x15 = "x".repeat(15);
+        let text = format!("\"{x15}\r\ny\",z\n");
+        assert_eq!(split(&text), Some((text.len() - 1, vec![format!("{x15}\r\ny"), "z".into()], (2, true), true)));
+        let text = format!("\"{x15}\ry\nz\"\n");
+        assert_eq!(split(&text), Some((text.len() - 1, vec![format!("{x15}\ry\nz")], (2, false), true)));
+        let text = format!("\"{}\r\"\"\n\"\n", &x15[1..]);
+        assert_eq!(split(&text), Some((text.len() - 1, vec![format!("{}\r\"\n", &x15[1..])], (2, false), true)));
         let text = format!("\"{long}\n{long}\r\n\u{e9}\",\"\",{long}\n");
         assert_eq!(
             split(&text),
-            Some((text.len() - 1, vec![format!("{long}\n{long}\r\n\u{e9}"), "".into(), long.clone()], 2, false))
+            Some((
+                text.len() - 1,
+                vec![format!("{long}\n{long}\r\n\u{e9}"), "".into(), long.clone()],
+                (3, true),
+                false
+            ))
         );
         // A quote past a field's first byte, text after a closing quote, a
         // record that does not end in the buffer, too many fields.
@@ -1038,5 +1117,42 @@ mod tests {
         assert!(reader.read(&mut raw).expect("header").is_some());
         let err = reader.read(&mut raw).expect_err("too large");
         assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn a_lone_cr_ends_a_line_like_lf_and_crlf_also_inside_quotes() {
+        assert_eq!(lines("h\ra\rb\r"), [1, 2, 3]);
+        assert_eq!(lines("h\r\ra\n\rb"), [1, 3, 5]);
+        assert_eq!(lines("h\n\"x\ry\",1\rb\n"), [1, 2, 4]);
+        assert_eq!(lines("h\n\"x\r\ny\r\rz\",1\nb\n"), [1, 2, 6]);
+        // A CR as the last byte of a quoted field, and of a buffer.
+        assert_eq!(lines("h\n\"x\r\"\nb\n"), [1, 2, 4]);
+        let parsed = records("h\r\"x\ry\",1\r\n\"\"\r\n,\r");
+        assert_eq!(parsed[1], (2, vec!["x\ry".to_owned(), "1".to_owned()]));
+        // (A line of `""` is a record here; the pipeline skips it as blank.)
+        assert_eq!(parsed[2], (4, vec![String::new()]));
+        assert_eq!(parsed[3], (5, vec![String::new(), String::new()]));
+        // A record ends at a lone CR, so a quote right after it opens the
+        // next record's first field.
+        assert_eq!(
+            records("h\na\r\"b\nc\"\nd"),
+            [
+                (1, vec!["h".to_owned()]),
+                (2, vec!["a".to_owned()]),
+                (3, vec!["b\nc".to_owned()]),
+                (5, vec!["d".to_owned()])
+            ]
+        );
+    }
+
+    #[test]
+    fn line_ends_split_across_refills_count_once() {
+        let mut after_cr = false;
+        assert_eq!(count_line_breaks(b"a\r", &mut after_cr), 1);
+        assert!(after_cr);
+        assert_eq!(count_line_breaks(b"\n\n\r\r\n", &mut after_cr), 3);
+        assert!(!after_cr);
+        assert_eq!(count_line_breaks(b"", &mut after_cr), 0);
+        assert_eq!(count_line_breaks(b"\n", &mut after_cr), 1);
     }
 }

@@ -49,15 +49,29 @@
 //!
 //! # Choices where SPEC.md is silent
 //!
-//! - **Blank lines.** A line of only ASCII whitespace, or holding only an
-//!   empty quoted field (`""`), carries no data: like an empty line it is
-//!   skipped and not counted, before the header too. A line of only commas is
-//!   not blank: it is a row (rejected for `field count`).
-//! - **Line endings.** LF and CRLF, also mixed. A lone CR ends a record too
-//!   (as in the `csv` crate), but only LF starts a new line for numbering.
+//! - **ASCII whitespace** (for trimming and blank lines) is space, tab, LF,
+//!   form feed and CR, as in Rust's `u8::is_ascii_whitespace`; a vertical
+//!   tab is data.
+//! - **Blank lines.** A record of one field that is empty or only ASCII
+//!   whitespace once unquoted (an empty line, a line of spaces, `""`)
+//!   carries no data: it is skipped and not counted, before the header too.
+//!   A line of only commas is not blank: it is a row (rejected for
+//!   `field count`).
+//! - **Line endings.** LF, CRLF and a lone CR, mixed freely, each end one
+//!   physical line, for splitting records and for numbering alike. Inside a
+//!   quoted field they are data (kept as they are), but still count as line
+//!   ends for the numbering of the rows after it; a CRLF counts once, also
+//!   when a refill of the read buffer falls between its two bytes. So a
+//!   quote right after a lone CR opens the first field of the next record.
 //! - **Line numbers** are the physical line on which the record's first byte
-//!   is; skipped blank lines and line breaks inside quoted fields count.
+//!   is; skipped blank lines and line ends inside quoted fields count.
 //!   A UTF-8 byte order mark is dropped only at the very start.
+//! - **Quotes** follow RFC 4180, read leniently (as `csv_core` does) where
+//!   an export breaks it: a quote opens a quoted field only as the field's
+//!   first byte and is plain data anywhere else (`a"b`); text after a
+//!   closing quote, up to the next comma or line end, is appended to the
+//!   field (`"a"b` is `ab`); a quote left open runs to the end of the input,
+//!   which ends the record.
 //! - **Header.** The first non-blank record. Its number of fields (extra
 //!   columns included) is the "as many fields as the header" of the
 //!   `field count` rule. A required column named twice is an error; repeated

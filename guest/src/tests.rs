@@ -466,6 +466,37 @@ fn invalid_utf8_is_rejected_and_kept_byte_for_byte() {
 }
 
 #[test]
+fn a_lone_cr_ends_lines_and_records_like_lf_and_crlf() {
+    let input = "order_id,region,amount,status,note\r\
+                 1,north,5,completed,\"a\rb\"\r\
+                 2,north,x,completed,\r\n\
+                 3,north,5,canceled,\r\"\n4,north,y,completed\n";
+    let (report, sink) = run(input);
+    assert_eq!((report.rows, report.accepted, report.cancelled, report.rejected), (4, 1, 1, 2));
+    // Row 1 starts on line 2 and its quoted CR moves row 2 to line 4; the
+    // quote after row 3's CR opens a field that runs to the end (line 6).
+    assert_eq!(
+        rejected_rows(&sink),
+        [
+            (4, "amount".to_owned(), "2,north,x,completed,".to_owned()),
+            (6, "field count".to_owned(), "\"\n4,north,y,completed\n\"".to_owned()),
+        ]
+    );
+    assert_eq!(text(&sink, "north_orders.csv"), "order_id,region,amount\n1,north,5.00\n");
+
+    // The same export with LF, CRLF or CR line ends: the same outputs.
+    let lf = "order_id,region,amount,status\n\n1,north,5,completed\n2,north,x,completed\n\n\n3,south,7.5,completed\n";
+    let (lf_report, lf_sink) = run(lf);
+    assert_eq!(rejected_rows(&lf_sink), [(4, "amount".to_owned(), "2,north,x,completed".to_owned())]);
+    let lf_files = lf_sink.into_files();
+    for line_end in ["\r\n", "\r"] {
+        let (report, sink) = run(lf.replace('\n', line_end));
+        assert_eq!(report, lf_report, "{line_end:?}");
+        assert_eq!(sink.into_files(), lf_files, "{line_end:?}");
+    }
+}
+
+#[test]
 fn the_report_lists_only_reasons_that_occurred_in_table_order() {
     let (report, _) = run_rows("1,north,5,nope\n2,north,x,completed\n3,north,y,completed\n,north,1,completed\n");
     assert_eq!(report.reasons, [(Reason::OrderId, 1), (Reason::Amount, 2), (Reason::Status, 1)]);
