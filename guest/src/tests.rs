@@ -819,3 +819,80 @@ fn buffer_sizes_follow_the_input_and_never_change_the_outputs() {
     assert_eq!(report, expected_report);
     assert_eq!(sink.into_files(), expected.into_files());
 }
+
+/// A row of `data_bytes` bytes of data in one note, quoted, so that the
+/// record is one field over or at the data cap with every other rule met.
+fn row_with_note_of(id: &str, data_bytes: usize) -> Vec<u8> {
+    let fixed = id.len() + "north".len() + "5".len() + "completed".len();
+    let mut row = format!("{id},north,5,completed,\"").into_bytes();
+    // Doubled quotes count once: the cap is on data once unquoted.
+    let note_len = data_bytes - fixed;
+    row.extend(
+        (0..note_len)
+            .map(|index| if index % 1000 == 999 { b'"' } else { b'x' })
+            .flat_map(|byte| if byte == b'"' { vec![b'"', b'"'] } else { vec![byte] }),
+    );
+    row.extend_from_slice(b"\"\n");
+    row
+}
+
+#[test]
+fn a_too_large_row_is_rejected_with_an_empty_record_and_the_run_goes_on() {
+    const CAP: usize = 8 * 1024 * 1024;
+    let mut input = b"order_id,region,amount,status,note\n1,north,1,completed,\n".to_vec();
+    input.extend(row_with_note_of("2", CAP)); // line 3: at the cap, valid
+    input.extend(row_with_note_of("3", CAP + 1)); // line 4: one byte over
+    input.extend_from_slice(b"4,north,4,completed,\"a\nb\"\n"); // line 5
+    // Line 7: more than 1,048,576 fields, and the wrong number of them:
+    // too large comes first in the table.
+    input.extend_from_slice(",".repeat(1024 * 1024).as_bytes());
+    input.extend_from_slice(b"\r\n5,north,5,completed,\n"); // line 8
+    // Lines 9 and 10: blank lines, however long, are not rows.
+    input.resize(input.len() + CAP + 1, b' ');
+    input.extend_from_slice(b"\n\"");
+    input.resize(input.len() + CAP + 1, b'\t');
+    input.extend_from_slice(b"\"\n");
+    // Line 11: a quote left open swallows the rest of the export.
+    input.extend_from_slice(b"6,north,6,completed,\"never closed\r\n");
+    input.resize(input.len() + CAP, b'y');
+    let (report, sink) = run(&input);
+    assert_eq!((report.rows, report.accepted, report.rejected), (7, 4, 3));
+    assert_eq!(report.reasons, [(Reason::TooLarge, 3)]);
+    assert_eq!(report.regions, [region("north", 4, 100 + 500 + 400 + 500)]);
+    assert_eq!(
+        sink.file("rejected.csv").expect("written"),
+        b"line,reason,record\n4,too large,\n7,too large,\n11,too large,\n"
+    );
+    assert_eq!(
+        text(&sink, "north_orders.csv"),
+        "order_id,region,amount\n1,north,1.00\n2,north,5.00\n4,north,4.00\n5,north,5.00\n"
+    );
+}
+
+#[test]
+fn too_large_comes_first_of_the_reasons_and_a_too_large_header_fails_the_run() {
+    use crate::input::Limits;
+    let limits = Limits { bytes: 30, fields: 5 };
+    let mut sink = MemorySink::new();
+    // 31 bytes of data (with several other faults); 6 fields; at both caps.
+    let input = "order_id,region,amount,status\n\
+                 \u{e9}d,north east,-1,pending,123456789\n\
+                 1,n,1,x,,\n\
+                 1,north,1,completed,\"12345678901\"\"\"\n\
+                 2,north,1,completed\n";
+    let report = crate::process_limited(input.as_bytes(), limits, &mut sink).expect("runs");
+    assert_eq!(report.reasons, [(Reason::TooLarge, 2), (Reason::FieldCount, 1)]);
+    assert_eq!(report.accepted, 1);
+    assert_eq!(
+        sink.text("rejected.csv").as_deref(),
+        Some(
+            "line,reason,record\n2,too large,\n3,too large,\n4,field count,\"1,north,1,completed,\"\"12345678901\"\"\"\"\"\"\"\n"
+        )
+    );
+    // A header over the caps is no header: nothing is written.
+    let mut sink = MemorySink::new();
+    let err = crate::process_limited("order_id,region,amount,status,a,b\n".as_bytes(), limits, &mut sink)
+        .expect_err("no usable header");
+    assert!(matches!(&err, PipelineError::InvalidInput(message) if message.contains("header on line 1")), "{err}");
+    assert!(sink.names().is_empty());
+}
