@@ -130,6 +130,8 @@ mod sink;
 mod component;
 
 #[cfg(test)]
+mod differential;
+#[cfg(test)]
 mod tests;
 
 use std::fmt;
