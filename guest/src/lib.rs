@@ -92,8 +92,9 @@
 //!   8 MiB, or exactly 1,048,576 fields, is not too large. Such a record is
 //!   read to its end without being kept (quotes still tracked, line ends
 //!   still counted), so one record never takes more than the caps' worth
-//!   of memory. A header over the caps fails the run as
-//!   [`PipelineError::InvalidInput`]: no columns can be found in it.
+//!   of memory; its `record` in `rejected.csv` is empty, as SPEC says, and
+//!   its line is the one it starts on. A header over the caps fails the run
+//!   as [`PipelineError::InvalidInput`]: no columns can be found in it.
 //! - **Order ids** are compared exactly (case-sensitive) after trimming: `A1`
 //!   and `a1` are different orders. The first valid row with an id wins; a row
 //!   rejected for any reason does not reserve its id, a cancelled row does.
