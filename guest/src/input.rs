@@ -598,11 +598,19 @@ impl<R: Read> RecordReader<R> {
             if self.partial.is_some() {
                 return self.read_slowly(raw);
             }
-            // Between records, line ends are empty lines.
+            // Between records, line ends are empty lines, or the LF of the
+            // last record's CRLF. Usually one byte or none: counted as they
+            // are skipped.
             let rest = &self.buffer[self.consumed..self.filled];
-            let skipped = rest.iter().position(|&byte| byte != b'\n' && byte != b'\r').unwrap_or(rest.len());
-            if skipped > 0 {
-                self.line += count_line_breaks(&rest[..skipped], &mut self.after_cr);
+            let mut skipped = 0;
+            while let Some(&byte) = rest.get(skipped) {
+                match byte {
+                    b'\n' => self.line += u64::from(!self.after_cr),
+                    b'\r' => self.line += 1,
+                    _ => break,
+                }
+                self.after_cr = byte == b'\r';
+                skipped += 1;
             }
             self.consumed += skipped;
             let rest = &rest[skipped..];
@@ -842,6 +850,15 @@ impl<R: Read> RecordReader<R> {
 /// CR (a CRLF is one line end). `after_cr` tells whether the byte before
 /// `bytes` is a CR, and is updated to whether their last one is.
 fn count_line_breaks(bytes: &[u8], after_cr: &mut bool) -> u64 {
+    if bytes.len() < 64 {
+        // A search costs more to set up than this loop on a short record.
+        let mut count = 0;
+        for &byte in bytes {
+            count += u64::from(byte == b'\r' || (byte == b'\n' && !*after_cr));
+            *after_cr = byte == b'\r';
+        }
+        return count;
+    }
     let mut count = 0;
     for position in memchr::memchr2_iter(b'\r', b'\n', bytes) {
         let follows_cr = match position.checked_sub(1) {
@@ -1421,5 +1438,16 @@ mod tests {
         assert!(!after_cr);
         assert_eq!(count_line_breaks(b"", &mut after_cr), 0);
         assert_eq!(count_line_breaks(b"\n", &mut after_cr), 1);
+        // Long inputs take the vectorised search: the same counts.
+        for long in [format!("{}\r", "x\r\n\n\ry".repeat(20)), format!("\n{}", "ab\r\rc".repeat(30))] {
+            let bytes = long.as_bytes();
+            assert!(bytes.len() >= 64);
+            for start_after_cr in [false, true] {
+                let (mut short_state, mut long_state) = (start_after_cr, start_after_cr);
+                let one_by_one: u64 = bytes.chunks(1).map(|byte| count_line_breaks(byte, &mut short_state)).sum();
+                assert_eq!(count_line_breaks(bytes, &mut long_state), one_by_one, "{long:?}");
+                assert_eq!(long_state, short_state);
+            }
+        }
     }
 }
