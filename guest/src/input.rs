@@ -9,6 +9,15 @@
 //! by its own fast paths (in WebAssembly, `csv_core`'s byte-at-a-time state
 //! machine was the largest cost of a run), anything else with `csv_core`,
 //! whose results the fast paths reproduce exactly (see the tests).
+//!
+//! Physical lines end at LF, CRLF or a lone CR, inside quoted fields too
+//! (where the line end is data but still moves later lines down); a CRLF is
+//! one line end even when a buffer refill falls between its two bytes.
+//!
+//! A record over the caps of SPEC's `too large` rule is returned as such,
+//! with no fields: `csv_core` goes on to the record's end (tracking quotes)
+//! writing into a small scratch space that is only counted, so memory stays
+//! bounded by the caps whatever the input.
 
 #![forbid(unsafe_code)]
 
@@ -22,15 +31,52 @@ use crate::PipelineError;
 /// blocks.
 pub(crate) const INPUT_BUFFER_BYTES: usize = 256 * 1024;
 
-/// A record with more field data than this fails the run instead of growing
-/// memory without bound; in practice it means a quote was left open and the
-/// rest of the file became one field.
+/// A record with more field data than this (once unquoted) is rejected as
+/// `too large` instead of growing memory without bound; in practice it
+/// means a quote was left open and the rest of the file became one field.
 pub(crate) const MAX_RECORD_BYTES: usize = 8 * 1024 * 1024;
 
-/// Same guard for the number of fields (a line of a million commas).
+/// Same cap for the number of fields (a line of a million commas).
 pub(crate) const MAX_RECORD_FIELDS: usize = 1024 * 1024;
 
+/// Where `csv_core` writes the data and field ends of a record that is over
+/// a cap (or whose data fills `MAX_RECORD_BYTES` exactly, until its end
+/// shows whether there is more): only counted, overwritten call after call.
+/// Tiny in tests, so that they refill it often.
+const SCRATCH_BYTES: usize = if cfg!(test) { 7 } else { 64 * 1024 };
+const SCRATCH_FIELDS: usize = if cfg!(test) { 3 } else { 1024 };
+
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// The caps of SPEC's `too large` rule (smaller in tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// Most bytes of field data in one record, once unquoted.
+    pub(crate) bytes: usize,
+    /// Most fields in one record.
+    pub(crate) fields: usize,
+}
+
+impl Limits {
+    pub(crate) const SPEC: Limits = Limits { bytes: MAX_RECORD_BYTES, fields: MAX_RECORD_FIELDS };
+
+    /// True if `data` bytes in `fields` fields are within the caps.
+    fn allow(self, data: usize, fields: usize) -> bool {
+        data <= self.bytes && fields <= self.fields
+    }
+
+    /// A record of at most this many bytes (unquoted or not, separators
+    /// included) is within the caps: its data is no longer, and it has at
+    /// most one field more than it has bytes.
+    fn surely_within(self) -> usize {
+        self.bytes.min(self.fields.saturating_sub(1))
+    }
+
+    /// True if `record` is over a cap.
+    fn exceeded_by(self, record: &Record<'_>) -> bool {
+        !self.allow(record.fields().map(<[u8]>::len).sum(), record.len())
+    }
+}
 
 /// Space for the records `csv_core` parses, reused from record to record.
 #[derive(Debug)]
@@ -69,6 +115,23 @@ pub(crate) struct Record<'a> {
 }
 
 impl<'a> Record<'a> {
+    /// A record over the caps, starting on `line`: one of no fields (any
+    /// other record has at least one).
+    fn too_large(line: u64) -> Self {
+        Self { data: &[], starts: &[], ends: &[], known_ascii: true, line }
+    }
+
+    /// A blank line over the caps: one empty field stands for its whitespace.
+    fn blank(line: u64) -> Self {
+        Self { data: &[], starts: &[0], ends: &[0], known_ascii: true, line }
+    }
+
+    /// True if the record is over a cap of the `too large` rule; it then
+    /// has no fields.
+    pub(crate) fn is_too_large(&self) -> bool {
+        self.ends.is_empty()
+    }
+
     /// The 1-based physical line of the input on which the record starts.
     pub(crate) fn line(&self) -> u64 {
         self.line
@@ -96,7 +159,8 @@ impl<'a> Record<'a> {
 
     /// A line with nothing but whitespace (or one empty quoted field) carries
     /// no data: it is treated like an empty line, which the parser already
-    /// skips.
+    /// skips. Its length does not matter: a blank line over the caps is
+    /// still blank, not too large.
     pub(crate) fn is_blank(&self) -> bool {
         self.len() == 1 && self.field(0).trim_ascii().is_empty()
     }
@@ -110,8 +174,12 @@ struct Split {
     fields: usize,
     /// True if every byte of the record is ASCII.
     ascii: bool,
-    /// Line feeds inside quoted fields.
-    quoted_line_feeds: u64,
+    /// CR and LF bytes inside quoted fields (each one line end unless one
+    /// follows another: then see `quoted_breaks_adjacent`).
+    quoted_breaks: u64,
+    /// True if two of those bytes are next to each other (a CRLF counts
+    /// once, so the record's line ends must be counted byte by byte).
+    quoted_breaks_adjacent: bool,
     /// The first field that holds a doubled quote (`""`), still to be
     /// unescaped; `usize::MAX` if none does.
     first_escaped: usize,
@@ -132,7 +200,8 @@ struct Split {
 fn split_line(rest: &[u8], starts: &mut [usize], ends: &mut [usize]) -> Option<Split> {
     let mut fields = 0;
     let mut non_ascii = 0;
-    let mut quoted_line_feeds = 0;
+    let mut quoted_breaks = 0;
+    let mut adjacent = 0;
     let mut first_escaped = usize::MAX;
     // Where the current field starts, and the next unquoted bytes to look at.
     let mut field_start = 0;
@@ -155,24 +224,40 @@ fn split_line(rest: &[u8], starts: &mut [usize], ends: &mut [usize]) -> Option<S
             *starts.get_mut(fields)? = field_start;
             *ends.get_mut(fields)? = at;
             let ascii = non_ascii == 0;
-            return Some(Split { len: at, fields: fields + 1, ascii, quoted_line_feeds, first_escaped });
+            let quoted_breaks_adjacent = adjacent != 0;
+            return Some(Split {
+                len: at,
+                fields: fields + 1,
+                ascii,
+                quoted_breaks,
+                quoted_breaks_adjacent,
+                first_escaped,
+            });
         }
         // As in `csv_core`, only a field's first byte opens a quoted part.
         if at != field_start {
             return None;
         }
         let mut position = at + 1;
+        // The last byte of the previous chunk, if it was a line end and the
+        // chunks are contiguous.
+        let mut carried = 0;
         let close = loop {
-            let (quotes, line_feeds, high) = classify_quoted(&load_chunk(rest, position)?);
+            let (quotes, line_breaks, high) = classify_quoted(&load_chunk(rest, position)?);
             if quotes == 0 {
-                quoted_line_feeds += u64::from(line_feeds.count_ones());
+                quoted_breaks += u64::from(line_breaks.count_ones());
+                adjacent |= line_breaks & (line_breaks >> 1 | carried);
+                carried = line_breaks >> (CHUNK - 1);
                 non_ascii |= high;
                 position += CHUNK;
                 continue;
             }
             let quote = quotes.trailing_zeros();
             let before_quote = (1 << quote) - 1;
-            quoted_line_feeds += u64::from((line_feeds & before_quote).count_ones());
+            let line_breaks = line_breaks & before_quote;
+            quoted_breaks += u64::from(line_breaks.count_ones());
+            adjacent |= line_breaks & (line_breaks >> 1 | carried);
+            carried = 0;
             non_ascii |= high & before_quote;
             let quote = position + quote as usize;
             if *rest.get(quote + 1)? != b'"' {
@@ -194,7 +279,16 @@ fn split_line(rest: &[u8], starts: &mut [usize], ends: &mut [usize]) -> Option<S
             }
             b'\n' | b'\r' => {
                 let ascii = non_ascii == 0;
-                return Some(Split { len: close + 1, fields: fields + 1, ascii, quoted_line_feeds, first_escaped });
+                let quoted_breaks_adjacent = adjacent != 0;
+                let len = close + 1;
+                return Some(Split {
+                    len,
+                    fields: fields + 1,
+                    ascii,
+                    quoted_breaks,
+                    quoted_breaks_adjacent,
+                    first_escaped,
+                });
             }
             // Text after the closing quote: `csv_core` appends it to the field.
             _ => return None,
@@ -292,28 +386,28 @@ fn classify(chunk: &[u8; CHUNK]) -> (u32, u32, u32) {
 }
 
 /// Bit `i` of the first mask is set if `chunk[i]` is a quote, of the second
-/// if it is a line feed, of the third if it is not ASCII.
+/// if it is a CR or LF, of the third if it is not ASCII.
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
 fn classify_quoted(chunk: &[u8; CHUNK]) -> (u32, u32, u32) {
     let mut quotes = 0;
-    let mut line_feeds = 0;
+    let mut line_breaks = 0;
     let mut high = 0;
     for (index, &byte) in chunk.iter().enumerate() {
         quotes |= u32::from(byte == b'"') << index;
-        line_feeds |= u32::from(byte == b'\n') << index;
+        line_breaks |= u32::from(byte == b'\n' || byte == b'\r') << index;
         high |= u32::from(!byte.is_ascii()) << index;
     }
-    (quotes, line_feeds, high)
+    (quotes, line_breaks, high)
 }
 
 /// `classify_quoted` in vector comparisons. Same result, bit for bit.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 fn classify_quoted(chunk: &[u8; CHUNK]) -> (u32, u32, u32) {
-    use core::arch::wasm32::{u8x16_bitmask, u8x16_eq, u8x16_splat};
+    use core::arch::wasm32::{u8x16_bitmask, u8x16_eq, u8x16_splat, v128_or};
     let bytes = vector(chunk);
     let quotes = u8x16_eq(bytes, u8x16_splat(b'"'));
-    let line_feeds = u8x16_eq(bytes, u8x16_splat(b'\n'));
-    (u32::from(u8x16_bitmask(quotes)), u32::from(u8x16_bitmask(line_feeds)), u32::from(u8x16_bitmask(bytes)))
+    let line_breaks = v128_or(u8x16_eq(bytes, u8x16_splat(b'\n')), u8x16_eq(bytes, u8x16_splat(b'\r')));
+    (u32::from(u8x16_bitmask(quotes)), u32::from(u8x16_bitmask(line_breaks)), u32::from(u8x16_bitmask(bytes)))
 }
 
 /// Parses a record at the start of `rest` that holds quotes, the way
@@ -383,9 +477,46 @@ fn started_parser() -> CsvParser {
 /// A record that `csv_core` is part way through, across buffer refills.
 #[derive(Debug, Clone, Copy)]
 struct Partial {
+    /// The data and field ends kept in the `RawRecord` so far.
     data_len: usize,
     ends_len: usize,
     line: u64,
+    /// All of the record's data and fields so far, kept or only counted.
+    data_total: usize,
+    fields_total: usize,
+    /// The record's data fills the data buffer at its cap: what follows is
+    /// only counted (any of it makes the record too large).
+    data_at_cap: bool,
+    /// Over a cap: nothing more is kept.
+    too_large: bool,
+    /// No data but ASCII whitespace so far.
+    blank: bool,
+}
+
+impl Partial {
+    fn starting_on(line: u64) -> Self {
+        Self {
+            data_len: 0,
+            ends_len: 0,
+            line,
+            data_total: 0,
+            fields_total: 0,
+            data_at_cap: false,
+            too_large: false,
+            blank: true,
+        }
+    }
+}
+
+/// A record `csv_core` has read to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Parsed {
+    /// Its fields are in the `RawRecord`.
+    Fields(usize),
+    /// Over a cap.
+    TooLarge,
+    /// Over a cap, but one field of nothing but whitespace: a blank line.
+    Blank,
 }
 
 /// Reads records from any `Read`, buffering it itself.
@@ -394,8 +525,9 @@ struct Partial {
 /// commas directly, with vectorised scans, its quoted fields (doubled quotes
 /// undone in place in the buffer) included; one with quotes anywhere else is
 /// unescaped by `unescape_line`;
-/// any other record is handed to `csv_core` from its first byte, which also
-/// applies the caps on record size. Between records `csv_core` is
+/// any other record is handed to `csv_core` from its first byte (and records
+/// are checked against the caps of the `too large` rule on every path).
+/// Between records `csv_core` is
 /// always in a state equivalent to its start state (its states after a
 /// record terminator skip `\r` and `\n` just like the start state does, and
 /// this reader skips those bytes itself), so the two paths can alternate
@@ -413,21 +545,30 @@ pub(crate) struct RecordReader<R> {
     /// True until the first block was read: only its start can hold a byte
     /// order mark.
     first_call: bool,
-    /// The physical line of `buffer[consumed]`: one more than the `\n` bytes
+    /// The physical line of `buffer[consumed]`: one more than the line ends
     /// consumed so far.
     line: u64,
+    /// True if the last byte consumed is a CR: an LF next ends no new line.
+    after_cr: bool,
     /// Set while `csv_core` has a record part way.
     partial: Option<Partial>,
+    limits: Limits,
+    /// `limits.surely_within()`, computed once.
+    surely_within: usize,
+    /// Made the first time a record reaches a cap (`SCRATCH_BYTES`).
+    scratch_data: Vec<u8>,
+    scratch_ends: Vec<usize>,
 }
 
 impl<R: Read> RecordReader<R> {
     #[cfg(test)]
     pub(crate) fn new(source: R) -> Self {
-        Self::with_buffer(source, INPUT_BUFFER_BYTES)
+        Self::with_limits(source, INPUT_BUFFER_BYTES, Limits::SPEC)
     }
 
-    /// A reader whose block size is `buffer_bytes` (at least 4 KiB).
-    pub(crate) fn with_buffer(source: R, buffer_bytes: usize) -> Self {
+    /// A reader whose block size is `buffer_bytes` (at least 4 KiB), with
+    /// the caps `limits` (SPEC's, except in tests).
+    pub(crate) fn with_limits(source: R, buffer_bytes: usize, limits: Limits) -> Self {
         Self {
             source,
             parser: None,
@@ -437,80 +578,141 @@ impl<R: Read> RecordReader<R> {
             source_exhausted: false,
             first_call: true,
             line: 1,
+            after_cr: false,
             partial: None,
+            limits,
+            surely_within: limits.surely_within(),
+            scratch_data: Vec::new(),
+            scratch_ends: Vec::new(),
         }
     }
 
     /// Reads the next record, using `raw` for space if needed. `None` at the
-    /// end of the input. Empty lines are skipped and never returned.
+    /// end of the input. Empty lines are skipped and never returned. A
+    /// record over the caps is returned with no fields (`is_too_large`).
     pub(crate) fn read<'a>(&'a mut self, raw: &'a mut RawRecord) -> Result<Option<Record<'a>>, PipelineError> {
         loop {
             if self.consumed == self.filled && !self.source_exhausted {
-                self.fill().map_err(|err| {
-                    PipelineError::Io(format!("reading the input failed after line {}: {err}", self.line))
-                })?;
-                if std::mem::take(&mut self.first_call) && self.buffer[..self.filled].starts_with(UTF8_BOM) {
-                    self.consumed = UTF8_BOM.len();
+                self.refill()?;
+            }
+            if self.partial.is_some() {
+                return self.read_slowly(raw);
+            }
+            // Between records, line ends are empty lines, or the LF of the
+            // last record's CRLF. Usually one byte or none: counted as they
+            // are skipped.
+            let rest = &self.buffer[self.consumed..self.filled];
+            let mut skipped = 0;
+            while let Some(&byte) = rest.get(skipped) {
+                match byte {
+                    b'\n' => self.line += u64::from(!self.after_cr),
+                    b'\r' => self.line += 1,
+                    _ => break,
+                }
+                self.after_cr = byte == b'\r';
+                skipped += 1;
+            }
+            self.consumed += skipped;
+            let rest = &rest[skipped..];
+            if rest.is_empty() {
+                if self.source_exhausted {
+                    return Ok(None);
+                }
+                continue;
+            }
+            let Some(split) = split_line(rest, &mut raw.starts, &mut raw.ends) else {
+                return self.read_slowly(raw);
+            };
+            let line = self.line;
+            // The terminator ends a line (it never follows a CR: a CR before
+            // it would have ended the record), and only quoted fields can
+            // hold others.
+            let quoted = if split.quoted_breaks_adjacent {
+                count_line_breaks(&rest[..split.len], &mut false)
+            } else {
+                split.quoted_breaks
+            };
+            self.line += quoted + 1;
+            self.after_cr = rest[split.len] == b'\r';
+            let start = self.consumed;
+            self.consumed += split.len + 1;
+            let fields = split.fields;
+            if split.first_escaped < fields {
+                let record = &mut self.buffer[start..start + split.len];
+                for (field_start, field_end) in
+                    raw.starts[split.first_escaped..fields].iter().zip(&mut raw.ends[split.first_escaped..fields])
+                {
+                    if let Some(field) = record.get_mut(*field_start..*field_end) {
+                        *field_end = field_start + unescape_in_place(field);
+                    }
                 }
             }
-            let partial = match self.partial.take() {
-                Some(partial) => partial,
-                None => {
-                    // Between records, line ends are empty lines.
-                    let rest = &self.buffer[self.consumed..self.filled];
-                    let skipped = rest.iter().position(|&byte| byte != b'\n' && byte != b'\r').unwrap_or(rest.len());
-                    self.line += count_line_feeds(&rest[..skipped]);
-                    self.consumed += skipped;
-                    let rest = &rest[skipped..];
-                    if rest.is_empty() {
-                        if self.source_exhausted {
-                            return Ok(None);
-                        }
-                        continue;
-                    }
-                    if let Some(split) = split_line(rest, &mut raw.starts, &mut raw.ends) {
-                        let line = self.line;
-                        self.line += split.quoted_line_feeds + u64::from(rest[split.len] == b'\n');
-                        let start = self.consumed;
-                        self.consumed += split.len + 1;
-                        let fields = split.fields;
-                        if split.first_escaped < fields {
-                            let record = &mut self.buffer[start..start + split.len];
-                            for (field_start, field_end) in raw.starts[split.first_escaped..fields]
-                                .iter()
-                                .zip(&mut raw.ends[split.first_escaped..fields])
-                            {
-                                if let Some(field) = record.get_mut(*field_start..*field_end) {
-                                    *field_end = field_start + unescape_in_place(field);
-                                }
-                            }
-                        }
-                        return Ok(Some(Record {
-                            data: &self.buffer[start..start + split.len],
-                            starts: &raw.starts[..fields],
-                            ends: &raw.ends[..fields],
-                            known_ascii: split.ascii,
-                            line,
-                        }));
-                    }
-                    if let Some((len, data_len, fields)) =
-                        unescape_line(rest, &mut raw.data, &mut raw.starts, &mut raw.ends)
-                    {
-                        let line = self.line;
-                        self.line += count_line_feeds(&rest[..=len]);
-                        self.consumed += len + 1;
-                        return Ok(Some(Record {
-                            data: &raw.data[..data_len],
-                            starts: &raw.starts[..fields],
-                            ends: &raw.ends[..fields],
-                            known_ascii: false,
-                            line,
-                        }));
-                    }
-                    Partial { data_len: 0, ends_len: 0, line: self.line }
-                }
+            let record = Record {
+                data: &self.buffer[start..start + split.len],
+                starts: &raw.starts[..fields],
+                ends: &raw.ends[..fields],
+                known_ascii: split.ascii,
+                line,
             };
-            if let Some(fields) = self.parse_with_csv_core(raw, partial)? {
+            // A record within one buffer is far below SPEC's caps, but not
+            // always below those of a test.
+            if split.len > self.surely_within && self.limits.exceeded_by(&record) && !record.is_blank() {
+                return Ok(Some(Record::too_large(line)));
+            }
+            return Ok(Some(record));
+        }
+    }
+
+    /// Reads the buffer's next block; drops a byte order mark at the start.
+    #[cold]
+    fn refill(&mut self) -> Result<(), PipelineError> {
+        self.fill()
+            .map_err(|err| PipelineError::Io(format!("reading the input failed after line {}: {err}", self.line)))?;
+        if std::mem::take(&mut self.first_call) && self.buffer[..self.filled].starts_with(UTF8_BOM) {
+            self.consumed = UTF8_BOM.len();
+        }
+        Ok(())
+    }
+
+    /// `read` for a record that the fast path does not split: one that
+    /// `csv_core` is part way through, or one starting at `consumed` (its
+    /// first byte is no line end) that holds quotes past a field's start or
+    /// does not end within the buffer. Kept apart, so that the fast path
+    /// stays small.
+    #[inline(never)]
+    fn read_slowly<'a>(&'a mut self, raw: &'a mut RawRecord) -> Result<Option<Record<'a>>, PipelineError> {
+        let mut partial = match self.partial.take() {
+            Some(partial) => partial,
+            None => {
+                let rest = &self.buffer[self.consumed..self.filled];
+                if let Some((len, data_len, fields)) =
+                    unescape_line(rest, &mut raw.data, &mut raw.starts, &mut raw.ends)
+                {
+                    let line = self.line;
+                    self.line += count_line_breaks(&rest[..=len], &mut self.after_cr);
+                    self.consumed += len + 1;
+                    let record = Record {
+                        data: &raw.data[..data_len],
+                        starts: &raw.starts[..fields],
+                        ends: &raw.ends[..fields],
+                        known_ascii: false,
+                        line,
+                    };
+                    if len > self.surely_within && self.limits.exceeded_by(&record) && !record.is_blank() {
+                        return Ok(Some(Record::too_large(line)));
+                    }
+                    return Ok(Some(record));
+                }
+                Partial::starting_on(self.line)
+            }
+        };
+        loop {
+            if let Some(parsed) = self.parse_with_csv_core(raw, partial)? {
+                let fields = match parsed {
+                    Parsed::Fields(fields) => fields,
+                    Parsed::TooLarge => return Ok(Some(Record::too_large(partial.line))),
+                    Parsed::Blank => return Ok(Some(Record::blank(partial.line))),
+                };
                 let data_len = raw.ends[..fields].last().copied().unwrap_or(0);
                 // `csv_core` writes the fields back to back.
                 if raw.starts.len() < fields {
@@ -529,37 +731,91 @@ impl<R: Read> RecordReader<R> {
                     line: partial.line,
                 }));
             }
+            // Not complete yet: more input, or more room (already made).
+            if self.consumed == self.filled && !self.source_exhausted {
+                self.refill()?;
+            }
+            let Some(more) = self.partial.take() else {
+                // Not reached: `csv_core` ends the input with a record.
+                return Ok(None);
+            };
+            partial = more;
         }
     }
 
     /// Gives `csv_core` the rest of the buffer (or the end of the input) for
-    /// the record `partial`; its number of fields once it is complete.
+    /// the record `partial`; what it is once it is complete.
     fn parse_with_csv_core(
         &mut self,
         raw: &mut RawRecord,
         mut partial: Partial,
-    ) -> Result<Option<usize>, PipelineError> {
+    ) -> Result<Option<Parsed>, PipelineError> {
         // An empty slice tells the parser that the input has ended.
         let input = &self.buffer[self.consumed..self.filled];
         let parser = self.parser.get_or_insert_with(started_parser);
-        let (result, read, written, ends_written) =
-            parser.read_record(input, &mut raw.data[partial.data_len..], &mut raw.ends[partial.ends_len..]);
-        self.line += count_line_feeds(&input[..read]);
+        let keep_data = !partial.data_at_cap && !partial.too_large;
+        let output = if keep_data {
+            &mut raw.data[partial.data_len..]
+        } else {
+            self.scratch_data.resize(SCRATCH_BYTES, 0);
+            &mut self.scratch_data[..]
+        };
+        let ends = if partial.too_large {
+            self.scratch_ends.resize(SCRATCH_FIELDS, 0);
+            &mut self.scratch_ends[..]
+        } else {
+            &mut raw.ends[partial.ends_len..]
+        };
+        let (result, read, written, ends_written) = parser.read_record(input, output, ends);
+        // Checked only until a byte that is not whitespace: a few per record.
+        partial.blank = partial.blank && output[..written].iter().all(u8::is_ascii_whitespace);
+        self.line += count_line_breaks(&input[..read], &mut self.after_cr);
         self.consumed += read;
-        partial.data_len += written;
-        partial.ends_len += ends_written;
+        partial.data_total += written;
+        partial.fields_total += ends_written;
+        if keep_data {
+            partial.data_len += written;
+        }
+        if !partial.too_large {
+            partial.ends_len += ends_written;
+        }
+        let limits = self.limits;
         match result {
             ReadRecordResult::InputEmpty => {}
-            ReadRecordResult::OutputFull => {
-                grow(&mut raw.data, MAX_RECORD_BYTES, Some(partial.line), "MiB of data")?;
+            // `csv_core` stops as soon as a buffer is full, before it knows
+            // whether the record goes on: data exactly at the cap is fine.
+            ReadRecordResult::OutputFull if keep_data => {
+                if raw.data.len() < limits.bytes {
+                    grow(&mut raw.data, limits.bytes);
+                } else {
+                    partial.data_at_cap = true;
+                }
             }
-            ReadRecordResult::OutputEndsFull => {
-                grow(&mut raw.ends, MAX_RECORD_FIELDS, Some(partial.line), "Mi fields")?;
+            ReadRecordResult::OutputFull => {}
+            // A full list of field ends means another field is coming.
+            ReadRecordResult::OutputEndsFull if !partial.too_large => {
+                if raw.ends.len() < limits.fields {
+                    grow(&mut raw.ends, limits.fields);
+                } else {
+                    partial.too_large = true;
+                }
             }
-            ReadRecordResult::Record => return Ok(Some(partial.ends_len)),
+            ReadRecordResult::OutputEndsFull => {}
+            ReadRecordResult::Record => {
+                let over = partial.too_large || !limits.allow(partial.data_total, partial.fields_total);
+                return Ok(Some(match (over, partial.blank && partial.fields_total == 1) {
+                    (false, _) => Parsed::Fields(partial.ends_len),
+                    // A line of only whitespace is blank whatever its length.
+                    (true, true) => Parsed::Blank,
+                    (true, false) => Parsed::TooLarge,
+                }));
+            }
             // Not reached: the parser was given the record's first byte, so
             // it ends the input with that record.
             ReadRecordResult::End => return Ok(None),
+        }
+        if !limits.allow(partial.data_total, partial.fields_total) {
+            partial.too_large = true;
         }
         self.partial = Some(partial);
         Ok(None)
@@ -590,27 +846,37 @@ impl<R: Read> RecordReader<R> {
     }
 }
 
-fn count_line_feeds(bytes: &[u8]) -> u64 {
-    memchr::memchr_iter(b'\n', bytes).count() as u64
+/// The line ends in `bytes`: every CR, and every LF that does not follow a
+/// CR (a CRLF is one line end). `after_cr` tells whether the byte before
+/// `bytes` is a CR, and is updated to whether their last one is.
+fn count_line_breaks(bytes: &[u8], after_cr: &mut bool) -> u64 {
+    if bytes.len() < 64 {
+        // A search costs more to set up than this loop on a short record.
+        let mut count = 0;
+        for &byte in bytes {
+            count += u64::from(byte == b'\r' || (byte == b'\n' && !*after_cr));
+            *after_cr = byte == b'\r';
+        }
+        return count;
+    }
+    let mut count = 0;
+    for position in memchr::memchr2_iter(b'\r', b'\n', bytes) {
+        let follows_cr = match position.checked_sub(1) {
+            Some(before) => bytes[before] == b'\r',
+            None => *after_cr,
+        };
+        count += u64::from(bytes[position] == b'\r' || !follows_cr);
+    }
+    if let Some(&last) = bytes.last() {
+        *after_cr = last == b'\r';
+    }
+    count
 }
 
-/// Doubles a record buffer, failing the run past `limit` entries.
-fn grow<T: Copy + Default>(
-    buffer: &mut Vec<T>,
-    limit: usize,
-    start_line: Option<u64>,
-    unit: &str,
-) -> Result<(), PipelineError> {
-    let new_len = buffer.len().saturating_mul(2).max(16);
-    if new_len > limit {
-        let line = start_line.map_or_else(|| "?".to_owned(), |line| line.to_string());
-        return Err(PipelineError::Io(format!(
-            "the record starting on line {line} is larger than {} {unit}; is a quote left open?",
-            limit / (1024 * 1024)
-        )));
-    }
-    buffer.resize(new_len, T::default());
-    Ok(())
+/// Doubles a record buffer (from at least 16 entries), to at most `limit`.
+fn grow<T: Copy + Default>(buffer: &mut Vec<T>, limit: usize) {
+    let new_len = buffer.len().saturating_mul(2).max(16).min(limit);
+    buffer.resize(new_len.max(buffer.len()), T::default());
 }
 
 #[cfg(test)]
@@ -656,9 +922,11 @@ mod tests {
         records(input).into_iter().map(|(line, _)| line).collect()
     }
 
-    /// The reader as it was before its quote-free fast path: `csv_core` on
-    /// every byte. The fast path must give exactly its records, lines and
-    /// errors.
+    /// The reader as it was before its fast paths: `csv_core` on every byte,
+    /// with buffers that grow without bound, the caps applied only once a
+    /// record is complete, and line ends counted byte by byte. The fast
+    /// paths and the bounded slow path must give exactly its records, lines
+    /// and errors.
     struct ReferenceReader<R> {
         source: R,
         parser: CsvParser,
@@ -667,10 +935,18 @@ mod tests {
         filled: usize,
         source_exhausted: bool,
         first_call: bool,
+        limits: Limits,
+        /// The physical line of the next byte, and whether the last was CR.
+        line: u64,
+        after_cr: bool,
     }
 
     impl<R: Read> ReferenceReader<R> {
         fn new(source: R) -> Self {
+            Self::with_limits(source, Limits::SPEC)
+        }
+
+        fn with_limits(source: R, limits: Limits) -> Self {
             Self {
                 source,
                 parser: CsvParser::new(),
@@ -679,6 +955,9 @@ mod tests {
                 filled: 0,
                 source_exhausted: false,
                 first_call: true,
+                limits,
+                line: 1,
+                after_cr: false,
             }
         }
 
@@ -701,45 +980,43 @@ mod tests {
                             Err(err) => {
                                 return Err(PipelineError::Io(format!(
                                     "reading the input failed after line {}: {err}",
-                                    self.parser.line()
+                                    self.line
                                 )));
                             }
                         }
                     }
                 }
                 let input = &self.buffer[self.consumed..self.filled];
-                let line_before = self.parser.line();
                 let (result, read, written, ends_written) =
                     self.parser.read_record(input, &mut record.data[data_len..], &mut record.ends[ends_len..]);
-                if start_line.is_none() {
-                    let mut consumed = &input[..read];
-                    if std::mem::take(&mut self.first_call) && consumed.starts_with(UTF8_BOM) {
-                        consumed = &consumed[UTF8_BOM.len()..];
+                let mut consumed = &input[..read];
+                if std::mem::take(&mut self.first_call) && consumed.starts_with(UTF8_BOM) {
+                    consumed = &consumed[UTF8_BOM.len()..];
+                }
+                for &byte in consumed {
+                    let line_end = byte == b'\r' || byte == b'\n';
+                    if start_line.is_none() && !line_end {
+                        start_line = Some(self.line);
                     }
-                    let mut line = line_before;
-                    for &byte in consumed {
-                        match byte {
-                            b'\n' => line += 1,
-                            b'\r' => {}
-                            _ => {
-                                start_line = Some(line);
-                                break;
-                            }
-                        }
-                    }
+                    self.line += u64::from(byte == b'\r' || (byte == b'\n' && !self.after_cr));
+                    self.after_cr = byte == b'\r';
                 }
                 self.consumed += read;
                 data_len += written;
                 ends_len += ends_written;
                 match result {
                     ReadRecordResult::InputEmpty => {}
-                    ReadRecordResult::OutputFull => {
-                        grow(&mut record.data, MAX_RECORD_BYTES, start_line, "MiB of data")?;
-                    }
-                    ReadRecordResult::OutputEndsFull => {
-                        grow(&mut record.ends, MAX_RECORD_FIELDS, start_line, "Mi fields")?;
-                    }
+                    ReadRecordResult::OutputFull => record.data.resize(record.data.len() * 2, 0),
+                    ReadRecordResult::OutputEndsFull => record.ends.resize(record.ends.len() * 2, 0),
                     ReadRecordResult::Record => {
+                        let line = start_line.unwrap_or(self.line);
+                        // Blank lines as `owned` gives them, whatever their size.
+                        if ends_len == 1 && record.data[..data_len].iter().all(u8::is_ascii_whitespace) {
+                            return Ok(Some((line, vec![Vec::new()])));
+                        }
+                        if data_len > self.limits.bytes || ends_len > self.limits.fields {
+                            return Ok(Some((line, Vec::new())));
+                        }
                         let mut start = 0;
                         let fields = record.ends[..ends_len]
                             .iter()
@@ -749,7 +1026,7 @@ mod tests {
                                 field
                             })
                             .collect();
-                        return Ok(Some((start_line.unwrap_or(line_before), fields)));
+                        return Ok(Some((line, fields)));
                     }
                     ReadRecordResult::End => return Ok(None),
                 }
@@ -757,7 +1034,8 @@ mod tests {
         }
     }
 
-    /// A record's line and fields.
+    /// A record's line and fields; no fields for one over the caps (a real
+    /// record always has at least one).
     type Fields = (u64, Vec<Vec<u8>>);
     type Records = (Vec<Fields>, Option<PipelineError>);
 
@@ -773,8 +1051,15 @@ mod tests {
         }
     }
 
+    /// A record as `ReferenceReader` gives it. A blank line is one empty
+    /// field: the pipeline skips it whatever it holds, and past the caps the
+    /// reader keeps none of it.
     fn owned(record: Option<Record<'_>>) -> Option<Fields> {
         record.map(|record| {
+            assert_eq!(record.is_too_large(), record.len() == 0);
+            if record.is_blank() {
+                return (record.line(), vec![Vec::new()]);
+            }
             assert_eq!(record.is_ascii(), record.fields().all(|field| field.is_ascii()));
             (record.line(), record.fields().map(<[u8]>::to_vec).collect())
         })
@@ -858,18 +1143,36 @@ mod tests {
                         String::from_utf8_lossy(&field[..len]).into_owned()
                     })
                     .collect();
-                (split.len, fields, split.quoted_line_feeds, split.ascii)
+                (split.len, fields, (split.quoted_breaks, split.quoted_breaks_adjacent), split.ascii)
             })
         };
         let long = "x".repeat(40);
-        assert_eq!(split("a,\"b,c\",d\n"), Some((9, vec!["a".into(), "b,c".into(), "d".into()], 0, true)));
-        assert_eq!(split("\"\"\r\n"), Some((2, vec!["".into()], 0, true)));
-        assert_eq!(split("\"\"\"\"\n"), Some((4, vec!["\"".into()], 0, true)));
-        assert_eq!(split("1,\"said \"\"asap\"\"\"\n"), Some((17, vec!["1".into(), "said \"asap\"".into()], 0, true)));
+        assert_eq!(split("a,\"b,c\",d\n"), Some((9, vec!["a".into(), "b,c".into(), "d".into()], (0, false), true)));
+        assert_eq!(split("\"\"\r\n"), Some((2, vec!["".into()], (0, false), true)));
+        assert_eq!(split("\"\"\"\"\n"), Some((4, vec!["\"".into()], (0, false), true)));
+        assert_eq!(
+            split("1,\"said \"\"asap\"\"\"\n"),
+            Some((17, vec!["1".into(), "said \"asap\"".into()], (0, false), true))
+        );
+        assert_eq!(split("\"a\rb\",c\r"), Some((7, vec!["a\rb".into(), "c".into()], (1, false), true)));
+        // Line ends next to each other, across a chunk boundary or not; and
+        // not next to each other across an escaped quote.
+        let x15 = "x".repeat(15);
+        let text = format!("\"{x15}\r\ny\",z\n");
+        assert_eq!(split(&text), Some((text.len() - 1, vec![format!("{x15}\r\ny"), "z".into()], (2, true), true)));
+        let text = format!("\"{x15}\ry\nz\"\n");
+        assert_eq!(split(&text), Some((text.len() - 1, vec![format!("{x15}\ry\nz")], (2, false), true)));
+        let text = format!("\"{}\r\"\"\n\"\n", &x15[1..]);
+        assert_eq!(split(&text), Some((text.len() - 1, vec![format!("{}\r\"\n", &x15[1..])], (2, false), true)));
         let text = format!("\"{long}\n{long}\r\n\u{e9}\",\"\",{long}\n");
         assert_eq!(
             split(&text),
-            Some((text.len() - 1, vec![format!("{long}\n{long}\r\n\u{e9}"), "".into(), long.clone()], 2, false))
+            Some((
+                text.len() - 1,
+                vec![format!("{long}\n{long}\r\n\u{e9}"), "".into(), long.clone()],
+                (3, true),
+                false
+            ))
         );
         // A quote past a field's first byte, text after a closing quote, a
         // record that does not end in the buffer, too many fields.
@@ -947,25 +1250,77 @@ mod tests {
 
     #[test]
     fn the_record_caps_apply_as_with_csv_core_alone() {
-        // Exactly at the data cap, at the end of the input: still a record.
-        let mut input = b"h\n\n".to_vec();
-        input.resize(input.len() + MAX_RECORD_BYTES, b'x');
-        let mut reader = RecordReader::new(input.as_slice());
-        let (records, err) = collect(|raw| reader.read(raw).map(owned));
-        assert!(err.is_none(), "{err:?}");
+        // Exactly at the data cap: still a record, at the end of the input
+        // or followed by a line end (where `csv_core` reports its buffer
+        // full before it sees that the record ends).
+        let mut at_cap = b"h\n\n".to_vec();
+        at_cap.resize(at_cap.len() + MAX_RECORD_BYTES, b'x');
+        for tail in [&b""[..], b"\r\nnext", b"\rnext", b",", b"xx\nnext\n"] {
+            let mut input = at_cap.clone();
+            input.extend_from_slice(tail);
+            let mut reader = RecordReader::new(input.as_slice());
+            let mut reference = ReferenceReader::new(input.as_slice());
+            let (records, err) = collect(|raw| reader.read(raw).map(owned));
+            assert!(err.is_none(), "{err:?}");
+            assert_eq!((records, err), collect(|record| reference.read(record)), "tail {tail:?}");
+        }
+        let mut reader = RecordReader::new(at_cap.as_slice());
+        let (records, _) = collect(|raw| reader.read(raw).map(owned));
         assert_eq!(records[1].0, 3);
         assert_eq!(records[1].1[0].len(), MAX_RECORD_BYTES);
-        // One byte more, or a line end after it, fails naming the line.
-        for tail in [&b"x"[..], b"\n", b"\"", b","] {
-            let mut longer = input.clone();
-            longer.extend_from_slice(tail);
-            let mut reader = RecordReader::new(longer.as_slice());
-            let mut reference = ReferenceReader::new(longer.as_slice());
-            let (_, err) = collect(|raw| reader.read(raw).map(owned));
-            let (_, expected) = collect(|record| reference.read(record));
-            assert_eq!(err, expected);
-            let message = err.map(|err| err.to_string()).unwrap_or_default();
-            assert!(message.contains("line 3 is larger than 8 MiB of data"), "{message}");
+        // One byte more is too large; the next record is read as usual.
+        let mut over = at_cap.clone();
+        over.extend_from_slice(b"x\r\nnext,1\n");
+        let mut reader = RecordReader::new(over.as_slice());
+        let (records, err) = collect(|raw| reader.read(raw).map(owned));
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(records[1..], [(3, vec![]), (4, vec![b"next".to_vec(), b"1".to_vec()])]);
+        // Fields: exactly the cap, and one more.
+        for (commas, too_large) in [(MAX_RECORD_FIELDS - 1, false), (MAX_RECORD_FIELDS, true)] {
+            let input = format!("h\n{}\nz\n", ",".repeat(commas));
+            let mut reader = RecordReader::new(input.as_bytes());
+            let mut reference = ReferenceReader::new(input.as_bytes());
+            let (records, err) = collect(|raw| reader.read(raw).map(owned));
+            assert_eq!(records[1].1.is_empty(), too_large);
+            assert_eq!(records[1].1.len(), if too_large { 0 } else { MAX_RECORD_FIELDS });
+            assert_eq!(records[2], (3, vec![b"z".to_vec()]));
+            assert_eq!((records, err), collect(|record| reference.read(record)));
+        }
+    }
+
+    #[test]
+    fn small_caps_apply_on_every_path_exactly() {
+        // Around caps of 20 bytes and 4 fields: quoted or not, escaped quotes
+        // counted once, records inside one buffer (the fast paths) or
+        // trickled across refills (`csv_core`), lines after them exact.
+        let limits = Limits { bytes: 20, fields: 4 };
+        let mut inputs = Vec::new();
+        for len in [19, 20, 21, 40] {
+            let data = "d".repeat(len);
+            inputs.push(format!("h\n{data}\nnext\n"));
+            inputs.push(format!("h\n\"{}\"\"\",x\r\nnext\n", &data[1..]));
+            inputs.push(format!("h\n{},{}\rnext", &data[..len / 2], &data[len / 2..]));
+            inputs.push(format!("h\n\"{}\n\"\"\"\r\n", &data[2..]));
+            inputs.push(format!("h\n\"{data}"));
+        }
+        for spaces in [20, 21, 100] {
+            inputs.push(format!("h\n{}\r\nnext\n\"{}\"\n", " ".repeat(spaces), "\t".repeat(spaces)));
+        }
+        for commas in [2, 3, 4, 9] {
+            inputs.push(format!("h\n{}\nnext\n", ",".repeat(commas)));
+            inputs.push(format!("h\n\"a\"{}\r", ",\"\"".repeat(commas)));
+        }
+        for input in &inputs {
+            for step in [usize::MAX, 1, 2, 3, 5] {
+                let pieces = || Pieces { data: input.as_bytes(), step, fail: false };
+                let mut reader = RecordReader::with_limits(pieces(), 4096, limits);
+                let mut reference = ReferenceReader::with_limits(pieces(), limits);
+                assert_eq!(
+                    collect(|raw| reader.read(raw).map(owned)),
+                    collect(|record| reference.read(record)),
+                    "input {input:?} read {step} bytes at a time"
+                );
+            }
         }
     }
 
@@ -1030,13 +1385,69 @@ mod tests {
     }
 
     #[test]
-    fn an_unclosed_quote_cannot_grow_memory_without_bound() {
-        let mut input = b"h\n\"never closed".to_vec();
-        input.resize(MAX_RECORD_BYTES + 10, b'x');
+    fn an_unclosed_quote_is_one_too_large_record_in_bounded_memory() {
+        let mut input = b"h\n\"never closed\n".to_vec();
+        input.resize(3 * MAX_RECORD_BYTES, b'x');
+        input.extend_from_slice(b"\r\n\r\n");
         let mut reader = RecordReader::new(input.as_slice());
         let mut raw = RawRecord::new();
         assert!(reader.read(&mut raw).expect("header").is_some());
-        let err = reader.read(&mut raw).expect_err("too large");
-        assert!(err.to_string().contains("line 2"), "{err}");
+        let record = reader.read(&mut raw).expect("read").expect("a record");
+        assert!(record.is_too_large());
+        assert_eq!((record.line(), record.len()), (2, 0));
+        assert!(reader.read(&mut raw).expect("read").is_none());
+        // The record's line ends still count.
+        assert_eq!(reader.line, 5);
+        assert!(raw.data.len() <= MAX_RECORD_BYTES, "{}", raw.data.len());
+        assert!(raw.ends.len() <= MAX_RECORD_FIELDS);
+        assert!(reader.scratch_data.len() <= SCRATCH_BYTES && reader.scratch_ends.len() <= SCRATCH_FIELDS);
+    }
+
+    #[test]
+    fn a_lone_cr_ends_a_line_like_lf_and_crlf_also_inside_quotes() {
+        assert_eq!(lines("h\ra\rb\r"), [1, 2, 3]);
+        assert_eq!(lines("h\r\ra\n\rb"), [1, 3, 5]);
+        assert_eq!(lines("h\n\"x\ry\",1\rb\n"), [1, 2, 4]);
+        assert_eq!(lines("h\n\"x\r\ny\r\rz\",1\nb\n"), [1, 2, 6]);
+        // A CR as the last byte of a quoted field, and of a buffer.
+        assert_eq!(lines("h\n\"x\r\"\nb\n"), [1, 2, 4]);
+        let parsed = records("h\r\"x\ry\",1\r\n\"\"\r\n,\r");
+        assert_eq!(parsed[1], (2, vec!["x\ry".to_owned(), "1".to_owned()]));
+        // (A line of `""` is a record here; the pipeline skips it as blank.)
+        assert_eq!(parsed[2], (4, vec![String::new()]));
+        assert_eq!(parsed[3], (5, vec![String::new(), String::new()]));
+        // A record ends at a lone CR, so a quote right after it opens the
+        // next record's first field.
+        assert_eq!(
+            records("h\na\r\"b\nc\"\nd"),
+            [
+                (1, vec!["h".to_owned()]),
+                (2, vec!["a".to_owned()]),
+                (3, vec!["b\nc".to_owned()]),
+                (5, vec!["d".to_owned()])
+            ]
+        );
+    }
+
+    #[test]
+    fn line_ends_split_across_refills_count_once() {
+        let mut after_cr = false;
+        assert_eq!(count_line_breaks(b"a\r", &mut after_cr), 1);
+        assert!(after_cr);
+        assert_eq!(count_line_breaks(b"\n\n\r\r\n", &mut after_cr), 3);
+        assert!(!after_cr);
+        assert_eq!(count_line_breaks(b"", &mut after_cr), 0);
+        assert_eq!(count_line_breaks(b"\n", &mut after_cr), 1);
+        // Long inputs take the vectorised search: the same counts.
+        for long in [format!("{}\r", "x\r\n\n\ry".repeat(20)), format!("\n{}", "ab\r\rc".repeat(30))] {
+            let bytes = long.as_bytes();
+            assert!(bytes.len() >= 64);
+            for start_after_cr in [false, true] {
+                let (mut short_state, mut long_state) = (start_after_cr, start_after_cr);
+                let one_by_one: u64 = bytes.chunks(1).map(|byte| count_line_breaks(byte, &mut short_state)).sum();
+                assert_eq!(count_line_breaks(bytes, &mut long_state), one_by_one, "{long:?}");
+                assert_eq!(long_state, short_state);
+            }
+        }
     }
 }

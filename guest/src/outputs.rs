@@ -63,16 +63,20 @@ pub(crate) fn close<W: Write>(mut writer: csv::Writer<W>, name: &str) -> Result<
 }
 
 /// Re-encodes a record's original fields as one CSV line without its line
-/// ending, for the `record` column of `rejected.csv`. Invalid UTF-8 is
-/// replaced by U+FFFD so that `rejected.csv` stays UTF-8.
+/// ending, for the `record` column of `rejected.csv`: byte for byte, invalid
+/// UTF-8 included (SPEC keeps a row's original bytes, so `rejected.csv` is
+/// not always UTF-8). A record over the caps gives an empty line.
 pub(crate) fn encode_record(record: &Record<'_>, out: &mut Vec<u8>) -> Result<(), PipelineError> {
     fn encode_error(err: impl std::fmt::Display) -> PipelineError {
         PipelineError::Io(format!("re-encoding a rejected row failed: {err}"))
     }
     out.clear();
+    if record.is_too_large() {
+        return Ok(());
+    }
     let mut writer = csv_writer(&mut *out, 4096);
     for field in record.fields() {
-        writer.write_field(String::from_utf8_lossy(field).as_bytes()).map_err(encode_error)?;
+        writer.write_field(field).map_err(encode_error)?;
     }
     // An empty record ends the row started by `write_field`.
     writer.write_record(std::iter::empty::<&[u8]>()).map_err(encode_error)?;

@@ -12,6 +12,9 @@ use crate::seen_ids::{IdLookup, SeenIds};
 /// with several faults gets the first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Reason {
+    /// More than 8 MiB (8,388,608 bytes) of field data once unquoted, or
+    /// more than 1,048,576 fields. Its record in `rejected.csv` is empty.
+    TooLarge,
     /// Not exactly as many fields as the header.
     FieldCount,
     /// A field is not valid UTF-8.
@@ -30,7 +33,8 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in table order.
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
+        Reason::TooLarge,
         Reason::FieldCount,
         Reason::Encoding,
         Reason::OrderId,
@@ -43,6 +47,7 @@ impl Reason {
     /// The word used in `rejected.csv` and in the report.
     pub fn as_str(&self) -> &'static str {
         match self {
+            Reason::TooLarge => "too large",
             Reason::FieldCount => "field count",
             Reason::Encoding => "encoding",
             Reason::OrderId => "order_id",
@@ -77,6 +82,13 @@ impl Columns {
     /// Finds the required columns: names are trimmed of ASCII whitespace and
     /// compared ASCII-case-insensitively; other columns are ignored.
     pub(crate) fn from_header(header: &Record<'_>) -> Result<Self, PipelineError> {
+        if header.is_too_large() {
+            return Err(PipelineError::InvalidInput(format!(
+                "the header on line {} holds more than 8 MiB of data or more than 1,048,576 fields \
+                 (is a quote left open?)",
+                header.line()
+            )));
+        }
         let mut positions: [Option<usize>; 4] = [None; 4];
         for (index, name) in header.fields().enumerate() {
             let name = name.trim_ascii();
@@ -159,8 +171,9 @@ pub(crate) fn validate<'r>(
     seen: &SeenIds,
     region: &mut RegionName,
 ) -> Result<ValidRow<'r>, Reason> {
+    // A record over the caps has no fields, never the header's number.
     if record.len() != columns.field_count {
-        return Err(Reason::FieldCount);
+        return Err(if record.is_too_large() { Reason::TooLarge } else { Reason::FieldCount });
     }
     // Nearly every record is all ASCII; only the others need a field by
     // field check (a multi-byte character must not span two fields).
@@ -401,7 +414,10 @@ mod tests {
     #[test]
     fn reasons_are_in_table_order_with_their_words() {
         let words: Vec<&str> = Reason::ALL.iter().map(Reason::as_str).collect();
-        assert_eq!(words, ["field count", "encoding", "order_id", "duplicate", "region", "amount", "status"]);
+        assert_eq!(
+            words,
+            ["too large", "field count", "encoding", "order_id", "duplicate", "region", "amount", "status"]
+        );
         assert!(Reason::ALL.windows(2).all(|pair| pair[0] < pair[1]));
         assert_eq!(Reason::FieldCount.to_string(), "field count");
     }

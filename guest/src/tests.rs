@@ -40,19 +40,20 @@ fn text(sink: &MemorySink, name: &str) -> String {
     sink.text(name).unwrap_or_else(|| panic!("`{name}` was written"))
 }
 
-/// `rejected.csv` parsed back: (line, reason, record).
+/// `rejected.csv` parsed back: (line, reason, record), the record shown
+/// with U+FFFD for invalid UTF-8 (which the file keeps as it was).
 fn rejected_rows(sink: &MemorySink) -> Vec<(u64, String, String)> {
     let bytes = sink.file("rejected.csv").expect("rejected.csv is always written");
-    let text = String::from_utf8(bytes).expect("rejected.csv is UTF-8");
-    let mut reader = csv::Reader::from_reader(text.as_bytes());
-    assert_eq!(reader.headers().expect("header"), vec!["line", "reason", "record"]);
+    let mut reader = csv::Reader::from_reader(bytes.as_slice());
+    assert_eq!(reader.byte_headers().expect("header"), vec!["line", "reason", "record"]);
     reader
-        .records()
+        .byte_records()
         .map(|row| {
             let row = row.expect("rejected.csv parses");
             assert_eq!(row.len(), 3);
-            let line = row[0].parse().expect("a line number");
-            (line, row[1].to_owned(), row[2].to_owned())
+            let line = std::str::from_utf8(&row[0]).expect("ASCII").parse().expect("a line number");
+            let reason = String::from_utf8(row[1].to_vec()).expect("a reason is ASCII");
+            (line, reason, String::from_utf8_lossy(&row[2]).into_owned())
         })
         .collect()
 }
@@ -440,13 +441,59 @@ fn an_input_without_a_header_fails_and_writes_nothing() {
 }
 
 #[test]
-fn invalid_utf8_is_rejected_and_shown_with_replacement_characters() {
+fn invalid_utf8_is_rejected_and_kept_byte_for_byte() {
     let mut input = b"order_id,region,amount,status,note\n".to_vec();
     input.extend_from_slice(b"1,north,5,completed,caf\xe9\n2,north,5,completed,ok\n");
+    // Quoted as needed, the bad bytes as they were: a truncated sequence,
+    // an overlong one, a lone continuation byte.
+    input.extend_from_slice(b"3,north,5,completed,\"\xc3,\xc0\xaf \"\"\x80\"\"\"\n");
     let (report, sink) = run(&input);
-    assert_eq!(report.reasons, [(Reason::Encoding, 1)]);
+    assert_eq!(report.reasons, [(Reason::Encoding, 2)]);
     assert_eq!(report.regions, [region("north", 1, 500)]);
-    assert_eq!(rejected_rows(&sink), [(2, "encoding".to_owned(), "1,north,5,completed,caf\u{fffd}".to_owned())]);
+    assert_eq!(
+        sink.file("rejected.csv").expect("written"),
+        b"line,reason,record\n\
+          2,encoding,\"1,north,5,completed,caf\xe9\"\n\
+          4,encoding,\"3,north,5,completed,\"\"\xc3,\xc0\xaf \"\"\"\"\x80\"\"\"\"\"\"\"\n"
+    );
+    // Read back, the record is the row's fields, bytes and all.
+    let rejected = sink.file("rejected.csv").expect("written");
+    let mut reader = csv::Reader::from_reader(rejected.as_slice());
+    let rows: Vec<csv::ByteRecord> = reader.byte_records().map(|row| row.expect("parses")).collect();
+    let mut inner = csv::ReaderBuilder::new().has_headers(false).from_reader(&rows[1][2]);
+    let fields = inner.byte_records().next().expect("one record").expect("parses");
+    assert_eq!(fields.iter().collect::<Vec<_>>(), [&b"3"[..], b"north", b"5", b"completed", b"\xc3,\xc0\xaf \"\x80\""]);
+}
+
+#[test]
+fn a_lone_cr_ends_lines_and_records_like_lf_and_crlf() {
+    let input = "order_id,region,amount,status,note\r\
+                 1,north,5,completed,\"a\rb\"\r\
+                 2,north,x,completed,\r\n\
+                 3,north,5,canceled,\r\"\n4,north,y,completed\n";
+    let (report, sink) = run(input);
+    assert_eq!((report.rows, report.accepted, report.cancelled, report.rejected), (4, 1, 1, 2));
+    // Row 1 starts on line 2 and its quoted CR moves row 2 to line 4; the
+    // quote after row 3's CR opens a field that runs to the end (line 6).
+    assert_eq!(
+        rejected_rows(&sink),
+        [
+            (4, "amount".to_owned(), "2,north,x,completed,".to_owned()),
+            (6, "field count".to_owned(), "\"\n4,north,y,completed\n\"".to_owned()),
+        ]
+    );
+    assert_eq!(text(&sink, "north_orders.csv"), "order_id,region,amount\n1,north,5.00\n");
+
+    // The same export with LF, CRLF or CR line ends: the same outputs.
+    let lf = "order_id,region,amount,status\n\n1,north,5,completed\n2,north,x,completed\n\n\n3,south,7.5,completed\n";
+    let (lf_report, lf_sink) = run(lf);
+    assert_eq!(rejected_rows(&lf_sink), [(4, "amount".to_owned(), "2,north,x,completed".to_owned())]);
+    let lf_files = lf_sink.into_files();
+    for line_end in ["\r\n", "\r"] {
+        let (report, sink) = run(lf.replace('\n', line_end));
+        assert_eq!(report, lf_report, "{line_end:?}");
+        assert_eq!(sink.into_files(), lf_files, "{line_end:?}");
+    }
 }
 
 #[test]
@@ -771,4 +818,81 @@ fn buffer_sizes_follow_the_input_and_never_change_the_outputs() {
     let report = crate::process_sized(input.as_bytes(), Some(0), &mut sink).expect("the run succeeds");
     assert_eq!(report, expected_report);
     assert_eq!(sink.into_files(), expected.into_files());
+}
+
+/// A row of `data_bytes` bytes of data in one note, quoted, so that the
+/// record is one field over or at the data cap with every other rule met.
+fn row_with_note_of(id: &str, data_bytes: usize) -> Vec<u8> {
+    let fixed = id.len() + "north".len() + "5".len() + "completed".len();
+    let mut row = format!("{id},north,5,completed,\"").into_bytes();
+    // Doubled quotes count once: the cap is on data once unquoted.
+    let note_len = data_bytes - fixed;
+    row.extend(
+        (0..note_len)
+            .map(|index| if index % 1000 == 999 { b'"' } else { b'x' })
+            .flat_map(|byte| if byte == b'"' { vec![b'"', b'"'] } else { vec![byte] }),
+    );
+    row.extend_from_slice(b"\"\n");
+    row
+}
+
+#[test]
+fn a_too_large_row_is_rejected_with_an_empty_record_and_the_run_goes_on() {
+    const CAP: usize = 8 * 1024 * 1024;
+    let mut input = b"order_id,region,amount,status,note\n1,north,1,completed,\n".to_vec();
+    input.extend(row_with_note_of("2", CAP)); // line 3: at the cap, valid
+    input.extend(row_with_note_of("3", CAP + 1)); // line 4: one byte over
+    input.extend_from_slice(b"4,north,4,completed,\"a\nb\"\n"); // line 5
+    // Line 7: more than 1,048,576 fields, and the wrong number of them:
+    // too large comes first in the table.
+    input.extend_from_slice(",".repeat(1024 * 1024).as_bytes());
+    input.extend_from_slice(b"\r\n5,north,5,completed,\n"); // line 8
+    // Lines 9 and 10: blank lines, however long, are not rows.
+    input.resize(input.len() + CAP + 1, b' ');
+    input.extend_from_slice(b"\n\"");
+    input.resize(input.len() + CAP + 1, b'\t');
+    input.extend_from_slice(b"\"\n");
+    // Line 11: a quote left open swallows the rest of the export.
+    input.extend_from_slice(b"6,north,6,completed,\"never closed\r\n");
+    input.resize(input.len() + CAP, b'y');
+    let (report, sink) = run(&input);
+    assert_eq!((report.rows, report.accepted, report.rejected), (7, 4, 3));
+    assert_eq!(report.reasons, [(Reason::TooLarge, 3)]);
+    assert_eq!(report.regions, [region("north", 4, 100 + 500 + 400 + 500)]);
+    assert_eq!(
+        sink.file("rejected.csv").expect("written"),
+        b"line,reason,record\n4,too large,\n7,too large,\n11,too large,\n"
+    );
+    assert_eq!(
+        text(&sink, "north_orders.csv"),
+        "order_id,region,amount\n1,north,1.00\n2,north,5.00\n4,north,4.00\n5,north,5.00\n"
+    );
+}
+
+#[test]
+fn too_large_comes_first_of_the_reasons_and_a_too_large_header_fails_the_run() {
+    use crate::input::Limits;
+    let limits = Limits { bytes: 30, fields: 5 };
+    let mut sink = MemorySink::new();
+    // 31 bytes of data (with several other faults); 6 fields; at both caps.
+    let input = "order_id,region,amount,status\n\
+                 \u{e9}d,north east,-1,pending,123456789\n\
+                 1,n,1,x,,\n\
+                 1,north,1,completed,\"12345678901\"\"\"\n\
+                 2,north,1,completed\n";
+    let report = crate::process_limited(input.as_bytes(), limits, &mut sink).expect("runs");
+    assert_eq!(report.reasons, [(Reason::TooLarge, 2), (Reason::FieldCount, 1)]);
+    assert_eq!(report.accepted, 1);
+    assert_eq!(
+        sink.text("rejected.csv").as_deref(),
+        Some(
+            "line,reason,record\n2,too large,\n3,too large,\n4,field count,\"1,north,1,completed,\"\"12345678901\"\"\"\"\"\"\"\n"
+        )
+    );
+    // A header over the caps is no header: nothing is written.
+    let mut sink = MemorySink::new();
+    let err = crate::process_limited("order_id,region,amount,status,a,b\n".as_bytes(), limits, &mut sink)
+        .expect_err("no usable header");
+    assert!(matches!(&err, PipelineError::InvalidInput(message) if message.contains("header on line 1")), "{err}");
+    assert!(sink.names().is_empty());
 }
