@@ -43,12 +43,12 @@ use std::hash::{Hash as _, Hasher};
 use std::io::{self, ErrorKind, Write as _};
 use std::path::{Path, PathBuf};
 
-use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt as _};
+use cap_std::fs::Dir;
 use sha2::{Digest as _, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use crate::sandbox::{open_private_dir, random_hex};
+use crate::fs::{AtomicFile, hex, open_private_dir};
 
 const MAGIC: [u8; 8] = *b"ORDHCWSM";
 const FORMAT_VERSION: u32 = 1;
@@ -161,22 +161,10 @@ impl CodeCache {
     /// folder, syncs it, and renames it over `name`: readers see the old entry
     /// or the new one, never half of one.
     fn write_entry(&self, name: &str, header: &[u8], payload: &[u8]) -> io::Result<()> {
-        let temp = format!("{TEMP_PREFIX}{}", random_hex()?);
-        let mut options = OpenOptions::new();
-        options.write(true).create_new(true).mode(0o600);
-        let written = (|| {
-            let mut file = self.dir.open_with(&temp, &options)?;
-            file.write_all(header)?;
-            file.write_all(payload)?;
-            file.sync_all()?;
-            drop(file);
-            self.dir.rename(&temp, &self.dir, name)
-        })();
-        if written.is_err() {
-            // Best effort: the temp file may not even exist.
-            let _ = self.dir.remove_file(&temp);
-        }
-        written
+        let mut entry = AtomicFile::create(&self.dir, TEMP_PREFIX)?;
+        entry.file()?.write_all(header)?;
+        entry.file()?.write_all(payload)?;
+        entry.commit(name)
     }
 }
 
@@ -228,16 +216,6 @@ impl Hasher for Sha256Hasher {
         first.copy_from_slice(digest.get(..8).unwrap_or(&[0; 8]));
         u64::from_le_bytes(first)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
-    }
-    out
 }
 
 fn encode_header(key: &Key, payload: &[u8]) -> Vec<u8> {
@@ -307,6 +285,7 @@ fn load_entry(engine: &Engine, key: &Key, entry: &[u8]) -> Result<Component, Str
 mod tests {
     use super::*;
     use crate::BUNDLED_PIPELINE;
+    use crate::fs::random_hex;
     use std::os::unix::fs::PermissionsExt as _;
     use std::time::Instant;
     use wasmtime::Config;

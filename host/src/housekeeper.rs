@@ -373,8 +373,7 @@ mod tests {
 
     #[test]
     fn a_removal_past_its_budget_is_handed_to_a_thread_started_for_it_and_shutdown_waits() {
-        let base =
-            std::env::temp_dir().join(format!("housekeeper-unit-{}", crate::sandbox::random_hex().expect("rng")));
+        let base = std::env::temp_dir().join(format!("housekeeper-unit-{}", crate::fs::random_hex().expect("rng")));
         let root = SandboxRoot::open(&base).expect("root");
         // Neither background removal nor ready sandboxes: no thread yet.
         let keeper = Housekeeper::start(false, 0).expect("housekeeper");
@@ -397,8 +396,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_makes_invocations_remove_their_own_sandboxes() {
-        let base =
-            std::env::temp_dir().join(format!("housekeeper-unit-{}", crate::sandbox::random_hex().expect("rng")));
+        let base = std::env::temp_dir().join(format!("housekeeper-unit-{}", crate::fs::random_hex().expect("rng")));
         let root = SandboxRoot::open(&base).expect("root");
         let sandboxes =
             |root: &SandboxRoot| std::fs::read_dir(root.path()).expect("list").filter(|entry| entry.is_ok()).count();

@@ -17,6 +17,7 @@ use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt as _};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use crate::error::RunError;
+use crate::fs::PRIVATE_FILE;
 use crate::invocation::Input;
 use crate::sandbox::{INPUT_FILE as GUEST_INPUT_FILE, Sandbox};
 
@@ -148,7 +149,7 @@ pub(crate) fn copy_input(sandbox: &Sandbox, input: StagedInput) -> Result<u64, R
         }
     }
     let mut options = OpenOptions::new();
-    options.write(true).create_new(true).mode(0o600);
+    options.write(true).create_new(true).mode(PRIVATE_FILE);
     let mut target = input_dir.open_with(GUEST_INPUT_FILE, &options).map_err(target_error)?.into_std();
     io::Write::write_all(&mut target, &input.head).map_err(target_error)?;
     let mut copied = input.head.len() as u64;
@@ -213,8 +214,7 @@ mod tests {
     use crate::sandbox::SandboxRoot;
 
     fn scratch(name: &str) -> (PathBuf, SandboxRoot) {
-        let base =
-            std::env::temp_dir().join(format!("input-unit-{name}-{}", crate::sandbox::random_hex().expect("rng")));
+        let base = std::env::temp_dir().join(format!("input-unit-{name}-{}", crate::fs::random_hex().expect("rng")));
         let root = SandboxRoot::open(&base.join("root")).expect("root");
         (base, root)
     }

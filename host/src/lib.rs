@@ -59,6 +59,7 @@ mod cache;
 mod component;
 mod engine;
 mod error;
+mod fs;
 mod guest;
 mod housekeeper;
 mod input;

@@ -27,17 +27,17 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
 
-use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt as _};
+use cap_std::fs::Dir;
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{DeliveryError, RunError};
+use crate::fs::{AtomicFile, PRIVATE_DIR, PRIVATE_FILE, hex, list_dir, random_hex, remove_tree};
 use crate::invoke::Cancel;
 use crate::limits::ByteSize;
 use crate::report::Report;
-use crate::sandbox::{list_dir, random_hex, remove_tree};
 use crate::text::shown;
 
 /// The most outputs one run delivers. Past it the run ends as
@@ -274,7 +274,7 @@ impl<'a, R: Read> Checked<'a, R> {
 
     /// The hex SHA-256 of what was read.
     fn finish(self) -> String {
-        hex_digest(self.hasher.finalize().as_slice())
+        hex(self.hasher.finalize().as_slice())
     }
 }
 
@@ -393,16 +393,6 @@ fn read_whole(listed: &Listed, out: &Dir) -> io::Result<(Vec<u8>, String)> {
     Ok((contents, checked.finish()))
 }
 
-fn hex_digest(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut hex = String::with_capacity(bytes.len() * 2);
-    for &byte in bytes {
-        hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        hex.push(char::from(DIGITS[usize::from(byte & 0xf)]));
-    }
-    hex
-}
-
 fn split_destination(path: &Path) -> Result<(PathBuf, &str), RunError> {
     let name = path
         .file_name()
@@ -456,7 +446,7 @@ fn deliver_to_folder(
     let existing = existing_destination(&parent, name, path, force)?;
 
     let staging = format!(".{name}.staging-{}", random_hex().map_err(fail)?);
-    rustix::fs::mkdirat(&parent, staging.as_str(), Mode::from_raw_mode(0o700)).map_err(|err| {
+    rustix::fs::mkdirat(&parent, staging.as_str(), Mode::from_raw_mode(PRIVATE_DIR)).map_err(|err| {
         fail(io::Error::new(io::Error::from(err).kind(), format!("cannot create a staging folder beside it: {err}")))
     })?;
 
@@ -627,7 +617,7 @@ fn hash(listed: &Listed, handle: &File, buffer: &mut [u8]) -> io::Result<String>
 /// set its files' times to anything, and copying or reading may have moved
 /// them), flushed to disk.
 fn finish(handle: &File) -> io::Result<()> {
-    rustix::fs::fchmod(handle, Mode::from_raw_mode(0o600))?;
+    rustix::fs::fchmod(handle, Mode::from_raw_mode(PRIVATE_FILE))?;
     rustix::fs::futimens(handle, &host_now())?;
     handle.sync_all()
 }
@@ -645,7 +635,8 @@ fn stage_one(listed: &Listed, out: &Dir, staging_dir: &OwnedFd, buffer: &mut [u8
         Err(Errno::XDEV) => {
             let source = listed.open_in(out)?;
             let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-            let mut target = File::from(rustix::fs::openat(staging_dir, name, flags, Mode::from_raw_mode(0o600))?);
+            let mut target =
+                File::from(rustix::fs::openat(staging_dir, name, flags, Mode::from_raw_mode(PRIVATE_FILE))?);
             let mut checked = Checked::new(source, listed);
             pump(&mut checked, &mut target, buffer)?;
             let sha256 = checked.finish();
@@ -683,20 +674,17 @@ fn deliver_to_tar(
     let (parent_path, name) = split_destination(path)?;
     let parent = open_parent(&parent_path, path)?;
     check_tar_destination(&parent, name, path, force)?;
-    let staging = format!(".{name}.staging-{}", random_hex().map_err(fail)?);
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true).mode(0o600);
     let mtime = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |since| since.as_secs());
     let written = (|| -> io::Result<Vec<OutputFile>> {
-        let archive = parent.open_with(&staging, &options)?;
-        let mut builder = tar::Builder::new(BufWriter::with_capacity(BUFFER_BYTES as usize, archive));
+        let mut archive = AtomicFile::create(&parent, &format!(".{name}.staging-"))?;
+        let mut builder = tar::Builder::new(BufWriter::with_capacity(BUFFER_BYTES as usize, archive.file()?));
         let mut hashed = Vec::with_capacity(files.len());
         for listed in files {
             cancel.check()?;
             let source = listed.open_in(out)?;
             let mut header = tar::Header::new_ustar();
             header.set_size(listed.file.bytes);
-            header.set_mode(0o600);
+            header.set_mode(PRIVATE_FILE);
             header.set_mtime(mtime);
             header.set_entry_type(tar::EntryType::Regular);
             // tar copies through a small buffer: read ahead in large blocks.
@@ -705,21 +693,11 @@ fn deliver_to_tar(
             builder.append_data(&mut header, &listed.file.name, &mut checked)?;
             hashed.push(OutputFile { sha256: checked.finish(), ..listed.file.clone() });
         }
-        let mut archive = builder.into_inner()?;
-        archive.flush()?;
-        let archive = archive.into_inner().map_err(io::IntoInnerError::into_error)?;
-        archive.sync_all()?;
-        parent.rename(&staging, &parent, name)?;
+        builder.into_inner()?.flush()?;
+        archive.commit(name)?;
         Ok(hashed)
     })();
-    written.map_err(|err| {
-        if let Err(cleanup) = parent.remove_file(&staging)
-            && cleanup.kind() != ErrorKind::NotFound
-        {
-            tracing::error!(staging, "cannot remove the staging archive: {cleanup}");
-        }
-        fail(err)
-    })
+    written.map_err(fail)
 }
 
 #[cfg(test)]
@@ -754,7 +732,7 @@ mod tests {
     fn a_checked_read_gives_exactly_the_checked_size_or_fails() {
         let (read, sha256) = read_checked(b"abcdefgh", 8).expect("same size");
         assert_eq!(read, b"abcdefgh");
-        assert_eq!(sha256, hex_digest(Sha256::digest(b"abcdefgh").as_slice()));
+        assert_eq!(sha256, hex(Sha256::digest(b"abcdefgh").as_slice()));
         let short = read_checked(b"abc", 8).expect_err("shorter than checked");
         assert_eq!(short.kind(), ErrorKind::UnexpectedEof);
         assert!(short.to_string().contains("5 bytes short"), "{short}");

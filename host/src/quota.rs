@@ -50,6 +50,7 @@ use wasmtime_wasi::p2::{
 };
 use wasmtime_wasi::{FsPerms, OpenMode};
 
+use crate::fs::{PRIVATE_DIR, PRIVATE_FILE};
 use crate::guest::{BLOCK_CURRENT_THREAD, GuestState};
 use crate::ledger::{Hold, InodeKey, Kind, Ledger, Observed, Refused};
 
@@ -210,6 +211,18 @@ impl QuotaFilesystemView<'_> {
     }
 }
 
+/// Methods of wasmtime-wasi's filesystem that change nothing the ledger
+/// charges: handed to wasmtime-wasi as they come.
+macro_rules! forward_to_wasmtime_wasi {
+    ($(async fn $name:ident($($arg:ident: $type:ty),* $(,)?) -> $result:ty;)*) => {
+        $(
+            async fn $name(&mut self, $($arg: $type),*) -> $result {
+                HostDescriptor::$name(&mut self.inner, $($arg),*).await
+            }
+        )*
+    };
+}
+
 impl types::Host for QuotaFilesystemView<'_> {
     fn convert_error_code(&mut self, err: FsError) -> wasmtime::Result<ErrorCode> {
         types::Host::convert_error_code(&mut self.inner, err)
@@ -221,26 +234,20 @@ impl types::Host for QuotaFilesystemView<'_> {
 }
 
 impl HostDescriptor for QuotaFilesystemView<'_> {
-    async fn advise(
-        &mut self,
-        fd: Resource<Descriptor>,
-        offset: Filesize,
-        len: Filesize,
-        advice: Advice,
-    ) -> FsResult<()> {
-        HostDescriptor::advise(&mut self.inner, fd, offset, len, advice).await
-    }
-
-    async fn sync_data(&mut self, fd: Resource<Descriptor>) -> FsResult<()> {
-        HostDescriptor::sync_data(&mut self.inner, fd).await
-    }
-
-    async fn get_flags(&mut self, fd: Resource<Descriptor>) -> FsResult<DescriptorFlags> {
-        HostDescriptor::get_flags(&mut self.inner, fd).await
-    }
-
-    async fn get_type(&mut self, fd: Resource<Descriptor>) -> FsResult<DescriptorType> {
-        HostDescriptor::get_type(&mut self.inner, fd).await
+    forward_to_wasmtime_wasi! {
+        async fn advise(fd: Resource<Descriptor>, offset: Filesize, len: Filesize, advice: Advice) -> FsResult<()>;
+        async fn sync_data(fd: Resource<Descriptor>) -> FsResult<()>;
+        async fn get_flags(fd: Resource<Descriptor>) -> FsResult<DescriptorFlags>;
+        async fn get_type(fd: Resource<Descriptor>) -> FsResult<DescriptorType>;
+        async fn set_times(fd: Resource<Descriptor>, atim: NewTimestamp, mtim: NewTimestamp) -> FsResult<()>;
+        async fn sync(fd: Resource<Descriptor>) -> FsResult<()>;
+        async fn stat(fd: Resource<Descriptor>) -> FsResult<DescriptorStat>;
+        async fn stat_at(fd: Resource<Descriptor>, path_flags: PathFlags, path: String) -> FsResult<DescriptorStat>;
+        async fn set_times_at(fd: Resource<Descriptor>, path_flags: PathFlags, path: String, atim: NewTimestamp, mtim: NewTimestamp) -> FsResult<()>;
+        async fn readlink_at(fd: Resource<Descriptor>, path: String) -> FsResult<String>;
+        async fn is_same_object(a: Resource<Descriptor>, b: Resource<Descriptor>) -> wasmtime::Result<bool>;
+        async fn metadata_hash(fd: Resource<Descriptor>) -> FsResult<MetadataHashValue>;
+        async fn metadata_hash_at(fd: Resource<Descriptor>, path_flags: PathFlags, path: String) -> FsResult<MetadataHashValue>;
     }
 
     async fn set_size(&mut self, fd: Resource<Descriptor>, size: Filesize) -> FsResult<()> {
@@ -254,10 +261,6 @@ impl HostDescriptor for QuotaFilesystemView<'_> {
             self.observe_handle(&target.handle);
         }
         result
-    }
-
-    async fn set_times(&mut self, fd: Resource<Descriptor>, atim: NewTimestamp, mtim: NewTimestamp) -> FsResult<()> {
-        HostDescriptor::set_times(&mut self.inner, fd, atim, mtim).await
     }
 
     async fn read(&mut self, fd: Resource<Descriptor>, len: Filesize, offset: Filesize) -> FsResult<(Vec<u8>, bool)> {
@@ -298,10 +301,6 @@ impl HostDescriptor for QuotaFilesystemView<'_> {
         Ok(Resource::new_own(pushed.rep()))
     }
 
-    async fn sync(&mut self, fd: Resource<Descriptor>) -> FsResult<()> {
-        HostDescriptor::sync(&mut self.inner, fd).await
-    }
-
     async fn create_directory_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
         // Checked as wasmtime-wasi checks, which this call replaces.
         let folder = match self.table().get(&fd)? {
@@ -312,34 +311,10 @@ impl HostDescriptor for QuotaFilesystemView<'_> {
         self.ledger.check_new_entry(Kind::Folder).map_err(refusal)?;
         // Owner-only from the mkdir itself: the guest cannot chmod.
         let mut options = DirOptions::new();
-        options.mode(0o700);
+        options.mode(PRIVATE_DIR);
         cap_primitives::fs::create_dir(&folder, Path::new(&path), &options).map_err(ErrorCode::from)?;
         self.observe_new_entry(&folder, &path);
         Ok(())
-    }
-
-    async fn stat(&mut self, fd: Resource<Descriptor>) -> FsResult<DescriptorStat> {
-        HostDescriptor::stat(&mut self.inner, fd).await
-    }
-
-    async fn stat_at(
-        &mut self,
-        fd: Resource<Descriptor>,
-        path_flags: PathFlags,
-        path: String,
-    ) -> FsResult<DescriptorStat> {
-        HostDescriptor::stat_at(&mut self.inner, fd, path_flags, path).await
-    }
-
-    async fn set_times_at(
-        &mut self,
-        fd: Resource<Descriptor>,
-        path_flags: PathFlags,
-        path: String,
-        atim: NewTimestamp,
-        mtim: NewTimestamp,
-    ) -> FsResult<()> {
-        HostDescriptor::set_times_at(&mut self.inner, fd, path_flags, path, atim, mtim).await
     }
 
     async fn link_at(
@@ -382,10 +357,6 @@ impl HostDescriptor for QuotaFilesystemView<'_> {
         // Only once the descriptor is closed is its hold given back.
         self.held.descriptors.remove(&rep);
         result
-    }
-
-    async fn readlink_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<String> {
-        HostDescriptor::readlink_at(&mut self.inner, fd, path).await
     }
 
     async fn remove_directory_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
@@ -468,23 +439,6 @@ impl HostDescriptor for QuotaFilesystemView<'_> {
         let stream = HostDescriptor::append_via_stream(&mut self.inner, Resource::new_borrow(fd.rep()))?;
         self.wrap_stream(&fd, stream, None)
     }
-
-    async fn is_same_object(&mut self, a: Resource<Descriptor>, b: Resource<Descriptor>) -> wasmtime::Result<bool> {
-        HostDescriptor::is_same_object(&mut self.inner, a, b).await
-    }
-
-    async fn metadata_hash(&mut self, fd: Resource<Descriptor>) -> FsResult<MetadataHashValue> {
-        HostDescriptor::metadata_hash(&mut self.inner, fd).await
-    }
-
-    async fn metadata_hash_at(
-        &mut self,
-        fd: Resource<Descriptor>,
-        path_flags: PathFlags,
-        path: String,
-    ) -> FsResult<MetadataHashValue> {
-        HostDescriptor::metadata_hash_at(&mut self.inner, fd, path_flags, path).await
-    }
 }
 
 impl QuotaFilesystemView<'_> {
@@ -546,7 +500,7 @@ impl QuotaFilesystemView<'_> {
     /// Makes a file the guest created owner-only: the guest cannot chmod.
     fn make_private(&mut self, fd: &Resource<Descriptor>) {
         if let Ok(target) = self.target(fd)
-            && let Err(err) = target.handle.set_permissions(std::fs::Permissions::from_mode(0o600))
+            && let Err(err) = target.handle.set_permissions(std::fs::Permissions::from_mode(PRIVATE_FILE))
         {
             tracing::warn!("cannot make a guest-created file private: {err}");
         }
@@ -583,7 +537,7 @@ impl QuotaFilesystemView<'_> {
             (OFlags::WRONLY, OpenMode::WRITE)
         };
         let options = access | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let file = match rustix::fs::openat(&*folder, path, options, Mode::from_raw_mode(0o600)) {
+        let file = match rustix::fs::openat(&*folder, path, options, Mode::from_raw_mode(PRIVATE_FILE)) {
             Ok(file) => std::fs::File::from(file),
             Err(errno) => return Some(Err(ErrorCode::from(io::Error::from(errno)).into())),
         };
@@ -956,8 +910,7 @@ mod tests {
 
     impl Guest {
         fn new() -> Self {
-            let base =
-                std::env::temp_dir().join(format!("quota-invariant-{}", crate::sandbox::random_hex().expect("rng")));
+            let base = std::env::temp_dir().join(format!("quota-invariant-{}", crate::fs::random_hex().expect("rng")));
             let out = base.join("out");
             std::fs::create_dir_all(&out).expect("scratch folder");
             let dir = cap_std::fs::Dir::open_ambient_dir(&out, cap_std::ambient_authority()).expect("open");

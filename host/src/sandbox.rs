@@ -24,15 +24,18 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io::{self, ErrorKind};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cap_fs_ext::DirExt as _;
-use cap_std::fs::{Dir, DirBuilder, DirBuilderExt as _, OpenOptions, Permissions, PermissionsExt as _};
-use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags};
+use cap_std::fs::Dir;
+use rustix::fs::{AtFlags, FlockOperation};
 
+use crate::fs::{
+    Deadline, Refusal, Stop, open_listable_dir, open_private, open_private_at, open_private_dir, private_dir_builder,
+    private_memory_folder, random_hex, remove_tree, remove_tree_within,
+};
 use crate::tenants::is_tenant_id;
 
 /// The folder the guest reads its input from.
@@ -45,194 +48,8 @@ pub const OUTPUT_DIR: &str = "out";
 
 const NAME_PREFIX: &str = "sbx-";
 const TENANT_PREFIX: &str = "tenant-";
-/// The suffix of the lock files an earlier layout kept beside each sandbox;
-/// the sweep still honours and removes them.
-const LOCK_SUFFIX: &str = ".lock";
 /// Hex digits of randomness in a sandbox name: 128 bits from the OS RNG.
 const NAME_HEX_DIGITS: usize = 32;
-
-fn private_dir_builder() -> DirBuilder {
-    let mut builder = DirBuilder::new();
-    builder.mode(0o700);
-    builder
-}
-
-// ---------------------------------------------------------------------------
-// Ambient authority: every path that becomes a folder capability here (the
-// sandbox roots, and the code cache's folder through `open_private_dir`)
-// goes through `open_private`; below a root, everything is reached through
-// its handle.
-// ---------------------------------------------------------------------------
-
-/// Why a folder cannot be used as a private root.
-#[derive(Debug)]
-enum Refusal {
-    /// It belongs to another user (who may have made it first, in a shared
-    /// temp folder): whatever its mode, they could change it.
-    Owner {
-        owner: u32,
-    },
-    /// Its last component is a symbolic link: it may point anywhere, e.g.
-    /// into another user's folder, and is never followed.
-    Symlink,
-    NotFolder,
-    /// Ours, but group or others may write it (rename or replace sandboxes).
-    TooOpen {
-        mode: u32,
-    },
-    /// It does not exist (only when asked not to create it).
-    Missing,
-    Io(io::Error),
-}
-
-impl Refusal {
-    /// What is wrong, to follow the folder's name in a message.
-    fn reason(&self) -> String {
-        let uid = rustix::process::getuid().as_raw();
-        match self {
-            Self::Owner { owner } => format!("is not private: it belongs to uid {owner}, not to you (uid {uid})"),
-            Self::Symlink => "is not private: it is a symbolic link, which the host does not follow".to_owned(),
-            Self::NotFolder => "is not a folder".to_owned(),
-            Self::TooOpen { mode } => format!("is not private: group or others can write it (mode {mode:o})"),
-            Self::Missing => "does not exist".to_owned(),
-            Self::Io(err) => format!("cannot be opened: {err}"),
-        }
-    }
-
-    /// The advice that works for this refusal of the folder at `path` that
-    /// the user named: `chmod` only helps with a folder of one's own.
-    fn remedy(&self, path: &Path, remedy: &str) -> String {
-        match self {
-            Self::TooOpen { .. } => format!("fix it with `chmod 700 {}`, or {remedy}", path.display()),
-            _ => remedy.to_owned(),
-        }
-    }
-
-    fn kind(&self) -> ErrorKind {
-        match self {
-            Self::Io(err) => err.kind(),
-            Self::Missing => ErrorKind::NotFound,
-            Self::NotFolder => ErrorKind::NotADirectory,
-            _ => ErrorKind::PermissionDenied,
-        }
-    }
-
-    /// The error for a folder the user named: what is wrong, and what to do.
-    fn into_error(self, what: &str, path: &Path, remedy: &str) -> io::Error {
-        let message = format!("{what} {} {}; {}", path.display(), self.reason(), self.remedy(path, remedy));
-        io::Error::new(self.kind(), message)
-    }
-}
-
-impl From<io::Error> for Refusal {
-    fn from(err: io::Error) -> Self {
-        Self::Io(err)
-    }
-}
-
-impl From<rustix::io::Errno> for Refusal {
-    fn from(errno: rustix::io::Errno) -> Self {
-        Self::Io(errno.into())
-    }
-}
-
-/// Opens the folder `path` as a private root: created 0700 first when
-/// `create` (with its missing parents), its last component opened without
-/// following a link, relative to a handle on its parent, then checked on the
-/// handle: a folder of this user that group and others cannot write. The
-/// folder checked is so the folder used, whatever the path names later.
-fn open_private(path: &Path, create: bool) -> Result<Dir, Refusal> {
-    let Some(name) = path.file_name() else {
-        // `/`, `.`, `..`: no last component that could be a link.
-        let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
-        return check_private(fd);
-    };
-    let parent = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    if create {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
-    }
-    // The parent's links are followed: it is the user's own path (or the
-    // temp folder); only the last component can have been planted by
-    // someone else in a shared folder.
-    let parent = match rustix::fs::open(parent, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()) {
-        Ok(fd) => fd,
-        Err(rustix::io::Errno::NOENT) if !create => return Err(Refusal::Missing),
-        Err(errno) => return Err(errno.into()),
-    };
-    open_private_at(&parent, name, create)
-}
-
-/// [`open_private`] of `name` in the folder `parent`.
-fn open_private_at(parent: &OwnedFd, name: &OsStr, create: bool) -> Result<Dir, Refusal> {
-    if create {
-        match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
-            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-            Err(errno) => return Err(errno.into()),
-        }
-    }
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    match rustix::fs::openat(parent, name, flags, Mode::empty()) {
-        Ok(fd) => check_private(fd),
-        Err(rustix::io::Errno::NOENT) if !create => Err(Refusal::Missing),
-        // ELOOP for a link; ENOTDIR for a link (with O_DIRECTORY) or a file.
-        Err(errno @ (rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR)) => {
-            match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(stat) if rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Symlink => {
-                    Err(Refusal::Symlink)
-                }
-                Ok(_) => Err(Refusal::NotFolder),
-                Err(_) => Err(errno.into()),
-            }
-        }
-        Err(errno) => Err(errno.into()),
-    }
-}
-
-fn check_private(fd: OwnedFd) -> Result<Dir, Refusal> {
-    let stat = rustix::fs::fstat(&fd)?;
-    let uid = rustix::process::getuid().as_raw();
-    if stat.st_uid != uid {
-        return Err(Refusal::Owner { owner: stat.st_uid });
-    }
-    let mode = stat.st_mode & 0o7777;
-    if mode & 0o022 != 0 {
-        return Err(Refusal::TooOpen { mode });
-    }
-    Ok(Dir::from(fd))
-}
-
-/// Creates `path` (and missing parents) 0700 if needed and opens it, refusing
-/// a folder that is not private (see [`open_private`]). `what` names the
-/// folder and `remedy` ends the error message, e.g. "choose another cache
-/// folder" (after "fix it with `chmod 700 ...`" when that would help).
-pub(crate) fn open_private_dir(path: &Path, what: &str, remedy: &str) -> io::Result<Dir> {
-    open_private(path, true).map_err(|refusal| refusal.into_error(what, path, remedy))
-}
-
-/// Opens `parent` if it may hold the memory-backed fallback root: a folder
-/// of this user alone (as `$XDG_RUNTIME_DIR` must be), on tmpfs or ramfs (so
-/// a spooled input still never touches the disk).
-fn private_memory_folder(parent: &Path) -> Result<OwnedFd, String> {
-    const TMPFS_MAGIC: u64 = 0x0102_1994;
-    const RAMFS_MAGIC: u64 = 0x8584_58f6;
-    let fd = rustix::fs::open(parent, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|errno| format!("cannot be opened: {errno}"))?;
-    let stat = rustix::fs::fstat(&fd).map_err(|errno| format!("cannot be checked: {errno}"))?;
-    let uid = rustix::process::getuid().as_raw();
-    if stat.st_uid != uid || stat.st_mode & 0o077 != 0 {
-        return Err(format!("is not private (owner uid {}, mode {:o})", stat.st_uid, stat.st_mode & 0o7777));
-    }
-    let fs = rustix::fs::fstatfs(&fd).map_err(|errno| format!("cannot be checked: {errno}"))?;
-    // f_type is signed on some targets; the magic numbers are its bits.
-    let magic = u64::from(fs.f_type as u32);
-    if magic != TMPFS_MAGIC && magic != RAMFS_MAGIC {
-        return Err("is not memory-backed (tmpfs)".to_owned());
-    }
-    Ok(fd)
-}
 
 /// One place a default root may be, tried in order.
 #[derive(Debug, Clone)]
@@ -595,15 +412,12 @@ impl SandboxRoot {
     pub fn sweep(&self) -> io::Result<Sweep> {
         let mut sweep = Sweep::default();
         let mut folders = Vec::new();
-        let mut locks = Vec::new();
         let mut tenants = Vec::new();
         for entry in self.dir.entries()? {
             let entry = entry?;
             let file_name = entry.file_name();
             let Some(name) = file_name.to_str() else { continue };
-            if let Some(sandbox) = name.strip_suffix(LOCK_SUFFIX).filter(|s| is_sandbox_name(s)) {
-                locks.push(sandbox.to_owned());
-            } else if is_sandbox_name(name) {
+            if is_sandbox_name(name) {
                 folders.push(name.to_owned());
             } else if name.strip_prefix(TENANT_PREFIX).is_some_and(is_tenant_id) {
                 tenants.push(name.to_owned());
@@ -622,12 +436,6 @@ impl SandboxRoot {
         }
         for name in &folders {
             self.sweep_one(name, &mut sweep);
-        }
-        // Lock files of an earlier layout, whose folder is gone.
-        for name in locks.iter().filter(|name| !folders.contains(name)) {
-            if legacy_lock_is_free(&self.dir, name).unwrap_or(false) {
-                let _ = self.dir.remove_file(legacy_lock_name(name));
-            }
         }
         for path in self.siblings.iter() {
             match open_private(path, false) {
@@ -655,16 +463,8 @@ impl SandboxRoot {
                 return;
             }
         };
-        let free = match rustix::fs::flock(&top, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => legacy_lock_is_free(&self.dir, name),
-            Err(errno) => Err(io::Error::from(errno)),
-        };
-        match free {
-            Ok(true) => {}
-            Ok(false) => {
-                sweep.live += 1;
-                return;
-            }
+        match rustix::fs::flock(&top, FlockOperation::NonBlockingLockExclusive).map_err(io::Error::from) {
+            Ok(()) => {}
             Err(err) if err.kind() == ErrorKind::WouldBlock => {
                 sweep.live += 1;
                 return;
@@ -677,23 +477,12 @@ impl SandboxRoot {
         // Removed while locked, so no owner can be starting in it.
         match remove_tree(&self.dir, OsStr::new(name)) {
             Ok(()) => {
-                let _ = self.dir.remove_file(legacy_lock_name(name));
                 tracing::info!(sandbox = name, "swept a sandbox whose owner is gone");
                 sweep.removed.push(name.to_owned());
             }
             Err(err) if err.kind() == ErrorKind::NotFound => {}
             Err(err) => sweep.failed.push((name.to_owned(), err)),
         }
-    }
-}
-
-/// Whether the lock file an earlier layout kept beside sandbox `name` is
-/// absent or not held by a living process.
-fn legacy_lock_is_free(root: &Dir, name: &str) -> io::Result<bool> {
-    match root.open_with(legacy_lock_name(name), OpenOptions::new().read(true)) {
-        Ok(file) => Ok(file.into_std().try_lock().is_ok()),
-        Err(err) if err.kind() == ErrorKind::NotFound => Ok(true),
-        Err(err) => Err(err),
     }
 }
 
@@ -721,44 +510,9 @@ fn random_name() -> io::Result<String> {
     Ok(format!("{NAME_PREFIX}{}", random_hex()?))
 }
 
-/// 128 bits from the OS RNG, as 32 lowercase hex digits.
-pub(crate) fn random_hex() -> io::Result<String> {
-    let mut bytes = [0u8; NAME_HEX_DIGITS / 2];
-    getrandom::fill(&mut bytes)
-        .map_err(|err| io::Error::other(format!("the OS random number generator failed: {err}")))?;
-    let mut name = String::with_capacity(NAME_HEX_DIGITS);
-    for byte in bytes {
-        name.push(char::from_digit(u32::from(byte >> 4), 16).unwrap_or('0'));
-        name.push(char::from_digit(u32::from(byte & 0xf), 16).unwrap_or('0'));
-    }
-    Ok(name)
-}
-
 fn is_sandbox_name(name: &str) -> bool {
     name.strip_prefix(NAME_PREFIX)
         .is_some_and(|hex| hex.len() == NAME_HEX_DIGITS && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
-fn legacy_lock_name(name: &str) -> String {
-    format!("{name}{LOCK_SUFFIX}")
-}
-
-/// Opens the folder `name` in `parent` with a handle that can also be
-/// listed (cap-std's `open_dir` gives an `O_PATH` handle, which cannot).
-fn open_listable_dir(parent: &Dir, name: &str) -> io::Result<Dir> {
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    Ok(Dir::from(rustix::fs::openat(parent, name, flags, Mode::empty())?))
-}
-
-/// A reader of `dir`'s entries, on an open file description of its own, so
-/// listing never moves the offset of `dir` or of the guest's copies of it.
-///
-/// # Errors
-///
-/// When the folder cannot be opened for reading.
-pub(crate) fn list_dir(dir: &Dir) -> io::Result<rustix::fs::Dir> {
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    Ok(rustix::fs::Dir::new(rustix::fs::openat(dir, ".", flags, Mode::empty())?)?)
 }
 
 /// Makes `input/` and `out/` in the locked sandbox folder `top`, and opens
@@ -787,53 +541,6 @@ struct SandboxDirs {
     /// The last fresh name flattening used, so a resumed removal does not
     /// probe the names it already took.
     fresh: u64,
-}
-
-/// Why a removal within a deadline stopped before the end.
-#[derive(Debug)]
-enum Stop {
-    /// The deadline passed; what is left is a tree like any other, that a
-    /// later call removes.
-    OutOfTime,
-    Failed(io::Error),
-}
-
-impl From<io::Error> for Stop {
-    fn from(err: io::Error) -> Self {
-        Self::Failed(err)
-    }
-}
-
-impl From<rustix::io::Errno> for Stop {
-    fn from(errno: rustix::io::Errno) -> Self {
-        Self::Failed(errno.into())
-    }
-}
-
-impl Stop {
-    fn into_io(self) -> io::Error {
-        match self {
-            Self::Failed(err) => err,
-            Self::OutOfTime => io::Error::new(ErrorKind::TimedOut, "the removal ran out of time"),
-        }
-    }
-}
-
-/// When a removal must stop; `None`: never.
-#[derive(Debug, Clone, Copy)]
-struct Deadline(Option<Instant>);
-
-impl Deadline {
-    const NONE: Self = Self(None);
-
-    /// Checked after each step, never before the first: every call makes
-    /// progress, however short its budget.
-    fn check(self) -> Result<(), Stop> {
-        match self.0 {
-            Some(deadline) if Instant::now() >= deadline => Err(Stop::OutOfTime),
-            _ => Ok(()),
-        }
-    }
 }
 
 impl SandboxDirs {
@@ -989,7 +696,7 @@ impl Sandbox {
     ///
     /// As [`Sandbox::close`].
     pub(crate) fn remove_within(mut self, budget: Duration) -> io::Result<Removal> {
-        let deadline = Deadline(Instant::now().checked_add(budget));
+        let deadline = Deadline::after(budget);
         match self.teardown(deadline) {
             Ok(()) => Ok(Removal::Done),
             Err(Stop::OutOfTime) => Ok(Removal::Unfinished(self)),
@@ -1023,133 +730,14 @@ impl Drop for Sandbox {
     }
 }
 
-/// Removes `parent/name` and everything below it, whatever a guest left there:
-/// folder chains thousands deep, many files, odd names, read-only folders.
-///
-/// It recurses only [`MAX_REMOVAL_DEPTH`] folders deep, holding one handle per
-/// level, and never builds long paths; below that, a non-empty folder's
-/// children are moved up (under fresh names, never replacing anything) and
-/// removed from there, so any depth is removed with bounded handles and stack.
-pub(crate) fn remove_tree(parent: &Dir, name: &OsStr) -> io::Result<()> {
-    remove_tree_within(parent, name, &mut 0, Deadline::NONE).map_err(Stop::into_io)
-}
-
-/// [`remove_tree`], stopping once `deadline` passed. Every step only removes
-/// an entry or moves one up within the tree, so whatever state it stops in
-/// is a tree that a later call removes the same way: removal resumes by
-/// starting over on what is left. `fresh` carries the flattening names
-/// already used from one call to the next.
-fn remove_tree_within(parent: &Dir, name: &OsStr, fresh: &mut u64, deadline: Deadline) -> Result<(), Stop> {
-    match parent.symlink_metadata(name) {
-        Ok(meta) if !meta.is_dir() => return Ok(parent.remove_file(name)?),
-        Ok(_) => {}
-        Err(err) => return Err(err.into()),
-    }
-    let top = parent.open_dir_nofollow(name)?;
-    empty_dir(&top, 0, fresh, deadline)?;
-    drop(top);
-    Ok(retry_writable(parent, Path::new("."), || parent.remove_dir(name))?)
-}
-
-/// Folders that removal descends into with its own handle; deeper ones are
-/// flattened instead.
-const MAX_REMOVAL_DEPTH: usize = 16;
-
-/// Removes everything in `dir`: one pass over its entries, repeated only
-/// when a flattened folder moved new entries in.
-fn empty_dir(dir: &Dir, depth: usize, fresh: &mut u64, deadline: Deadline) -> Result<(), Stop> {
-    loop {
-        let mut entries = Vec::new();
-        for entry in dir.entries()? {
-            let entry = entry?;
-            entries.push((entry.file_name(), entry.file_type()?.is_dir()));
-        }
-        let mut hoisted = false;
-        for (entry, is_dir) in entries {
-            if !is_dir {
-                retry_writable(dir, Path::new("."), || dir.remove_file(&entry))?;
-                deadline.check()?;
-                continue;
-            }
-            // Descend at once while handles are cheap; deeper, try the
-            // removal first (an empty folder needs no handle).
-            let attempt = if depth < MAX_REMOVAL_DEPTH {
-                Err(io::Error::from(ErrorKind::DirectoryNotEmpty))
-            } else {
-                dir.remove_dir(&entry)
-            };
-            match attempt {
-                Ok(()) => {}
-                Err(err) if err.kind() == ErrorKind::DirectoryNotEmpty && depth < MAX_REMOVAL_DEPTH => {
-                    let sub = match dir.open_dir_nofollow(&entry) {
-                        Err(err) if err.kind() == ErrorKind::PermissionDenied => {
-                            make_writable(dir, Path::new(&entry))?;
-                            dir.open_dir_nofollow(&entry)?
-                        }
-                        other => other?,
-                    };
-                    empty_dir(&sub, depth + 1, fresh, deadline)?;
-                    drop(sub);
-                    dir.remove_dir(&entry)?;
-                }
-                Err(err) if err.kind() == ErrorKind::DirectoryNotEmpty => {
-                    hoist_children(dir, &entry, fresh, deadline)?;
-                    hoisted = true;
-                }
-                Err(err) if err.kind() == ErrorKind::PermissionDenied => {
-                    make_writable(dir, Path::new("."))?;
-                    dir.remove_dir(&entry)?;
-                }
-                Err(err) => return Err(err.into()),
-            }
-            deadline.check()?;
-        }
-        if !hoisted {
-            return Ok(());
-        }
-    }
-}
-
-/// Moves every entry of `top/child` into `top` under names no entry has.
-fn hoist_children(top: &Dir, child: &OsStr, fresh: &mut u64, deadline: Deadline) -> Result<(), Stop> {
-    // A read-only folder cannot give its entries away.
-    make_writable(top, Path::new(child))?;
-    let sub = top.open_dir_nofollow(child)?;
-    let names: Vec<OsString> = sub.entries()?.map(|entry| entry.map(|e| e.file_name())).collect::<io::Result<_>>()?;
-    for grandchild in names {
-        let target = loop {
-            *fresh += 1;
-            let candidate = format!(".removing-{fresh}");
-            match top.symlink_metadata(&candidate) {
-                Err(err) if err.kind() == ErrorKind::NotFound => break candidate,
-                Err(err) => return Err(err.into()),
-                Ok(_) => {}
-            }
-        };
-        sub.rename(&grandchild, top, &target)?;
-        deadline.check()?;
-    }
-    Ok(())
-}
-
-fn make_writable(dir: &Dir, path: &Path) -> io::Result<()> {
-    dir.set_permissions(path, Permissions::from_mode(0o700))
-}
-
-fn retry_writable(dir: &Dir, folder: &Path, mut op: impl FnMut() -> io::Result<()>) -> io::Result<()> {
-    match op() {
-        Err(err) if err.kind() == ErrorKind::PermissionDenied => {
-            make_writable(dir, folder)?;
-            op()
-        }
-        other => other,
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::os::unix::fs::PermissionsExt as _;
+
+    use cap_std::fs::{Permissions, PermissionsExt as _};
+
+    use super::*;
+    use crate::fs::MAX_REMOVAL_DEPTH;
 
     fn scratch_root() -> (PathBuf, SandboxRoot) {
         let base = std::env::temp_dir().join(format!("sandbox-unit-{}", random_name().expect("rng")));
@@ -1286,27 +874,6 @@ mod tests {
         assert!(live.path().is_dir(), "a live sandbox survives the sweep");
         assert!(stray.is_dir(), "entries that are not sandboxes are never touched");
         live.close().expect("close");
-        std::fs::remove_dir_all(base).expect("cleanup");
-    }
-
-    #[test]
-    fn the_sweep_honours_and_removes_lock_files_of_the_earlier_layout() {
-        let (base, root) = scratch_root();
-        let name = random_name().expect("rng");
-        std::fs::create_dir(root.path().join(&name)).expect("folder");
-        let lock_path = root.path().join(legacy_lock_name(&name));
-        let lock = std::fs::File::create(&lock_path).expect("lock file");
-        lock.try_lock().expect("held by a living old host");
-        let orphan = root.path().join(legacy_lock_name(&random_name().expect("rng")));
-        std::fs::write(&orphan, b"").expect("orphan lock file");
-
-        let sweep = root.sweep().expect("sweep");
-        assert_eq!((sweep.removed.len(), sweep.live), (0, 1), "a held lock file keeps its folder");
-        assert!(!orphan.exists(), "a free lock file without a folder goes");
-        drop(lock);
-        let sweep = root.sweep().expect("sweep");
-        assert_eq!(sweep.removed, vec![name]);
-        assert!(entries(root.path()).is_empty(), "folder and lock file are gone");
         std::fs::remove_dir_all(base).expect("cleanup");
     }
 

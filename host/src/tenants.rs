@@ -121,7 +121,7 @@ mod tests {
 
     #[test]
     fn idle_tenants_are_dropped_past_the_bound_and_busy_ones_kept() {
-        let base = std::env::temp_dir().join(format!("tenants-unit-{}", crate::sandbox::random_hex().expect("rng")));
+        let base = std::env::temp_dir().join(format!("tenants-unit-{}", crate::fs::random_hex().expect("rng")));
         let root = SandboxRoot::open(&base).expect("root");
         let tenants = Tenants::new(2);
         let busy = tenants.get("busy", &root, None).expect("tenant");

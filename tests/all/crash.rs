@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use crate::util::Scratch;
 
@@ -25,14 +24,7 @@ fn start_sleeper(scratch: &Scratch, millis: &str) -> Child {
 
 /// Waits until the guest is running: its sandbox holds `out/slept.txt`.
 fn wait_for_guest(scratch: &Scratch) -> PathBuf {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Some(sandbox) = scratch.running_sandbox().filter(|s| s.join("out/slept.txt").exists()) {
-            return sandbox;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("the guest did not start within a minute");
+    scratch.wait_for_sandbox(|sandbox| sandbox.join("out/slept.txt").exists().then(|| sandbox.to_owned()))
 }
 
 fn signal(child: &Child, name: &str) {

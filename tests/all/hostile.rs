@@ -159,15 +159,11 @@ async fn files_the_guest_creates_are_owner_only() {
     let (sleep, limits) = (host.component(programs::SLEEP), limits());
     let run = host.run_with(&sleep, b"1000", &limits);
     let watch = async {
-        for _ in 0..400 {
-            if let Some(meta) =
-                host.scratch.running_sandbox().and_then(|s| std::fs::metadata(s.join("out/slept.txt")).ok())
-            {
-                return meta.permissions().mode() & 0o777;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        panic!("the guest's file never appeared");
+        host.scratch
+            .wait_for_sandbox_async(|sandbox| {
+                std::fs::metadata(sandbox.join("out/slept.txt")).ok().map(|meta| meta.permissions().mode() & 0o777)
+            })
+            .await
     };
     let (outcome, mode) = tokio::join!(run, watch);
     outcome.expect("run");

@@ -3,7 +3,6 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::time::Duration;
 
 use orders_host::{Destination, Input, Invocation, Limits, Outcome};
 
@@ -84,18 +83,16 @@ async fn the_sandbox_is_private_while_the_guest_runs() {
     let sleep = host.component(test_programs_artifacts::SLEEP);
     let run = host.run_bytes(&sleep, b"1500");
     let watch = async {
-        for _ in 0..200 {
-            if let Some(sandbox) = host.scratch.running_sandbox() {
+        host.scratch
+            .wait_for_sandbox_async(|sandbox| {
                 let root = sandbox.parent().expect("root").to_owned();
-                let mode = |path: &Path| std::fs::metadata(path).expect("stat").permissions().mode() & 0o777;
+                let mode = |path: &Path| std::fs::metadata(path).ok().map(|meta| meta.permissions().mode() & 0o777);
                 let name = sandbox.file_name().expect("name").to_string_lossy().into_owned();
                 let hex = name.strip_prefix("sbx-").expect("prefix");
                 assert_eq!(hex.len(), 32, "128 random bits in the name");
-                return (mode(&root), mode(&sandbox), mode(&sandbox.join("input")), mode(&sandbox.join("out")));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("no sandbox appeared while the guest ran");
+                Some((mode(&root)?, mode(sandbox)?, mode(&sandbox.join("input"))?, mode(&sandbox.join("out"))?))
+            })
+            .await
     };
     let (outcome, modes) = tokio::join!(run, watch);
     outcome.expect("the sleeping guest finishes");
@@ -109,16 +106,11 @@ async fn the_input_copy_is_owner_only() {
     let sleep = host.component(test_programs_artifacts::SLEEP);
     let run = host.run_bytes(&sleep, b"300");
     let watch = async {
-        for _ in 0..500 {
-            if let Some(sandbox) = host.scratch.running_sandbox() {
-                let input = sandbox.join("input/input.csv");
-                if let Ok(meta) = std::fs::metadata(&input) {
-                    return meta.permissions().mode() & 0o777;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        panic!("no input file appeared");
+        host.scratch
+            .wait_for_sandbox_async(|sandbox| {
+                std::fs::metadata(sandbox.join("input/input.csv")).ok().map(|meta| meta.permissions().mode() & 0o777)
+            })
+            .await
     };
     let (outcome, input_mode) = tokio::join!(run, watch);
     outcome.expect("run");
@@ -166,15 +158,11 @@ async fn a_large_input_file_is_linked_in_read_only_and_left_as_it_was() {
         Invocation::new(sleep.clone(), Input::Path(input.clone())).limits(limits).destination(Destination::Memory),
     );
     let watch = async {
-        for _ in 0..500 {
-            if let Some(sandbox) = host.scratch.running_sandbox()
-                && let Ok(meta) = std::fs::metadata(sandbox.join("input/input.csv"))
-            {
-                return (meta.ino(), meta.nlink());
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        panic!("no input file appeared");
+        host.scratch
+            .wait_for_sandbox_async(|sandbox| {
+                std::fs::metadata(sandbox.join("input/input.csv")).ok().map(|meta| (meta.ino(), meta.nlink()))
+            })
+            .await
     };
     let (outcome, (inode, links)) = tokio::join!(run, watch);
     outcome.expect("the sleeping guest finishes");

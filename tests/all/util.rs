@@ -6,6 +6,11 @@ use std::process::Command;
 
 use orders_host::{Component, Input, Invocation, Limits, RunError, RunOutcome, Runner, RunnerConfig};
 
+/// How often, and how many times, a test looks for a running guest's
+/// sandbox: a minute in all.
+const SANDBOX_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+const SANDBOX_POLLS: u32 = 12_000;
+
 /// A scratch folder removed when the test ends (also on panic).
 pub struct Scratch {
     pub path: PathBuf,
@@ -64,6 +69,31 @@ impl Scratch {
         }
         found.sort();
         found
+    }
+
+    /// Waits, up to a minute, until `found` finds what it looks for in the
+    /// sandbox folder of a running guest (here, a guest in another process),
+    /// and returns it.
+    pub fn wait_for_sandbox<T>(&self, found: impl Fn(&Path) -> Option<T>) -> T {
+        for _ in 0..SANDBOX_POLLS {
+            if let Some(value) = self.running_sandbox().and_then(|sandbox| found(&sandbox)) {
+                return value;
+            }
+            std::thread::sleep(SANDBOX_POLL);
+        }
+        panic!("the sandbox of the running guest never showed what the test waited for");
+    }
+
+    /// [`Scratch::wait_for_sandbox`] for a guest run by this test's own
+    /// runtime, which goes on running it meanwhile.
+    pub async fn wait_for_sandbox_async<T>(&self, found: impl Fn(&Path) -> Option<T>) -> T {
+        for _ in 0..SANDBOX_POLLS {
+            if let Some(value) = self.running_sandbox().and_then(|sandbox| found(&sandbox)) {
+                return value;
+            }
+            tokio::time::sleep(SANDBOX_POLL).await;
+        }
+        panic!("the sandbox of the running guest never showed what the test waited for");
     }
 
     /// The sandbox folder of a running guest, under either root.
