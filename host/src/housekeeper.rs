@@ -165,18 +165,15 @@ impl Housekeeper {
     }
 
     /// Removes `sandbox`: queued for the thread with background removal,
-    /// else now, for at most [`REMOVAL_BUDGET`] before the rest is handed
-    /// to the thread.
+    /// else now, for at most `budget` (an invocation's is [`REMOVAL_BUDGET`]
+    /// or what is left of its deadline, if less; at least one step is made
+    /// however short it is) before the rest is handed to the thread.
     ///
     /// # Errors
     ///
     /// When it is removed now and that fails; failures on the thread are
     /// logged and returned by [`Housekeeper::finish`].
-    pub(crate) fn remove(&self, sandbox: Sandbox) -> io::Result<()> {
-        self.remove_within(sandbox, REMOVAL_BUDGET)
-    }
-
-    fn remove_within(&self, sandbox: Sandbox, budget: Duration) -> io::Result<()> {
+    pub(crate) fn remove_within(&self, sandbox: Sandbox, budget: Duration) -> io::Result<()> {
         if self.background_removal {
             let mut state = self.shared.lock();
             if state.running && state.backlog() < MAX_QUEUED {
@@ -416,7 +413,7 @@ mod tests {
             ready_target: 0,
         };
         for _ in 0..MAX_QUEUED + 5 {
-            keeper.remove(root.create().expect("create")).expect("remove");
+            keeper.remove_within(root.create().expect("create"), REMOVAL_BUDGET).expect("remove");
         }
         assert_eq!(sandboxes(&root), MAX_QUEUED, "past the bound, sandboxes are removed inline");
         let mut failures = Vec::new();

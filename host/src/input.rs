@@ -7,6 +7,12 @@
 //! device or a socket is refused at once (opening a FIFO for reading would
 //! otherwise wait for a writer, outside every limit), and a file that grows
 //! while it is copied cannot carry a spooled sandbox past the spool threshold.
+//!
+//! Reading and copying go chunk by chunk and stop at the next chunk once the
+//! invocation is stopped (its deadline, or its future dropped): a slow or
+//! endless [`Input::Reader`] cannot keep a blocking thread, a sandbox and a
+//! slot past the deadline. Only a single `read` call that never returns
+//! cannot be stopped: a reader should return within the caller's deadline.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -19,6 +25,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use crate::error::RunError;
 use crate::fs::PRIVATE_FILE;
 use crate::invocation::Input;
+use crate::invoke::Cancel;
 use crate::sandbox::{INPUT_FILE as GUEST_INPUT_FILE, Sandbox};
 
 /// The input, opened and measured before a sandbox is chosen for it.
@@ -48,7 +55,14 @@ struct NamedFile {
     ours: bool,
 }
 
-pub(crate) fn stage_input(input: Input, threshold: u64) -> Result<StagedInput, RunError> {
+/// Bytes read or copied between two looks at the invocation's [`Cancel`]:
+/// from a stream, one read call each.
+const READ_CHUNK: usize = 256 * 1024;
+/// The same for a file copied in the kernel (`copy_file_range`): tens of
+/// milliseconds of copying on a disk.
+const FILE_CHUNK: u64 = 64 << 20;
+
+pub(crate) fn stage_input(input: Input, threshold: u64, cancel: &Cancel) -> Result<StagedInput, RunError> {
     match input {
         Input::Bytes(bytes) => {
             let fits_in_memory = bytes.len() as u64 <= threshold;
@@ -64,10 +78,10 @@ pub(crate) fn stage_input(input: Input, threshold: u64) -> Result<StagedInput, R
             // Read one byte past the threshold to learn on which side it is.
             let mut head = Vec::new();
             let limit = threshold.saturating_add(1);
-            (&mut reader)
-                .take(limit)
-                .read_to_end(&mut head)
-                .map_err(|source| RunError::InputUnreadable { path: PathBuf::from("<reader>"), source })?;
+            copy_chunks(&mut (&mut reader).take(limit), &mut head, cancel).map_err(|stop| match stop {
+                Stop::Read(source) | Stop::Write(source) => RunError::InputUnreadable { path: READER.into(), source },
+                Stop::Cancelled(err) => RunError::Sandbox(err),
+            })?;
             let fits_in_memory = (head.len() as u64) < limit;
             let rest = (!fits_in_memory).then_some(InputRest::Reader(reader));
             Ok(StagedInput { head, rest, fits_in_memory })
@@ -131,8 +145,8 @@ fn not_a_regular_file(kind: FileType) -> io::Error {
 /// call for any size instead of a copy, and the guest still only reads it, through
 /// its read-only preopen; the link goes with the sandbox. Anything else is
 /// copied into a new file (0600); a named file exactly at the size it was
-/// measured at.
-pub(crate) fn copy_input(sandbox: &Sandbox, input: StagedInput) -> Result<u64, RunError> {
+/// measured at. Stops at the next chunk once `cancel` is set.
+pub(crate) fn copy_input(sandbox: &Sandbox, input: StagedInput, cancel: &Cancel) -> Result<u64, RunError> {
     let target_error =
         |err: io::Error| RunError::Sandbox(io::Error::new(err.kind(), format!("cannot copy the input in: {err}")));
     let input_dir = sandbox.input_dir().map_err(target_error)?;
@@ -153,44 +167,83 @@ pub(crate) fn copy_input(sandbox: &Sandbox, input: StagedInput) -> Result<u64, R
     let mut target = input_dir.open_with(GUEST_INPUT_FILE, &options).map_err(target_error)?.into_std();
     io::Write::write_all(&mut target, &input.head).map_err(target_error)?;
     let mut copied = input.head.len() as u64;
-    // A read error is the input's fault; a full disk the sandbox's.
-    let classify = |err: io::Error, path: PathBuf| {
-        if err.kind() == io::ErrorKind::StorageFull {
-            target_error(err)
-        } else {
-            RunError::InputUnreadable { path, source: err }
-        }
+    // A read error is the input's fault; a write error (a full disk) the sandbox's.
+    let classify = |stop: Stop, path: PathBuf| match stop {
+        Stop::Read(source) => RunError::InputUnreadable { path, source },
+        Stop::Write(err) => target_error(err),
+        Stop::Cancelled(err) => RunError::Sandbox(err),
     };
     match input.rest {
         Some(InputRest::File(named)) => {
-            copied += copy_measured(named, &mut target).map_err(|(err, path)| classify(err, path))?
+            copied += copy_measured(named, &mut target, cancel).map_err(|(stop, path)| classify(stop, path))?
         }
         Some(InputRest::Reader(mut reader)) => {
-            let mut buffered = io::BufWriter::with_capacity(256 * 1024, target);
-            copied += io::copy(&mut reader, &mut buffered).map_err(|err| classify(err, "<reader>".into()))?;
-            io::Write::flush(&mut buffered).map_err(target_error)?;
+            copied += copy_chunks(&mut reader, &mut target, cancel).map_err(|stop| classify(stop, READER.into()))?;
         }
         None => {}
     }
     Ok(copied)
 }
 
+/// How a reader that is not a file is named in messages.
+const READER: &str = "<reader>";
+
+/// Why a copy stopped.
+enum Stop {
+    /// Reading the input failed.
+    Read(io::Error),
+    /// Writing into the sandbox failed.
+    Write(io::Error),
+    /// The invocation was stopped.
+    Cancelled(io::Error),
+}
+
+/// Copies `reader` to its end into `writer`, one read call at a time, and
+/// stops before the next one once `cancel` is set.
+fn copy_chunks(reader: &mut impl Read, writer: &mut impl io::Write, cancel: &Cancel) -> Result<u64, Stop> {
+    let mut buffer = vec![0; READ_CHUNK];
+    let mut copied = 0;
+    loop {
+        cancel.check().map_err(Stop::Cancelled)?;
+        let read = match reader.read(&mut buffer) {
+            Ok(0) => return Ok(copied),
+            Ok(read) => read,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(Stop::Read(err)),
+        };
+        writer.write_all(&buffer[..read]).map_err(Stop::Write)?;
+        copied += read as u64;
+    }
+}
+
 /// Copies exactly the size `named` was measured at: never more (a file
 /// appended to meanwhile would otherwise be copied past what was checked,
 /// e.g. past the spool threshold), and an error if it became shorter.
-fn copy_measured(named: NamedFile, target: &mut File) -> Result<u64, (io::Error, PathBuf)> {
+/// Stops between chunks of [`FILE_CHUNK`] once `cancel` is set.
+fn copy_measured(named: NamedFile, target: &mut File, cancel: &Cancel) -> Result<u64, (Stop, PathBuf)> {
     let NamedFile { file, path, len, .. } = named;
-    // File to file: std copies in the kernel (copy_file_range), `take` included.
-    let copied = match io::copy(&mut (&file).take(len), target) {
-        Ok(copied) => copied,
-        Err(err) => return Err((err, path)),
-    };
+    let mut copied = 0;
+    while copied < len {
+        if let Err(err) = cancel.check() {
+            return Err((Stop::Cancelled(err), path));
+        }
+        // File to file: std copies in the kernel (copy_file_range), `take`
+        // included. Either side may fail: the kernel does not say which, and
+        // a full disk is the one a write gives.
+        let chunk = match io::copy(&mut (&file).take((len - copied).min(FILE_CHUNK)), target) {
+            Ok(0) => break,
+            Ok(chunk) => chunk,
+            Err(err) if err.kind() == io::ErrorKind::StorageFull => return Err((Stop::Write(err), path)),
+            Err(err) => return Err((Stop::Read(err), path)),
+        };
+        copied += chunk;
+    }
     if copied < len {
         let message = format!(
             "it changed while it was read: it was {len} bytes when checked, only {copied} could be read; run again \
              once nothing writes to it"
         );
-        return Err((io::Error::new(io::ErrorKind::UnexpectedEof, message), path));
+        return Err((Stop::Read(io::Error::new(io::ErrorKind::UnexpectedEof, message)), path));
     }
     if file.metadata().is_ok_and(|meta| meta.len() != len) {
         tracing::warn!(input = %path.display(), bytes = len, "the input changed while it was copied; the bytes it had when checked were used");
@@ -232,13 +285,13 @@ mod tests {
         let (base, root) = scratch("grow");
         let path = base.join("orders.csv");
         std::fs::write(&path, b"order_id,region\n1,north\n").expect("write");
-        let staged = stage_input(Input::Path(path.clone()), 1 << 20).expect("staged");
+        let staged = stage_input(Input::Path(path.clone()), 1 << 20, &Cancel::default()).expect("staged");
         assert!(staged.fits_in_memory);
         // A writer appends after the check: far past the spool threshold.
         let mut file = std::fs::OpenOptions::new().append(true).open(&path).expect("open for append");
         io::Write::write_all(&mut file, &vec![b'x'; 2 << 20]).expect("append");
         let sandbox = root.create().expect("sandbox");
-        let copied = copy_input(&sandbox, staged).expect("copied");
+        let copied = copy_input(&sandbox, staged, &Cancel::default()).expect("copied");
         assert_eq!(copied, 24);
         let inside = sandbox.input_dir().expect("input").read(GUEST_INPUT_FILE).expect("read");
         assert_eq!(inside, b"order_id,region\n1,north\n", "exactly the bytes measured, nothing appended later");
@@ -251,10 +304,10 @@ mod tests {
         let (base, root) = scratch("shrink");
         let path = base.join("orders.csv");
         std::fs::write(&path, vec![b'a'; 4096]).expect("write");
-        let staged = stage_input(Input::Path(path.clone()), 1 << 20).expect("staged");
+        let staged = stage_input(Input::Path(path.clone()), 1 << 20, &Cancel::default()).expect("staged");
         std::fs::OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(10)).expect("truncate");
         let sandbox = root.create().expect("sandbox");
-        match copy_input(&sandbox, staged) {
+        match copy_input(&sandbox, staged, &Cancel::default()) {
             Err(RunError::InputUnreadable { source, .. }) => {
                 assert!(source.to_string().contains("changed while it was read"), "{source}");
             }
@@ -271,16 +324,67 @@ mod tests {
         let fifo = base.join("fifo");
         rustix::fs::mknodat(rustix::fs::CWD, &fifo, FileType::Fifo, Mode::from_raw_mode(0o600), 0).expect("mkfifo");
         // No writer: a blocking open would never return.
-        let reason = unreadable_reason(stage_input(Input::Path(fifo), 0));
+        let reason = unreadable_reason(stage_input(Input::Path(fifo), 0, &Cancel::default()));
         assert!(reason.contains("is a FIFO") && reason.contains("give a regular file"), "{reason}");
-        let reason = unreadable_reason(stage_input(Input::Path("/dev/zero".into()), 0));
+        let reason = unreadable_reason(stage_input(Input::Path("/dev/zero".into()), 0, &Cancel::default()));
         assert!(reason.contains("character device"), "{reason}");
-        let reason = unreadable_reason(stage_input(Input::Path(base.clone()), 0));
+        let reason = unreadable_reason(stage_input(Input::Path(base.clone()), 0, &Cancel::default()));
         assert!(reason.contains("a folder"), "{reason}");
         let socket_path = base.join("socket");
         let _listener = std::os::unix::net::UnixListener::bind(&socket_path).expect("bind");
-        let reason = unreadable_reason(stage_input(Input::Path(socket_path), 0));
+        let reason = unreadable_reason(stage_input(Input::Path(socket_path), 0, &Cancel::default()));
         assert!(reason.contains("a socket"), "{reason}");
+        std::fs::remove_dir_all(base).expect("cleanup");
+    }
+
+    /// Gives `burst` bytes, then one byte per call, each after `pause`, forever.
+    struct Trickle {
+        burst: usize,
+        pause: std::time::Duration,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.burst > 0 {
+                let given = self.burst.min(buf.len());
+                buf[..given].fill(b'x');
+                self.burst -= given;
+                return Ok(given);
+            }
+            std::thread::sleep(self.pause);
+            buf[0] = b'x';
+            Ok(1)
+        }
+    }
+
+    #[test]
+    fn an_endless_reader_stops_at_the_next_chunk_once_cancelled() {
+        let (base, root) = scratch("endless");
+        let pause = std::time::Duration::from_millis(2);
+        let cancel = Cancel::default();
+        let staged = stage_input(Input::Reader(Box::new(Trickle { burst: 4096, pause })), 16, &cancel).expect("staged");
+        assert!(!staged.fits_in_memory);
+        let sandbox = root.create().expect("sandbox");
+        let copying = std::thread::spawn({
+            let cancel = cancel.clone();
+            move || {
+                let result = copy_input(&sandbox, staged, &cancel);
+                sandbox.close().expect("close");
+                result
+            }
+        });
+        // It trickles: it would go on forever.
+        std::thread::sleep(pause * 20);
+        assert!(!copying.is_finished(), "an endless reader is still being copied");
+        cancel.cancel();
+        match copying.join().expect("copy thread") {
+            Err(RunError::Sandbox(err)) => assert_eq!(err.kind(), io::ErrorKind::Interrupted, "{err}"),
+            Err(other) => panic!("expected the copy to be stopped, got {other}"),
+            Ok(bytes) => panic!("an endless reader was copied to an end at {bytes} bytes"),
+        }
+        // Staging the head of a stream stops too.
+        let result = stage_input(Input::Reader(Box::new(Trickle { burst: 0, pause })), 1 << 20, &cancel);
+        assert!(matches!(result, Err(RunError::Sandbox(_))), "a cancelled invocation stages nothing");
         std::fs::remove_dir_all(base).expect("cleanup");
     }
 }

@@ -127,11 +127,17 @@ impl Invocation {
     }
 
     /// Bounds the whole invocation once it has its slot, from making the
-    /// sandbox to removing it: past `deadline` it stops where it is (the
-    /// guest, the delivery) with [`crate::RunError::DeadlineExceeded`], and
-    /// its sandbox is removed (what removal cannot finish in its budget goes
-    /// on in the background). The guest's own [`Limits::timeout`] applies
-    /// within it.
+    /// sandbox to removing it: past `deadline` it stops where it is (copying
+    /// the input, the guest, the delivery) with
+    /// [`crate::RunError::DeadlineExceeded`], and its sandbox is removed.
+    /// Removal, on success too, takes at most what is left of the deadline
+    /// or the removal budget (50 ms), whichever is less, yet always makes one
+    /// step; what it cannot finish goes on in the background. A stage
+    /// stopped by the deadline is given up to 250 ms to notice it (a step of
+    /// any stage takes far less) before the invocation returns; a
+    /// [`Input::Reader`] blocked inside one `read` cannot be stopped, and its
+    /// invocation then keeps its slot until that `read` returns. The guest's
+    /// own [`Limits::timeout`] applies within the deadline.
     #[must_use]
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = Some(deadline);

@@ -1,13 +1,25 @@
 //! One invocation, stage by stage: admission, the input and the sandbox, the
 //! guest, its outcome, collection and delivery, removal.
 //!
-//! Every stage that blocks (files, fsync, removal) runs on tokio's blocking
-//! pool, never on the caller's executor thread; the guest runs on the
-//! executor and yields every epoch tick. Waiting for a slot is bounded by the
-//! invocation's queue timeout; everything after, from making the sandbox to
-//! removing it, by its deadline. A stage the deadline (or the caller dropping
-//! the invocation) stops is told to stop at its next step, and whatever it
-//! held, the sandbox above all, is removed on every path.
+//! Every stage that blocks (tenant folders, files, fsync, removal) runs on
+//! tokio's blocking pool, never on the caller's executor thread; the guest
+//! runs on the executor and yields every epoch tick. Waiting for a slot is
+//! bounded by the invocation's queue timeout; everything after, from making
+//! the sandbox to removing it, by its deadline. A stage the deadline (or the
+//! caller dropping the invocation) stops is told to stop at its next step,
+//! and whatever it held, the sandbox above all, is removed on every path;
+//! it holds the invocation's slots until it has stopped.
+//!
+//! What of the guest still runs on the executor, by design: its code, and
+//! its small file calls (a `read` or `write` of at most one stream chunk, a
+//! `stat`, an `open`, a listing chunk), inline
+//! (`crate::guest::BLOCK_CURRENT_THREAD`): each takes microseconds on the
+//! page cache, and a hop to the blocking pool per call would cost more than
+//! the call, for the pipeline's many small reads. What can take
+//! milliseconds whatever the guest's size, `sync` and `sync-data` (a journal
+//! commit each, which a hostile guest can call in a loop), goes to the
+//! blocking pool (`crate::quota`). A guest stalls the executor at most for
+//! one such small call, or for its code until the next epoch tick.
 
 use std::io;
 use std::sync::Arc;
@@ -19,6 +31,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::RunError;
 use crate::guest::run_pipeline;
+use crate::housekeeper::REMOVAL_BUDGET;
 use crate::input::{copy_input, stage_input};
 use crate::invocation::{Admission, Invocation};
 use crate::outcome::classify;
@@ -26,6 +39,7 @@ use crate::outputs::{self, Delivered, OutputFile};
 use crate::report::Report;
 use crate::runner::Runner;
 use crate::sandbox::Sandbox;
+use crate::tenants::Tenant;
 
 /// How long each stage of an invocation took.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -92,7 +106,7 @@ impl Cancel {
         }
     }
 
-    fn cancel(&self) {
+    pub(crate) fn cancel(&self) {
         self.0.store(true, Ordering::Relaxed);
     }
 }
@@ -127,7 +141,8 @@ impl Runner {
         if self.is_shut_down() {
             return Err(RunError::ShutDown);
         }
-        let tenant_state = tenant.as_deref().map(|id| self.tenant(id)).transpose()?;
+        // The tenant's bound only: its folders are opened once this holds a slot.
+        let tenant_bound = tenant.as_deref().map(|id| self.tenant(id)).transpose()?;
         let limits = limits.or_else(|| tenant.as_deref().and_then(|id| self.tenant_profile(id))).unwrap_or_default();
         if limits.fuel.is_some() && !self.config().fuel_metering {
             return Err(RunError::InvalidArgument(
@@ -138,50 +153,71 @@ impl Runner {
         // The tenant's slot first, so a tenant at its bound holds no global slot.
         let busy = || RunError::Busy { tenant: tenant.clone() };
         let waiting = async {
-            let tenant_slot = match &tenant_state {
-                Some(state) => Some(acquire(&state.slots, admission).await.ok_or_else(busy)?),
+            let tenant_slot = match &tenant_bound {
+                Some(bound) => Some(acquire(&bound.slots, admission).await.ok_or_else(busy)?),
                 None => None,
             };
             let slot = acquire(self.slots(), admission).await.ok_or_else(busy)?;
             Ok::<_, RunError>((tenant_slot, slot))
         };
-        let _slots = match queue_timeout {
+        let (tenant_slot, slot) = match queue_timeout {
             Some(timeout) => tokio::time::timeout(timeout, waiting).await.map_err(|_| busy())??,
             None => waiting.await?,
         };
+        let slots = Slots { _tenant: tenant_bound, _tenant_slot: tenant_slot, _global: slot };
+        // A shutdown while this one waited refuses it as well.
+        if self.is_shut_down() {
+            return Err(RunError::ShutDown);
+        }
         let mut timings = Timings { queued: started.elapsed(), ..Timings::default() };
+        let stages = Stages::new(deadline, slots);
 
-        let stages = Stages::new(deadline);
-        let root = {
-            let memory = tenant_state.as_ref().map_or(self.memory_root(), |state| state.memory_root.as_ref());
-            let disk = tenant_state.as_ref().map_or(self.sandbox_root(), |state| &state.disk_root);
-            (disk.clone(), memory.cloned())
-        };
-
-        // The input and the sandbox (blocking: files, mkdir, flock, copy).
-        let (runner, threshold, cancel) = (self.clone(), self.config().spool_threshold, stages.cancel.clone());
+        // The tenant's folders, the input and the sandbox (blocking: mkdir,
+        // open, flock, copy).
+        let (runner, threshold, cancel, ends) =
+            (self.clone(), self.config().spool_threshold, stages.cancel.clone(), stages.ends());
+        let tenant_id = tenant.clone();
         let prepared = stages
             .blocking(move || {
                 // A destination that would refuse the outputs fails before any work.
                 outputs::check_destination(&destination)?;
-                let staged = stage_input(input, threshold)?;
+                let folders = tenant_id.as_deref().map(|id| runner.tenant_folders(id)).transpose()?;
+                let (disk, memory) = match &folders {
+                    Some(folders) => (&folders.disk_root, folders.memory_root.as_ref()),
+                    None => (runner.sandbox_root(), runner.memory_root()),
+                };
+                let staged = stage_input(input, threshold, &cancel)?;
                 cancel.check().map_err(RunError::Sandbox)?;
-                let spooled = staged.fits_in_memory && root.1.is_some();
-                let root = if spooled { root.1.as_ref().unwrap_or(&root.0) } else { &root.0 };
+                let spooled = staged.fits_in_memory && memory.is_some();
+                let root = match memory {
+                    Some(memory) if spooled => memory,
+                    _ => disk,
+                };
                 let creating = Instant::now();
                 let sandbox = runner.housekeeper().take(root).map_err(RunError::Sandbox)?;
                 let created = creating.elapsed();
                 let copying = Instant::now();
-                let copied = copy_input(&sandbox, staged);
+                // A copy that ended as the deadline passed is stopped too:
+                // the guest would have no time left.
+                let copied = copy_input(&sandbox, staged, &cancel)
+                    .and_then(|bytes| cancel.check().map(|()| bytes).map_err(RunError::Sandbox));
                 let prepared = Prepared { sandbox, destination, spooled, created, copied: copying.elapsed() };
                 match copied {
                     Ok(bytes) => Ok((prepared, bytes)),
-                    Err(err) => Err(runner.remove_after_failure(prepared.sandbox, err)),
+                    Err(err) => Err(runner.remove_after_failure(prepared.sandbox, err, ends)),
                 }
             })
-            .await??;
-        let (Prepared { sandbox, destination, spooled, created, copied }, input_bytes) = prepared;
+            .await
+            .and_then(|prepared| prepared);
+        let (Prepared { sandbox, destination, spooled, created, copied }, input_bytes) =
+            prepared.map_err(|err| stages.stopped(err))?;
         (timings.sandbox_create, timings.input_copy) = (created, copied);
+        if stages.cancel.check().is_err() {
+            // It was done as the deadline passed: no time is left for the guest.
+            let err = stages.exceeded();
+            self.remove_quietly(sandbox, &err, ends).await;
+            return Err(err);
+        }
         if let Some(progress) = &progress {
             progress.set_total(input_bytes);
         }
@@ -202,7 +238,7 @@ impl Runner {
         let mut ran = match guest {
             Ok(ran) => ran,
             Err(err) => {
-                self.remove_quietly(sandbox, &err).await;
+                self.remove_quietly(sandbox, &err, ends).await;
                 return Err(err);
             }
         };
@@ -216,16 +252,18 @@ impl Runner {
         let report = match report {
             Ok(report) => report,
             Err(err) => {
-                self.remove_quietly(sandbox, &err).await;
+                self.remove_quietly(sandbox, &err, ends).await;
                 return Err(err);
             }
         };
 
-        // Collection and delivery (blocking: every output is a file).
-        let (cancel, max_output) = (stages.cancel.clone(), limits.effective_max_output());
-        let delivered = stages
+        // Collection, delivery and removal (blocking: every output is a
+        // file). The stage removes its sandbox itself on every path: past
+        // the deadline this invocation may have returned before it stops.
+        let (runner, cancel, max_output) = (self.clone(), stages.cancel.clone(), limits.effective_max_output());
+        let finished = stages
             .blocking(move || {
-                let result = (|| {
+                let delivered = (|| {
                     let out = sandbox
                         .output_dir()
                         .map_err(|err| RunError::Host(format!("cannot open the sandbox's output folder: {err}")))?;
@@ -237,29 +275,24 @@ impl Runner {
                     let (delivered, files) = outputs::deliver(files, out, &destination, &cancel)?;
                     Ok((delivered, files, collected, delivering.elapsed()))
                 })();
-                (sandbox, report, result)
+                let (delivered, outputs, collected, delivering) = match delivered {
+                    Ok(delivered) => delivered,
+                    Err(err) => return Err(runner.remove_after_failure(sandbox, err, ends)),
+                };
+                tracing::info!(elapsed = ?delivering, "outputs delivered");
+                let removing = Instant::now();
+                let path = sandbox.path().to_owned();
+                runner
+                    .housekeeper()
+                    .remove_within(sandbox, removal_budget(ends))
+                    .map_err(|source| RunError::Cleanup { path, source })?;
+                Ok(Finished { report, delivered, outputs, collected, delivering, removed: removing.elapsed() })
             })
-            .await;
-        // Past the deadline the stage stops at its next step, then drops
-        // (and so removes) the sandbox it owns.
-        let (sandbox, report, delivered) = delivered?;
-        let delivered = match delivered {
-            Ok(delivered) => delivered,
-            Err(err) => {
-                let err = if stages.cancel.check().is_err() { stages.exceeded() } else { err };
-                self.remove_quietly(sandbox, &err).await;
-                return Err(err);
-            }
-        };
-        let (delivered, outputs, collected, delivering) = delivered;
-        (timings.collect, timings.deliver) = (collected, delivering);
-        tracing::info!(elapsed = ?timings.deliver, "outputs delivered");
-
-        // Removal, within its budget; the rest goes on in the background.
-        let removing = Instant::now();
-        let path = sandbox.path().to_owned();
-        self.remove(sandbox).await.map_err(|source| RunError::Cleanup { path, source })?;
-        timings.sandbox_remove = removing.elapsed();
+            .await
+            .and_then(|finished| finished);
+        let Finished { report, delivered, outputs, collected, delivering, removed } =
+            finished.map_err(|err| stages.stopped(err))?;
+        (timings.collect, timings.deliver, timings.sandbox_remove) = (collected, delivering, removed);
         timings.total = started.elapsed();
         tracing::info!(timings = ?timings, "run finished");
         Ok(RunOutcome {
@@ -276,21 +309,15 @@ impl Runner {
         })
     }
 
-    /// Removes `sandbox` on the blocking pool: within the removal budget, the
-    /// rest handed to the housekeeping thread.
-    async fn remove(&self, sandbox: Sandbox) -> io::Result<()> {
-        let runner = self.clone();
-        match tokio::task::spawn_blocking(move || runner.housekeeper().remove(sandbox)).await {
-            Ok(removed) => removed,
-            Err(join) => Err(io::Error::other(format!("the removal task failed: {join}"))),
-        }
-    }
-
-    /// Removes the sandbox of a failed invocation; a removal error is logged,
-    /// the run's own error is what the caller gets.
-    async fn remove_quietly(&self, sandbox: Sandbox, err: &RunError) {
-        let path = sandbox.path().to_owned();
-        match self.remove(sandbox).await {
+    /// Removes the sandbox of a failed invocation on the blocking pool,
+    /// within what [`removal_budget`] gives; a removal error is logged, the
+    /// run's own error is what the caller gets.
+    async fn remove_quietly(&self, sandbox: Sandbox, err: &RunError, ends: Option<Instant>) {
+        let (runner, path) = (self.clone(), sandbox.path().to_owned());
+        let removed = tokio::task::spawn_blocking(move || runner.housekeeper().remove_within(sandbox, removal_budget(ends)))
+            .await
+            .unwrap_or_else(|join| Err(io::Error::other(format!("the removal task failed: {join}"))));
+        match removed {
             Ok(()) => tracing::info!(outcome = err.outcome().name(), "run failed: {err}"),
             Err(cleanup) => {
                 tracing::error!(sandbox = %path.display(), "run failed ({err}) and its sandbox could not be removed: {cleanup}");
@@ -299,13 +326,31 @@ impl Runner {
     }
 
     /// As [`Runner::remove_quietly`], on a blocking thread already.
-    fn remove_after_failure(&self, sandbox: Sandbox, err: RunError) -> RunError {
+    fn remove_after_failure(&self, sandbox: Sandbox, err: RunError, ends: Option<Instant>) -> RunError {
         let path = sandbox.path().to_owned();
-        if let Err(cleanup) = self.housekeeper().remove(sandbox) {
+        if let Err(cleanup) = self.housekeeper().remove_within(sandbox, removal_budget(ends)) {
             tracing::error!(sandbox = %path.display(), "run failed ({err}) and its sandbox could not be removed: {cleanup}");
         }
         err
     }
+}
+
+/// How long an invocation removes its own sandbox before it hands the rest
+/// to the housekeeping thread: [`REMOVAL_BUDGET`], or what is left of the
+/// deadline `ends` if less (zero past it: the removal still makes one step).
+fn removal_budget(ends: Option<Instant>) -> Duration {
+    ends.map_or(REMOVAL_BUDGET, |at| at.saturating_duration_since(Instant::now()).min(REMOVAL_BUDGET))
+}
+
+/// The slots an admitted invocation holds: released once the invocation has
+/// returned and its last blocking stage has stopped, so a stage that goes on
+/// past the deadline still counts against the bounds.
+/// The tenant's bound is held with them: a shutdown leaves the folder of a
+/// tenant held so.
+struct Slots {
+    _tenant: Option<Arc<Tenant>>,
+    _tenant_slot: Option<OwnedSemaphorePermit>,
+    _global: OwnedSemaphorePermit,
 }
 
 /// What the first blocking stage hands to the next.
@@ -317,21 +362,46 @@ struct Prepared {
     copied: Duration,
 }
 
-/// The deadline shared by an invocation's stages, and the way to stop them.
+/// What the last blocking stage gives back.
+struct Finished {
+    report: Report,
+    delivered: Delivered,
+    outputs: Vec<OutputFile>,
+    collected: Duration,
+    delivering: Duration,
+    removed: Duration,
+}
+
+/// How long an invocation waits, past its deadline, for the stage it
+/// stopped to notice (at its next step: a chunk of input, an output file)
+/// and hand its sandbox over for removal. Any step takes far less; a caller's
+/// reader blocked inside one `read` call can take longer, and then the
+/// invocation returns without it, the stage keeping its slot until it stops.
+const STOP_GRACE: Duration = Duration::from_millis(250);
+
+/// The deadline shared by an invocation's stages, the way to stop them, and
+/// the slots they hold.
 struct Stages {
     deadline: Option<(Instant, Duration)>,
     cancel: Cancel,
+    slots: Arc<Slots>,
     _on_drop: CancelOnDrop,
 }
 
 impl Stages {
-    fn new(deadline: Option<Duration>) -> Self {
+    fn new(deadline: Option<Duration>, slots: Slots) -> Self {
         let cancel = Cancel::default();
         Self {
             deadline: deadline.map(|limit| (Instant::now() + limit, limit)),
             _on_drop: CancelOnDrop(cancel.clone()),
             cancel,
+            slots: Arc::new(slots),
         }
+    }
+
+    /// When the deadline passes, if there is one.
+    fn ends(&self) -> Option<Instant> {
+        self.deadline.map(|(at, _)| at)
     }
 
     /// Time left before the deadline, if there is one.
@@ -343,16 +413,34 @@ impl Stages {
         RunError::DeadlineExceeded { limit: self.deadline.map_or(Duration::ZERO, |(_, limit)| limit) }
     }
 
-    /// Runs `work` on the blocking pool, waiting for it until the deadline;
-    /// past it, `work` is told to stop (it owns what it holds, and drops it).
+    /// `err` of a stage, or, when the deadline stopped it, the deadline's.
+    fn stopped(&self, err: RunError) -> RunError {
+        if self.cancel.check().is_err() { self.exceeded() } else { err }
+    }
+
+    /// Runs `work` on the blocking pool, holding the invocation's slots,
+    /// and waits for it until the deadline; past it, `work` is told to stop
+    /// and given [`STOP_GRACE`] to do so (it owns what it holds, and removes
+    /// it), then left to finish on its own.
     async fn blocking<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, RunError> {
-        let task = tokio::task::spawn_blocking(work);
+        let slots = Arc::clone(&self.slots);
+        let mut task = tokio::task::spawn_blocking(move || {
+            let done = work();
+            drop(slots);
+            done
+        });
         let joined = match self.deadline {
-            Some((at, _)) => match tokio::time::timeout_at(at.into(), task).await {
+            Some((at, _)) => match tokio::time::timeout_at(at.into(), &mut task).await {
                 Ok(joined) => joined,
                 Err(_elapsed) => {
                     self.cancel.cancel();
-                    return Err(self.exceeded());
+                    match tokio::time::timeout(STOP_GRACE, task).await {
+                        Ok(joined) => joined,
+                        Err(_still_going) => {
+                            tracing::warn!("a stage of the invocation did not stop within {STOP_GRACE:?} past its deadline; it keeps its slot until it does");
+                            return Err(self.exceeded());
+                        }
+                    }
                 }
             },
             None => task.await,

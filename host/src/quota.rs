@@ -199,6 +199,37 @@ impl QuotaFilesystemView<'_> {
         }
     }
 
+    /// `fsync` (or `fdatasync`) of `fd` on tokio's blocking pool, whatever
+    /// [`BLOCK_CURRENT_THREAD`] says: one can take tens of milliseconds (a
+    /// journal commit), and a guest may call it in a loop, which inline would
+    /// stall the embedder's executor thread for each. The handle is shared
+    /// (an `Arc`), so the guest closing it meanwhile changes nothing.
+    async fn sync_on_blocking_pool(&mut self, fd: &Resource<Descriptor>, flush: Flush) -> FsResult<()> {
+        let (handle, is_dir) = match self.table().get(fd)? {
+            Descriptor::File(file) => (Arc::clone(&file.file), false),
+            Descriptor::Dir(dir) => (Arc::clone(&dir.dir), true),
+        };
+        let synced = tokio::task::spawn_blocking(move || {
+            // A folder's handle may not be open for reading (`O_PATH`): as
+            // wasmtime-wasi does, sync a reading handle of it.
+            let reopened = if is_dir {
+                Some(cap_primitives::fs::open(&handle, Path::new("."), cap_primitives::fs::OpenOptions::new().read(true))?)
+            } else {
+                None
+            };
+            let file = reopened.as_ref().unwrap_or(&handle);
+            match flush {
+                Flush::Data => file.sync_data(),
+                Flush::All => file.sync_all(),
+            }
+        })
+        .await;
+        match synced {
+            Ok(result) => result.map_err(|err| ErrorCode::from(err).into()),
+            Err(join) => Err(FsError::trap(wasmtime::Error::msg(format!("the sync task failed: {join}")))),
+        }
+    }
+
     /// Counts a descriptor just pushed into the table.
     fn hold_descriptor(&mut self, fd: &Resource<Descriptor>, mut hold: Hold) {
         if let Ok(target) = self.target(fd)
@@ -211,8 +242,17 @@ impl QuotaFilesystemView<'_> {
     }
 }
 
+/// What a sync flushes.
+#[derive(Debug, Clone, Copy)]
+enum Flush {
+    /// The data, and only the metadata needed to read it back (`fdatasync`).
+    Data,
+    /// Data and metadata (`fsync`).
+    All,
+}
+
 /// Methods of wasmtime-wasi's filesystem that change nothing the ledger
-/// charges: handed to wasmtime-wasi as they come.
+/// charges, and are quick: handed to wasmtime-wasi as they come.
 macro_rules! forward_to_wasmtime_wasi {
     ($(async fn $name:ident($($arg:ident: $type:ty),* $(,)?) -> $result:ty;)*) => {
         $(
@@ -236,11 +276,9 @@ impl types::Host for QuotaFilesystemView<'_> {
 impl HostDescriptor for QuotaFilesystemView<'_> {
     forward_to_wasmtime_wasi! {
         async fn advise(fd: Resource<Descriptor>, offset: Filesize, len: Filesize, advice: Advice) -> FsResult<()>;
-        async fn sync_data(fd: Resource<Descriptor>) -> FsResult<()>;
         async fn get_flags(fd: Resource<Descriptor>) -> FsResult<DescriptorFlags>;
         async fn get_type(fd: Resource<Descriptor>) -> FsResult<DescriptorType>;
         async fn set_times(fd: Resource<Descriptor>, atim: NewTimestamp, mtim: NewTimestamp) -> FsResult<()>;
-        async fn sync(fd: Resource<Descriptor>) -> FsResult<()>;
         async fn stat(fd: Resource<Descriptor>) -> FsResult<DescriptorStat>;
         async fn stat_at(fd: Resource<Descriptor>, path_flags: PathFlags, path: String) -> FsResult<DescriptorStat>;
         async fn set_times_at(fd: Resource<Descriptor>, path_flags: PathFlags, path: String, atim: NewTimestamp, mtim: NewTimestamp) -> FsResult<()>;
@@ -248,6 +286,14 @@ impl HostDescriptor for QuotaFilesystemView<'_> {
         async fn is_same_object(a: Resource<Descriptor>, b: Resource<Descriptor>) -> wasmtime::Result<bool>;
         async fn metadata_hash(fd: Resource<Descriptor>) -> FsResult<MetadataHashValue>;
         async fn metadata_hash_at(fd: Resource<Descriptor>, path_flags: PathFlags, path: String) -> FsResult<MetadataHashValue>;
+    }
+
+    async fn sync_data(&mut self, fd: Resource<Descriptor>) -> FsResult<()> {
+        self.sync_on_blocking_pool(&fd, Flush::Data).await
+    }
+
+    async fn sync(&mut self, fd: Resource<Descriptor>) -> FsResult<()> {
+        self.sync_on_blocking_pool(&fd, Flush::All).await
     }
 
     async fn set_size(&mut self, fd: Resource<Descriptor>, size: Filesize) -> FsResult<()> {

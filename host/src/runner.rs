@@ -15,7 +15,7 @@ use crate::error::RunError;
 use crate::housekeeper::Housekeeper;
 use crate::limits::Limits;
 use crate::sandbox::{SandboxRoot, Sweep};
-use crate::tenants::{Tenant, Tenants};
+use crate::tenants::{Tenant, TenantFolders, Tenants};
 
 /// How a [`Runner`] is set up; everything per invocation is in [`crate::Invocation`].
 #[derive(Debug, Clone)]
@@ -171,9 +171,12 @@ impl Runner {
     }
 
     /// Waits for the sandboxes queued for background removal to be gone,
-    /// removes the sandboxes made ahead of time and empty tenant folders, and
-    /// reports the first removal error. Later invocations are refused with
-    /// [`RunError::ShutDown`]; invocations already running finish.
+    /// removes the sandboxes made ahead of time and the empty folders of
+    /// tenants no invocation holds, and reports the first removal error.
+    /// Later invocations, and those still waiting for a slot, are refused
+    /// with [`RunError::ShutDown`]; invocations already running finish (the
+    /// folder of a tenant that had one then is left; a later shutdown, in
+    /// this process or the next, removes it once empty).
     ///
     /// # Errors
     ///
@@ -181,10 +184,10 @@ impl Runner {
     pub fn shutdown(&self) -> Result<(), RunError> {
         self.inner.closed.store(true, Ordering::SeqCst);
         let mut failures = self.inner.housekeeper.finish();
-        // Their handles go before their folders do.
-        self.inner.tenants.drop_idle();
+        // Their handles go before their folders do; a held tenant's stay.
+        let held = self.inner.tenants.close();
         for root in std::iter::once(&self.inner.disk_root).chain(&self.inner.memory_root) {
-            if let Err(err) = root.remove_empty_tenants() {
+            if let Err(err) = root.remove_empty_tenants_except(&held) {
                 failures.push((root.path().to_owned(), err));
             }
         }
@@ -240,9 +243,15 @@ impl Runner {
         &self.inner.slots
     }
 
-    /// The state of tenant `id` (made if it is not kept).
+    /// The bound of tenant `id` (made if it is not kept); no I/O.
     pub(crate) fn tenant(&self, id: &str) -> Result<Arc<Tenant>, RunError> {
-        self.inner.tenants.get(id, &self.inner.disk_root, self.inner.memory_root.as_ref())
+        self.inner.tenants.get(id)
+    }
+
+    /// The folders of tenant `id`, kept or opened now: blocking, and only
+    /// for an invocation that holds its global slot.
+    pub(crate) fn tenant_folders(&self, id: &str) -> Result<Arc<TenantFolders>, RunError> {
+        self.inner.tenants.folders(id, &self.inner.disk_root, self.inner.memory_root.as_ref())
     }
 
     /// The limit profile of tenant `id`, if one was set.

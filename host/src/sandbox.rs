@@ -335,9 +335,17 @@ impl SandboxRoot {
     ///
     /// When the root cannot be listed.
     pub fn remove_empty_tenants(&self) -> io::Result<()> {
+        self.remove_empty_tenants_except(&std::collections::HashSet::new())
+    }
+
+    /// Removes the tenant folders that hold nothing, except those of the
+    /// tenants in `held`: an invocation of theirs may hold its folder's
+    /// handle, and would make its sandbox in a removed folder.
+    pub(crate) fn remove_empty_tenants_except(&self, held: &std::collections::HashSet<String>) -> io::Result<()> {
         for entry in self.dir.entries()? {
             let name = entry?.file_name();
-            let is_tenant = name.to_str().and_then(|n| n.strip_prefix(TENANT_PREFIX)).is_some_and(is_tenant_id);
+            let tenant = name.to_str().and_then(|n| n.strip_prefix(TENANT_PREFIX));
+            let is_tenant = tenant.is_some_and(|id| is_tenant_id(id) && !held.contains(id));
             // Only an empty folder can be removed: a busy tenant keeps its own.
             if is_tenant && self.dir.remove_dir(&name).is_ok() {
                 tracing::debug!(tenant = ?name, "empty tenant folder removed");
