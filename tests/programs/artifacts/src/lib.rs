@@ -58,6 +58,7 @@ mod tests {
             "sleep",
             "sparse_1tib",
             "spin",
+            "symlink_bytes",
             "unlink_open",
             "well_behaved",
             "write_4gib",
