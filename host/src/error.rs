@@ -7,6 +7,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::ledger::Usage;
 use crate::limits::ByteSize;
 use crate::text::shown;
 
@@ -84,6 +85,8 @@ pub enum RunError {
         limit: ByteSize,
         /// What the guest reported when it failed (its text, cut).
         guest: Option<String>,
+        /// The most the host's ledger charged the sandbox at once.
+        peak: Usage,
     },
     /// The guest hit its limit of files, folders and links.
     FileLimit {
@@ -91,6 +94,8 @@ pub enum RunError {
         limit: u64,
         /// What the guest reported when it failed (its text, cut).
         guest: Option<String>,
+        /// The most the host's ledger charged the sandbox at once.
+        peak: Usage,
     },
     /// The guest hit its limit of folders.
     FolderLimit {
@@ -98,6 +103,37 @@ pub enum RunError {
         limit: u64,
         /// What the guest reported when it failed (its text, cut).
         guest: Option<String>,
+        /// The most the host's ledger charged the sandbox at once.
+        peak: Usage,
+    },
+    /// The guest held as many host descriptors (descriptors, file streams,
+    /// listings) as one guest may ([`crate::MAX_OPEN_HANDLES`]) and asked for more.
+    HandleLimit {
+        /// The cap that was hit.
+        limit: u64,
+        /// What the guest reported when it failed (its text, cut).
+        guest: Option<String>,
+        /// The most the host's ledger charged the sandbox at once.
+        peak: Usage,
+    },
+    /// The guest held as many directory listings open as one guest may
+    /// ([`crate::MAX_OPEN_LISTINGS`]) and asked for more.
+    ListingLimit {
+        /// The bound that was hit.
+        limit: u64,
+        /// What the guest reported when it failed (its text, cut).
+        guest: Option<String>,
+        /// The most the host's ledger charged the sandbox at once.
+        peak: Usage,
+    },
+    /// The process may not open enough files (`RLIMIT_NOFILE`, even raised
+    /// to its hard limit) for one invocation at the most every guest may
+    /// hold; a runner built then could fail any tenant's run with EMFILE.
+    OpenFileLimit {
+        /// The process's limit, raised as far as it goes.
+        limit: u64,
+        /// What one invocation at a time needs, with the process's reserve.
+        needed: u64,
     },
     /// The outputs are larger than the output limit.
     OutputTooLarge {
@@ -233,6 +269,10 @@ pub enum Remedy {
     TryLater,
     /// Build a new runner.
     NewRunner,
+    /// Have the pipeline close what it no longer reads (the cap is fixed).
+    CloseHandles,
+    /// Raise the process's open-file limit to at least this many.
+    RaiseOpenFileLimit(u64),
 }
 
 impl std::fmt::Display for Remedy {
@@ -258,6 +298,10 @@ impl std::fmt::Display for Remedy {
             Self::Sweep => "sweep the sandbox root once no host runs on it",
             Self::TryLater => "try again later or wait for a slot",
             Self::NewRunner => "invocations need a new runner",
+            Self::CloseHandles => "have the pipeline close the files and listings it no longer needs",
+            Self::RaiseOpenFileLimit(needed) => {
+                return write!(f, "raise the open-file limit (`ulimit -n`, RLIMIT_NOFILE) to at least {needed}");
+            }
         })
     }
 }
@@ -365,7 +409,10 @@ impl RunError {
             Self::MemoryLimit { .. } => Outcome::MemoryLimit,
             Self::FuelExhausted { .. } => Outcome::FuelExhausted,
             Self::DiskQuota { .. } => Outcome::DiskQuota,
-            Self::FileLimit { .. } | Self::FolderLimit { .. } => Outcome::FileLimit,
+            Self::FileLimit { .. }
+            | Self::FolderLimit { .. }
+            | Self::HandleLimit { .. }
+            | Self::ListingLimit { .. } => Outcome::FileLimit,
             Self::OutputTooLarge { .. } | Self::TooManyOutputs { .. } => Outcome::OutputTooLarge,
             Self::ContractViolation(_) => Outcome::ContractViolation,
             Self::Delivery { .. } => Outcome::DeliveryFailed,
@@ -373,7 +420,7 @@ impl RunError {
             Self::Interrupted => Outcome::Interrupted,
             Self::Busy { .. } => Outcome::Busy,
             Self::InvalidArgument(_) | Self::ShutDown => Outcome::InvalidArgument,
-            Self::Sandbox(_) | Self::Host(_) => Outcome::HostError,
+            Self::Sandbox(_) | Self::Host(_) | Self::OpenFileLimit { .. } => Outcome::HostError,
         }
     }
 
@@ -401,13 +448,29 @@ impl RunError {
                 format!("the guest hit the memory limit of {limit} (it asked for {requested} bytes)")
             }
             Self::FuelExhausted { fuel } => format!("the guest used up its fuel ({fuel} units)"),
-            Self::DiskQuota { limit, guest } => format!("the guest hit the disk quota of {limit}{}", guest_said(guest)),
-            Self::FileLimit { limit, guest } => {
+            Self::DiskQuota { limit, guest, .. } => {
+                format!("the guest hit the disk quota of {limit}{}", guest_said(guest))
+            }
+            Self::FileLimit { limit, guest, .. } => {
                 format!("the guest hit the limit of {limit} files and folders{}", guest_said(guest))
             }
-            Self::FolderLimit { limit, guest } => {
+            Self::FolderLimit { limit, guest, .. } => {
                 format!("the guest hit the limit of {limit} folders{}", guest_said(guest))
             }
+            Self::HandleLimit { limit, guest, .. } => format!(
+                "the guest held {limit} descriptors, file streams and listings at once, the most one guest may hold, \
+                 and asked for more{}",
+                guest_said(guest)
+            ),
+            Self::ListingLimit { limit, guest, .. } => format!(
+                "the guest held {limit} directory listings open at once, the most one guest may hold, and asked for \
+                 more{}",
+                guest_said(guest)
+            ),
+            Self::OpenFileLimit { limit, needed } => format!(
+                "the process may open {limit} files (RLIMIT_NOFILE), fewer than the {needed} one invocation \
+                 and the process's own files may need"
+            ),
             Self::OutputTooLarge { limit, size } => {
                 format!("the outputs are {size} bytes, more than the limit of {limit}")
             }
@@ -451,6 +514,8 @@ impl RunError {
             Self::DiskQuota { .. } => Remedy::Raise(LimitName::DiskQuota),
             Self::FileLimit { .. } => Remedy::Raise(LimitName::MaxFiles),
             Self::FolderLimit { .. } => Remedy::Raise(LimitName::MaxFolders),
+            Self::HandleLimit { .. } | Self::ListingLimit { .. } => Remedy::CloseHandles,
+            Self::OpenFileLimit { needed, .. } => Remedy::RaiseOpenFileLimit(*needed),
             Self::OutputTooLarge { .. } => Remedy::Raise(LimitName::MaxOutput),
             Self::TooManyOutputs { .. } => Remedy::FewerOutputs,
             Self::Delivery { reason: DeliveryError::FolderNotEmpty | DeliveryError::FileExists, .. } => {
@@ -467,6 +532,21 @@ impl RunError {
         })
     }
 
+    /// For a limit of the sandbox (disk quota, files, folders, descriptors,
+    /// listings): the most of each figure the host's ledger charged the
+    /// sandbox at once, whatever the guest says.
+    #[must_use]
+    pub fn sandbox_peak(&self) -> Option<Usage> {
+        match self {
+            Self::DiskQuota { peak, .. }
+            | Self::FileLimit { peak, .. }
+            | Self::FolderLimit { peak, .. }
+            | Self::HandleLimit { peak, .. }
+            | Self::ListingLimit { peak, .. } => Some(*peak),
+            _ => None,
+        }
+    }
+
     /// The figure that was hit, for `--json` and the service (`"limit": ...`).
     #[must_use]
     pub fn limit_hit(&self) -> Option<serde_json::Value> {
@@ -480,6 +560,11 @@ impl RunError {
             Self::DiskQuota { limit, .. } => Some(serde_json::json!({ "disk_quota_bytes": limit.bytes() })),
             Self::FileLimit { limit, .. } => Some(serde_json::json!({ "max_files": limit })),
             Self::FolderLimit { limit, .. } => Some(serde_json::json!({ "max_folders": limit })),
+            Self::HandleLimit { limit, .. } => Some(serde_json::json!({ "max_open_handles": limit })),
+            Self::ListingLimit { limit, .. } => Some(serde_json::json!({ "max_open_listings": limit })),
+            Self::OpenFileLimit { limit, needed } => {
+                Some(serde_json::json!({ "open_file_limit": limit, "needed": needed }))
+            }
             Self::OutputTooLarge { limit, size } => {
                 Some(serde_json::json!({ "max_output_bytes": limit.bytes(), "output_bytes": size }))
             }
@@ -526,7 +611,7 @@ mod tests {
         );
         let err = RunError::Trap { message: "trap\r".into(), stderr: "panicked: \u{1b}[2J boom\n".into() };
         assert!(err.to_string().ends_with("trap\\u{d} (guest stderr: panicked: \\u{1b}[2J boom)"), "{err}");
-        let err = RunError::DiskQuota { limit: ByteSize(1), guest: Some("x".repeat(1 << 20)) };
+        let err = RunError::DiskQuota { limit: ByteSize(1), guest: Some("x".repeat(1 << 20)), peak: Usage::default() };
         assert!(err.to_string().len() < 2 * crate::text::GUEST_TEXT_LIMIT, "a long message is cut when shown");
     }
 

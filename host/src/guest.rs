@@ -14,7 +14,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 use crate::bindings::Pipeline;
 use crate::component::Component;
 use crate::error::RunError;
-use crate::ledger::{Bounds, Kind, Ledger, Observed};
+use crate::ledger::{Bounds, Kind, Ledger, Observed, Usage};
 use crate::limits::Limits;
 use crate::outcome::{GuestAccount, GuestEnd};
 use crate::quota::{Held, MAX_OPEN_HANDLES, Progress, stat_handle};
@@ -49,6 +49,8 @@ pub(crate) struct GuestRun {
     pub peak_memory: u64,
     pub fuel_used: Option<u64>,
     pub bytes_written: u64,
+    /// The most of each figure the ledger charged the sandbox at once.
+    pub sandbox_peak: Usage,
 }
 
 /// Runs `component` in `sandbox` under `limits` until it returns, traps, or
@@ -84,7 +86,8 @@ pub(crate) async fn run_pipeline(
     let fuel_used = limits.fuel.and_then(|fuel| Some(fuel - store.get_fuel().ok()?));
     let state = store.data();
     let (peak_memory, refused_memory) = (state.limiter.peak() as u64, state.limiter.refused());
-    let (refused, bytes_written) = (state.ledger.refused(), state.ledger.usage().bytes);
+    let (refused, bytes_written, sandbox_peak) =
+        (state.ledger.refused(), state.ledger.usage().bytes, state.ledger.peak());
     // Closing the guest's handles before its files are read.
     drop(store);
     let (stderr, stderr_dropped) = stderr.contents();
@@ -94,12 +97,13 @@ pub(crate) async fn run_pipeline(
     tracing::debug!(?elapsed, "guest finished");
     Ok(GuestRun {
         end,
-        account: GuestAccount { refused, refused_memory, stderr },
+        account: GuestAccount { refused, refused_memory, peak: sandbox_peak, stderr },
         instantiate: instantiated.unwrap_or(elapsed),
         elapsed,
         peak_memory,
         fuel_used,
         bytes_written,
+        sandbox_peak,
     })
 }
 

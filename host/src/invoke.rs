@@ -73,6 +73,9 @@ pub struct RunOutcome {
     pub fuel_used: Option<u64>,
     /// Bytes the guest's files held at the end, as charged to the disk quota.
     pub bytes_written: u64,
+    /// The most of each figure the host's ledger charged the sandbox at
+    /// once: bytes, files, folders, descriptors held.
+    pub sandbox_peak: crate::ledger::Usage,
     /// The first [`crate::Limits::stderr_limit`] bytes of the guest's stderr.
     pub stderr: String,
 }
@@ -272,6 +275,7 @@ impl Runner {
             peak_memory: ran.peak_memory,
             fuel_used: ran.fuel_used,
             bytes_written: ran.bytes_written,
+            sandbox_peak: ran.sandbox_peak,
             stderr,
         })
     }

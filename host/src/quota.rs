@@ -105,7 +105,7 @@ fn refusal(bound: Refused) -> FsError {
     match bound {
         Refused::Bytes => ErrorCode::InsufficientSpace.into(),
         Refused::Files | Refused::Folders => ErrorCode::Quota.into(),
-        Refused::Handles => ErrorCode::InsufficientMemory.into(),
+        Refused::Handles | Refused::Listings => ErrorCode::InsufficientMemory.into(),
     }
 }
 
@@ -292,7 +292,7 @@ impl HostDescriptor for QuotaFilesystemView<'_> {
             Descriptor::File(_) => return Err(ErrorCode::NotDirectory.into()),
         };
         if self.held.listings >= MAX_OPEN_LISTINGS {
-            return Err(ErrorCode::InsufficientMemory.into());
+            return Err(refusal(self.ledger.refused_by(Refused::Listings)));
         }
         let hold = self.ledger.hold().map_err(refusal)?;
         let listing = Listing::open(&folder, hold)?;

@@ -174,7 +174,11 @@ async fn files_the_guest_creates_are_owner_only() {
 async fn a_guest_cannot_hold_more_than_its_share_of_host_descriptors() {
     let host = TestHost::new("handles");
     let err = host.run_with(&host.component(programs::MANY_HANDLES), b"x", &limits()).await.expect_err("capped");
-    assert_eq!(err.outcome(), Outcome::PipelineError, "{err}");
+    assert_eq!(err.outcome(), Outcome::FileLimit, "{err}");
+    let cap = orders_host::MAX_OPEN_HANDLES;
+    assert_eq!(err.limit_hit(), Some(serde_json::json!({ "max_open_handles": cap })), "{err}");
+    let held = err.sandbox_peak().expect("the ledger's peak").handles;
+    assert_eq!(held, cap, "the host counted every descriptor, up to the cap and no further");
     // The guest's own preopens and stdio take a few; the cap is 256 in all.
     let text = err.to_string();
     let opened: u64 = text

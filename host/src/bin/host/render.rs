@@ -51,7 +51,9 @@ fn meaning(outcome: Outcome) -> &'static str {
         Outcome::MemoryLimit => "the guest hit --memory",
         Outcome::FuelExhausted => "the guest used up --fuel",
         Outcome::DiskQuota => "the guest hit --disk-quota",
-        Outcome::FileLimit => "the guest hit --max-files or --max-folders",
+        Outcome::FileLimit => {
+            "the guest hit --max-files, --max-folders, or the fixed caps of 256 open descriptors or 64 listings"
+        }
         Outcome::OutputTooLarge => "the outputs are larger than --max-output, or more than 10000 files",
         Outcome::CleanupFailed => "the sandbox could not be removed (run `host sweep`)",
         Outcome::Interrupted => "Ctrl-C or SIGTERM stopped the run; its sandbox was removed",
@@ -140,6 +142,7 @@ pub fn print_json_success(outcome: &RunOutcome) {
         "peak_memory_bytes": outcome.peak_memory,
         "fuel_used": outcome.fuel_used,
         "bytes_written": outcome.bytes_written,
+        "sandbox_peak": outcome.sandbox_peak,
         "spooled": outcome.spooled,
         "timings_us": timings_json(&outcome.timings),
     });
@@ -166,6 +169,7 @@ pub fn print_json_failure(err: &RunError) {
         "exit_code": exit_code(outcome),
         "error": message(err),
         "limit": err.limit_hit(),
+        "sandbox_peak": err.sandbox_peak(),
     });
     print_json(&value);
 }
