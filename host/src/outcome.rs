@@ -43,7 +43,13 @@ pub(crate) struct GuestAccount {
 
 /// The report to check and deliver, or the error the run ends with.
 pub(crate) fn classify(end: GuestEnd, account: GuestAccount, limits: &Limits) -> Result<Report, RunError> {
-    let limit = || limit_refusal(&end, &account, limits);
+    let guest = match &end {
+        GuestEnd::Failed(
+            PipelineError::Io(message) | PipelineError::Overflow(message) | PipelineError::InvalidInput(message),
+        ) => Some(text::bounded(message)),
+        _ => None,
+    };
+    let limit = || limit_refusal(guest.clone(), &account, limits);
     match end {
         GuestEnd::TimedOut(limit) => Err(RunError::Timeout { limit }),
         GuestEnd::Trapped(_) | GuestEnd::Failed(_) if let Some(err) = limit() => Err(err),
@@ -59,16 +65,10 @@ pub(crate) fn classify(end: GuestEnd, account: GuestAccount, limits: &Limits) ->
     }
 }
 
-/// The limit that refused the guest first, as the error it failed with; the
-/// descriptor cap is not a limit of the profile (a guest past it fails as it
-/// fails).
-fn limit_refusal(end: &GuestEnd, account: &GuestAccount, limits: &Limits) -> Option<RunError> {
-    let guest = match end {
-        GuestEnd::Failed(
-            PipelineError::Io(message) | PipelineError::Overflow(message) | PipelineError::InvalidInput(message),
-        ) => Some(text::bounded(message)),
-        _ => None,
-    };
+/// The limit that refused the guest first, as the error it failed with
+/// (`guest`: what it said when it failed); the descriptor cap is not a limit
+/// of the profile (a guest past it fails as it fails).
+pub(crate) fn limit_refusal(guest: Option<String>, account: &GuestAccount, limits: &Limits) -> Option<RunError> {
     match account.refused.iter().find(|bound| **bound != Refused::Handles) {
         Some(Refused::Bytes) => Some(RunError::DiskQuota { limit: limits.disk_quota, guest }),
         Some(Refused::Files) => Some(RunError::FileLimit { limit: limits.max_files, guest }),
