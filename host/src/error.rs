@@ -44,6 +44,14 @@ pub enum RunError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The bytes are not a WASI program (a `wasi:cli/command` component or a
+    /// preview1 core module), or it needs what the sandbox does not offer.
+    ProgramInvalid {
+        /// The name it was loaded under.
+        name: String,
+        /// What the bytes are, and what is accepted.
+        reason: String,
+    },
     /// The pipeline refused the input (its message).
     InvalidInput(String),
     /// The pipeline failed while reading or writing (its message).
@@ -401,7 +409,7 @@ impl RunError {
     pub fn outcome(&self) -> Outcome {
         match self {
             Self::InputUnreadable { .. } | Self::ComponentUnreadable { .. } => Outcome::InputUnreadable,
-            Self::ComponentInvalid { .. } => Outcome::ComponentInvalid,
+            Self::ComponentInvalid { .. } | Self::ProgramInvalid { .. } => Outcome::ComponentInvalid,
             Self::InvalidInput(_) => Outcome::InvalidInput,
             Self::PipelineFailed(_) | Self::TotalOverflow(_) => Outcome::PipelineError,
             Self::Trap { .. } => Outcome::Trap,
@@ -434,6 +442,9 @@ impl RunError {
             }
             Self::ComponentInvalid { name, reason } => {
                 format!("{} is not a usable orders:pipeline@0.1.0 component: {}", shown(name), shown(reason))
+            }
+            Self::ProgramInvalid { name, reason } => {
+                format!("{} is not a WASI program this host runs: {}", shown(name), shown(reason))
             }
             Self::InvalidInput(message) => format!("the pipeline refused the input: {}", shown(message)),
             Self::PipelineFailed(message) | Self::TotalOverflow(message) => {

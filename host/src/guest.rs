@@ -37,10 +37,11 @@ pub const GUEST_OUTPUT_DIR: &str = "/out";
 /// the host hold that way to a few MiB.
 const MAX_TABLE_ENTRIES: usize = 16_384;
 
-/// How the guest's run went.
+/// How the guest's run went; `End` is how its call ended (a pipeline's
+/// result, or a command's exit).
 #[derive(Debug)]
-pub(crate) struct GuestRun {
-    pub end: GuestEnd,
+pub(crate) struct GuestRun<End> {
+    pub end: End,
     pub account: GuestAccount,
     /// Store, WASI context and instance.
     pub instantiate: Duration,
@@ -64,10 +65,18 @@ pub(crate) async fn run_pipeline(
     limits: &Limits,
     timeout: Duration,
     progress: Option<Arc<Progress>>,
-) -> Result<GuestRun, RunError> {
+) -> Result<GuestRun<GuestEnd>, RunError> {
     let started = Instant::now();
-    let stderr = CappedStderr::new(limits.stderr_limit.bytes());
-    let mut store = new_store(engine, fuel_metering, sandbox, limits, &stderr, progress)?;
+    let stderr = CappedOutput::kept(limits.stderr_limit.bytes());
+    let sandbox_error = |err: io::Error| RunError::Sandbox(err);
+    let preopens = vec![
+        Preopen::new(sandbox.input_dir().and_then(CapDir::try_clone).map_err(sandbox_error)?, GUEST_INPUT_DIR, false),
+        Preopen::new(sandbox.output_dir().and_then(CapDir::try_clone).map_err(sandbox_error)?, GUEST_OUTPUT_DIR, true),
+    ];
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.stderr(stderr.clone());
+    let setup = StoreSetup { wasi, preopens, progress };
+    let mut store = new_store(engine, fuel_metering, sandbox, limits, setup)?;
     tracing::debug!("guest started");
     let mut instantiated = None;
     let call = async {
@@ -82,20 +91,41 @@ pub(crate) async fn run_pipeline(
         Ok(Ok(Err(err))) => GuestEnd::Failed(err),
         Ok(Ok(Ok(report))) => GuestEnd::Returned(report),
     };
+    Ok(finish(store, end, started, instantiated, limits, &stderr))
+}
+
+/// What the guest's store is given besides the limits: its WASI context
+/// (arguments, environment, stdio), its folders, and whom to tell how far it
+/// read its input.
+pub(crate) struct StoreSetup {
+    pub wasi: WasiCtxBuilder,
+    pub preopens: Vec<Preopen>,
+    pub progress: Option<Arc<Progress>>,
+}
+
+/// Reads what the store counted and drops it, closing the guest's handles
+/// before its files are read.
+pub(crate) fn finish<End>(
+    store: Store<GuestState>,
+    end: End,
+    started: Instant,
+    instantiated: Option<Duration>,
+    limits: &Limits,
+    stderr: &CappedOutput,
+) -> GuestRun<End> {
     let elapsed = started.elapsed();
     let fuel_used = limits.fuel.and_then(|fuel| Some(fuel - store.get_fuel().ok()?));
     let state = store.data();
     let (peak_memory, refused_memory) = (state.limiter.peak() as u64, state.limiter.refused());
     let (refused, bytes_written, sandbox_peak) =
         (state.ledger.refused(), state.ledger.usage().bytes, state.ledger.peak());
-    // Closing the guest's handles before its files are read.
     drop(store);
     let (stderr, stderr_dropped) = stderr.contents();
     if stderr_dropped > 0 {
         tracing::debug!(stderr_dropped, "guest stderr beyond the limit was dropped");
     }
     tracing::debug!(?elapsed, "guest finished");
-    Ok(GuestRun {
+    GuestRun {
         end,
         account: GuestAccount { refused, refused_memory, peak: sandbox_peak, stderr },
         instantiate: instantiated.unwrap_or(elapsed),
@@ -104,19 +134,19 @@ pub(crate) async fn run_pipeline(
         fuel_used,
         bytes_written,
         sandbox_peak,
-    })
+    }
 }
 
-/// A store for one guest: its preopens served from the sandbox's handles,
-/// no environment, no arguments, no stdin, stdout discarded, stderr capped,
-/// no network; the ledger, memory limiter, epoch deadline and fuel.
-fn new_store(
+/// A store for one guest: the folders and WASI context of `setup` and
+/// nothing else (no network; what `setup` does not give, such as stdin or
+/// the environment, is empty), the ledger, memory limiter, epoch deadline
+/// and fuel.
+pub(crate) fn new_store(
     engine: &Engine,
     fuel_metering: bool,
     sandbox: &Sandbox,
     limits: &Limits,
-    stderr: &CappedStderr,
-    progress: Option<Arc<Progress>>,
+    setup: StoreSetup,
 ) -> Result<Store<GuestState>, RunError> {
     let sandbox_error = |err: io::Error| RunError::Sandbox(err);
     let ledger = Ledger::new(Bounds {
@@ -128,12 +158,8 @@ fn new_store(
     // The output folder is the host's: only what the guest makes it grow by is charged.
     let out_root = stat_handle(sandbox.output_dir().map_err(sandbox_error)?).map_err(sandbox_error)?;
     ledger.observe(Observed { kind: Kind::Root, ..out_root });
-    let preopens = vec![
-        Preopen::new(sandbox.input_dir().and_then(CapDir::try_clone).map_err(sandbox_error)?, GUEST_INPUT_DIR, false),
-        Preopen::new(sandbox.output_dir().and_then(CapDir::try_clone).map_err(sandbox_error)?, GUEST_OUTPUT_DIR, true),
-    ];
-    let wasi = WasiCtxBuilder::new()
-        .stderr(stderr.clone())
+    let StoreSetup { mut wasi, preopens, progress } = setup;
+    let wasi = wasi
         .allow_blocking_current_thread(BLOCK_CURRENT_THREAD)
         .allow_tcp(false)
         .allow_udp(false)
@@ -329,34 +355,68 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// Guest stderr: the first `limit` bytes are kept, the rest is counted and
-/// dropped as it arrives, and the guest always sees its writes succeed (a
-/// failing stderr makes Rust's `eprintln!` panic, which would turn a noisy
-/// guest into a crashing one).
-#[derive(Clone, Debug)]
-pub struct CappedStderr {
+/// A guest's stdout or stderr, capped: the first `limit` bytes are kept in
+/// memory, or forwarded as they come to a writer of the caller's (never
+/// buffered), and the rest is counted and dropped as it arrives. The guest
+/// always sees its writes succeed (a failing stderr makes Rust's `eprintln!`
+/// panic, which would turn a noisy guest into a crashing one), and a writer
+/// that fails (a closed pipe) is dropped, not retried.
+#[derive(Clone)]
+pub struct CappedOutput {
     inner: Arc<Mutex<CappedBuffer>>,
 }
 
-#[derive(Debug, Default)]
+impl std::fmt::Debug for CappedOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CappedOutput").finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
 struct CappedBuffer {
     kept: Vec<u8>,
+    forward: Option<Box<dyn std::io::Write + Send>>,
+    /// Bytes taken (kept or forwarded) so far.
+    taken: usize,
     dropped: u64,
     limit: usize,
 }
 
-impl CappedStderr {
-    pub fn new(limit: u64) -> Self {
+impl CappedOutput {
+    /// Keeps the first `limit` bytes in memory.
+    pub fn kept(limit: u64) -> Self {
+        Self::new(limit, None)
+    }
+
+    /// Forwards the first `limit` bytes to `writer` as they come.
+    pub fn forwarded(limit: u64, writer: Box<dyn std::io::Write + Send>) -> Self {
+        Self::new(limit, Some(writer))
+    }
+
+    fn new(limit: u64, forward: Option<Box<dyn std::io::Write + Send>>) -> Self {
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        Self { inner: Arc::new(Mutex::new(CappedBuffer { limit, ..CappedBuffer::default() })) }
+        Self { inner: Arc::new(Mutex::new(CappedBuffer { limit, forward, ..CappedBuffer::default() })) }
     }
 
     fn push(&self, bytes: &[u8]) {
         let mut buffer = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let room = buffer.limit.saturating_sub(buffer.kept.len());
-        let kept = bytes.len().min(room);
-        buffer.kept.extend_from_slice(&bytes[..kept]);
-        buffer.dropped += (bytes.len() - kept) as u64;
+        let room = buffer.limit.saturating_sub(buffer.taken);
+        let taken = bytes.len().min(room);
+        buffer.taken += taken;
+        buffer.dropped += (bytes.len() - taken) as u64;
+        if taken == 0 {
+            return;
+        }
+        match &mut buffer.forward {
+            Some(writer) => {
+                let written = writer.write_all(&bytes[..taken]).and_then(|()| writer.flush());
+                if let Err(err) = written {
+                    tracing::debug!("a guest output's writer failed and is dropped: {err}");
+                    buffer.forward = None;
+                }
+            }
+            None => buffer.kept.extend_from_slice(&bytes[..taken]),
+        }
     }
 
     /// What was kept, decoded lossily, and how many bytes were dropped.
@@ -366,13 +426,13 @@ impl CappedStderr {
     }
 }
 
-impl IsTerminal for CappedStderr {
+impl IsTerminal for CappedOutput {
     fn is_terminal(&self) -> bool {
         false
     }
 }
 
-impl StdoutStream for CappedStderr {
+impl StdoutStream for CappedOutput {
     fn p2_stream(&self) -> Box<dyn OutputStream> {
         Box::new(self.clone())
     }
@@ -382,7 +442,7 @@ impl StdoutStream for CappedStderr {
     }
 }
 
-impl OutputStream for CappedStderr {
+impl OutputStream for CappedOutput {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
         self.push(&bytes);
         Ok(())
@@ -398,11 +458,11 @@ impl OutputStream for CappedStderr {
 }
 
 #[wasmtime_wasi::async_trait]
-impl Pollable for CappedStderr {
+impl Pollable for CappedOutput {
     async fn ready(&mut self) {}
 }
 
-impl tokio::io::AsyncWrite for CappedStderr {
+impl tokio::io::AsyncWrite for CappedOutput {
     fn poll_write(
         self: std::pin::Pin<&mut Self>,
         _cx: &mut std::task::Context<'_>,
@@ -433,7 +493,7 @@ mod tests {
 
     #[test]
     fn stderr_keeps_the_first_bytes_and_counts_the_rest() {
-        let stderr = CappedStderr::new(5);
+        let stderr = CappedOutput::kept(5);
         let mut stream = stderr.p2_stream();
         stream.write(Bytes::from_static(b"abc")).expect("write");
         stream.write(Bytes::from_static(b"defgh")).expect("a full stderr still accepts writes");

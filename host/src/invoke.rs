@@ -21,6 +21,7 @@ use crate::error::RunError;
 use crate::guest::run_pipeline;
 use crate::input::{copy_input, stage_input};
 use crate::invocation::{Admission, Invocation};
+use crate::limits::Limits;
 use crate::outcome::classify;
 use crate::outputs::{self, Delivered, OutputFile};
 use crate::report::Report;
@@ -126,32 +127,8 @@ impl Runner {
         let Invocation { component, input, tenant, limits, destination, admission, queue_timeout, deadline, progress } =
             invocation;
 
-        // Admission: what the caller asked for must make sense.
-        if self.is_shut_down() {
-            return Err(RunError::ShutDown);
-        }
-        let tenant_state = tenant.as_deref().map(|id| self.tenant(id)).transpose()?;
-        let limits = limits.or_else(|| tenant.as_deref().and_then(|id| self.tenant_profile(id))).unwrap_or_default();
-        if limits.fuel.is_some() && !self.config().fuel_metering {
-            return Err(RunError::InvalidArgument(
-                "a fuel limit needs a runner built with fuel metering (RunnerConfig::fuel_metering)".into(),
-            ));
-        }
-
-        // The tenant's slot first, so a tenant at its bound holds no global slot.
-        let busy = || RunError::Busy { tenant: tenant.clone() };
-        let waiting = async {
-            let tenant_slot = match &tenant_state {
-                Some(state) => Some(acquire(&state.slots, admission).await.ok_or_else(busy)?),
-                None => None,
-            };
-            let slot = acquire(self.slots(), admission).await.ok_or_else(busy)?;
-            Ok::<_, RunError>((tenant_slot, slot))
-        };
-        let _slots = match queue_timeout {
-            Some(timeout) => tokio::time::timeout(timeout, waiting).await.map_err(|_| busy())??,
-            None => waiting.await?,
-        };
+        let Admitted { slots: _slots, tenant: tenant_state, limits } =
+            self.admit(tenant.as_deref(), limits, admission, queue_timeout).await?;
         let mut timings = Timings { queued: started.elapsed(), ..Timings::default() };
 
         let stages = Stages::new(deadline);
@@ -235,7 +212,7 @@ impl Runner {
                     let collecting = Instant::now();
                     let files = outputs::collect(out, &report, max_output)?;
                     let collected = collecting.elapsed();
-                    tracing::info!(outputs = files.len(), "outputs collected");
+                    tracing::info!(outputs = files.files.len(), "outputs collected");
                     let delivering = Instant::now();
                     let (delivered, files) = outputs::deliver(files, out, &destination, &cancel)?;
                     Ok((delivered, files, collected, delivering.elapsed()))
@@ -282,7 +259,7 @@ impl Runner {
 
     /// Removes `sandbox` on the blocking pool: within the removal budget, the
     /// rest handed to the housekeeping thread.
-    async fn remove(&self, sandbox: Sandbox) -> io::Result<()> {
+    pub(crate) async fn remove(&self, sandbox: Sandbox) -> io::Result<()> {
         let runner = self.clone();
         match tokio::task::spawn_blocking(move || runner.housekeeper().remove(sandbox)).await {
             Ok(removed) => removed,
@@ -292,7 +269,7 @@ impl Runner {
 
     /// Removes the sandbox of a failed invocation; a removal error is logged,
     /// the run's own error is what the caller gets.
-    async fn remove_quietly(&self, sandbox: Sandbox, err: &RunError) {
+    pub(crate) async fn remove_quietly(&self, sandbox: Sandbox, err: &RunError) {
         let path = sandbox.path().to_owned();
         match self.remove(sandbox).await {
             Ok(()) => tracing::info!(outcome = err.outcome().name(), "run failed: {err}"),
@@ -303,12 +280,59 @@ impl Runner {
     }
 
     /// As [`Runner::remove_quietly`], on a blocking thread already.
-    fn remove_after_failure(&self, sandbox: Sandbox, err: RunError) -> RunError {
+    pub(crate) fn remove_after_failure(&self, sandbox: Sandbox, err: RunError) -> RunError {
         let path = sandbox.path().to_owned();
         if let Err(cleanup) = self.housekeeper().remove(sandbox) {
             tracing::error!(sandbox = %path.display(), "run failed ({err}) and its sandbox could not be removed: {cleanup}");
         }
         err
+    }
+}
+
+/// What admission gives an invocation: its slots (held until it ends), its
+/// tenant's state, and the limits it runs under.
+pub(crate) struct Admitted {
+    pub slots: (Option<OwnedSemaphorePermit>, OwnedSemaphorePermit),
+    pub tenant: Option<Arc<crate::tenants::Tenant>>,
+    pub limits: Limits,
+}
+
+impl Runner {
+    /// Admission, for every kind of invocation: what the caller asked for
+    /// must make sense, then a slot of the tenant (first, so a tenant at its
+    /// bound holds no global slot) and one of the runner, waited for within
+    /// `queue_timeout` or refused at once when failing fast.
+    pub(crate) async fn admit(
+        &self,
+        tenant: Option<&str>,
+        limits: Option<Limits>,
+        admission: Admission,
+        queue_timeout: Option<Duration>,
+    ) -> Result<Admitted, RunError> {
+        if self.is_shut_down() {
+            return Err(RunError::ShutDown);
+        }
+        let tenant_state = tenant.map(|id| self.tenant(id)).transpose()?;
+        let limits = limits.or_else(|| tenant.and_then(|id| self.tenant_profile(id))).unwrap_or_default();
+        if limits.fuel.is_some() && !self.config().fuel_metering {
+            return Err(RunError::InvalidArgument(
+                "a fuel limit needs a runner built with fuel metering (RunnerConfig::fuel_metering)".into(),
+            ));
+        }
+        let busy = || RunError::Busy { tenant: tenant.map(str::to_owned) };
+        let waiting = async {
+            let tenant_slot = match &tenant_state {
+                Some(state) => Some(acquire(&state.slots, admission).await.ok_or_else(busy)?),
+                None => None,
+            };
+            let slot = acquire(self.slots(), admission).await.ok_or_else(busy)?;
+            Ok::<_, RunError>((tenant_slot, slot))
+        };
+        let slots = match queue_timeout {
+            Some(timeout) => tokio::time::timeout(timeout, waiting).await.map_err(|_| busy())??,
+            None => waiting.await?,
+        };
+        Ok(Admitted { slots, tenant: tenant_state, limits })
     }
 }
 
@@ -322,14 +346,14 @@ struct Prepared {
 }
 
 /// The deadline shared by an invocation's stages, and the way to stop them.
-struct Stages {
+pub(crate) struct Stages {
     deadline: Option<(Instant, Duration)>,
-    cancel: Cancel,
+    pub(crate) cancel: Cancel,
     _on_drop: CancelOnDrop,
 }
 
 impl Stages {
-    fn new(deadline: Option<Duration>) -> Self {
+    pub(crate) fn new(deadline: Option<Duration>) -> Self {
         let cancel = Cancel::default();
         Self {
             deadline: deadline.map(|limit| (Instant::now() + limit, limit)),
@@ -339,17 +363,20 @@ impl Stages {
     }
 
     /// Time left before the deadline, if there is one.
-    fn remaining(&self) -> Option<Duration> {
+    pub(crate) fn remaining(&self) -> Option<Duration> {
         self.deadline.map(|(at, _)| at.saturating_duration_since(Instant::now()))
     }
 
-    fn exceeded(&self) -> RunError {
+    pub(crate) fn exceeded(&self) -> RunError {
         RunError::DeadlineExceeded { limit: self.deadline.map_or(Duration::ZERO, |(_, limit)| limit) }
     }
 
     /// Runs `work` on the blocking pool, waiting for it until the deadline;
     /// past it, `work` is told to stop (it owns what it holds, and drops it).
-    async fn blocking<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, RunError> {
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, RunError> {
         let task = tokio::task::spawn_blocking(work);
         let joined = match self.deadline {
             Some((at, _)) => match tokio::time::timeout_at(at.into(), task).await {

@@ -46,7 +46,13 @@ pub(crate) struct GuestAccount {
 
 /// The report to check and deliver, or the error the run ends with.
 pub(crate) fn classify(end: GuestEnd, account: GuestAccount, limits: &Limits) -> Result<Report, RunError> {
-    let limit = || limit_refusal(&end, &account, limits);
+    let guest = match &end {
+        GuestEnd::Failed(
+            PipelineError::Io(message) | PipelineError::Overflow(message) | PipelineError::InvalidInput(message),
+        ) => Some(text::bounded(message)),
+        _ => None,
+    };
+    let limit = || limit_refusal(guest.clone(), &account, limits);
     match end {
         GuestEnd::TimedOut(limit) => Err(RunError::Timeout { limit }),
         GuestEnd::Trapped(_) | GuestEnd::Failed(_) if let Some(err) = limit() => Err(err),
@@ -62,17 +68,12 @@ pub(crate) fn classify(end: GuestEnd, account: GuestAccount, limits: &Limits) ->
     }
 }
 
-/// The limit that refused the guest first, as the error it failed with. The
-/// descriptor cap and the bound on listings are not limits of the profile,
-/// but they are limits all the same: a guest stopped by them (a trap from
-/// `get-directories` included) ends in the class of the file limit.
-fn limit_refusal(end: &GuestEnd, account: &GuestAccount, limits: &Limits) -> Option<RunError> {
-    let guest = match end {
-        GuestEnd::Failed(
-            PipelineError::Io(message) | PipelineError::Overflow(message) | PipelineError::InvalidInput(message),
-        ) => Some(text::bounded(message)),
-        _ => None,
-    };
+/// The limit that refused the guest first, as the error it failed with
+/// (`guest`: what it said when it failed). The descriptor cap and the bound
+/// on listings are not limits of the profile, but they are limits all the
+/// same: a guest stopped by them (a trap from `get-directories` included)
+/// ends in the class of the file limit.
+pub(crate) fn limit_refusal(guest: Option<String>, account: &GuestAccount, limits: &Limits) -> Option<RunError> {
     let peak = account.peak;
     match account.refused.first() {
         Some(Refused::Bytes) => Some(RunError::DiskQuota { limit: limits.disk_quota, guest, peak }),

@@ -134,7 +134,7 @@ fn check_output_name(name: &str) -> Result<(), String> {
 /// [`RunError::TooManyOutputs`] past [`MAX_OUTPUTS`],
 /// [`RunError::OutputTooLarge`] past `max_output`, [`RunError::Host`] when the
 /// folder cannot be read.
-pub(crate) fn collect(out: &Dir, report: &Report, max_output: ByteSize) -> Result<Vec<Listed>, RunError> {
+pub(crate) fn collect(out: &Dir, report: &Report, max_output: ByteSize) -> Result<Collected, RunError> {
     let host_error = |err: io::Error| RunError::Host(format!("cannot read the sandbox's output folder: {err}"));
     let refuse = |name: &str, kind: &str| {
         RunError::ContractViolation(format!("the output `{}` is {kind}; outputs must be regular files", shown(name)))
@@ -199,7 +199,110 @@ pub(crate) fn collect(out: &Dir, report: &Report, max_output: ByteSize) -> Resul
             shown(unlisted)
         )));
     }
-    Ok(listed)
+    Ok(Collected { files: listed, folders: Vec::new() })
+}
+
+/// What collection took: the files to deliver and, for a program's folder,
+/// the folders they are in (relative paths, each after its parent).
+#[derive(Debug, Default)]
+pub(crate) struct Collected {
+    pub(crate) files: Vec<Listed>,
+    pub(crate) folders: Vec<String>,
+}
+
+/// Whether a name a program chose may become an entry in the user's
+/// folder: any UTF-8 name a file system takes, but never one that could act
+/// on a terminal or that is not one component.
+fn check_tree_name(name: &str) -> Result<(), String> {
+    let problem = if name.len() > 255 {
+        "is longer than 255 bytes"
+    } else if name.chars().any(char::is_control) {
+        "contains a control character"
+    } else if name.contains('\\') {
+        "contains a backslash"
+    } else {
+        return Ok(());
+    };
+    Err(format!("the name `{}` {problem}", shown(name)))
+}
+
+/// Lists everything a program left in its folder `root`, breadth first, one
+/// folder open at a time: regular files with one link and folders, nothing
+/// else (a link, a hard link or a special file is refused, never followed),
+/// at most [`MAX_OUTPUTS`] entries and `max_output` bytes.
+///
+/// # Errors
+///
+/// As [`collect`], without a report to check.
+pub(crate) fn collect_tree(root: &Dir, max_output: ByteSize) -> Result<Collected, RunError> {
+    let host_error = |err: io::Error| RunError::Host(format!("cannot read the program's folder: {err}"));
+    let refuse = |name: &str, kind: &str| {
+        RunError::ContractViolation(format!(
+            "the program left `{}`, which is {kind}; only regular files and folders are delivered",
+            shown(name)
+        ))
+    };
+    let mut collected = Collected::default();
+    let (mut total, mut entries_seen) = (0u64, 0usize);
+    let mut pending = std::collections::VecDeque::from([String::new()]);
+    while let Some(folder) = pending.pop_front() {
+        let handle = if folder.is_empty() {
+            root.try_clone().map_err(host_error)?
+        } else {
+            let fd = open_beneath(root, &folder, OFlags::RDONLY | OFlags::DIRECTORY).map_err(host_error)?;
+            Dir::from_std_file(File::from(fd))
+        };
+        let mut entries = list_dir(&handle).map_err(host_error)?;
+        while let Some(entry) = entries.read() {
+            let entry = entry.map_err(|errno| host_error(errno.into()))?;
+            let c_name = entry.file_name();
+            if c_name == c"." || c_name == c".." {
+                continue;
+            }
+            entries_seen += 1;
+            if entries_seen > MAX_OUTPUTS {
+                return Err(RunError::TooManyOutputs { limit: MAX_OUTPUTS as u64 });
+            }
+            let name = c_name.to_str().map_err(|_| {
+                RunError::ContractViolation(format!("the name `{}` is not UTF-8", shown(&c_name.to_string_lossy())))
+            })?;
+            check_tree_name(name).map_err(RunError::ContractViolation)?;
+            let path = if folder.is_empty() { name.to_owned() } else { format!("{folder}/{name}") };
+            let stat =
+                rustix::fs::statat(&handle, c_name, AtFlags::SYMLINK_NOFOLLOW).map_err(|err| host_error(err.into()))?;
+            match rustix::fs::FileType::from_raw_mode(stat.st_mode) {
+                rustix::fs::FileType::Directory => {
+                    collected.folders.push(path.clone());
+                    pending.push_back(path);
+                }
+                rustix::fs::FileType::RegularFile if stat.st_nlink > 1 => {
+                    return Err(refuse(&path, "a hard link to another file"));
+                }
+                rustix::fs::FileType::RegularFile => {
+                    let bytes = u64::try_from(stat.st_size)
+                        .map_err(|_| host_error(io::Error::other("a negative file size")))?;
+                    total = total.saturating_add(bytes);
+                    if total > max_output.bytes() {
+                        return Err(RunError::OutputTooLarge { limit: max_output, size: total });
+                    }
+                    let file = OutputFile { name: path, bytes, sha256: String::new() };
+                    collected.files.push(Listed { file, identity: identity(&stat) });
+                }
+                rustix::fs::FileType::Symlink => return Err(refuse(&path, "a symbolic link (it was not followed)")),
+                _ => return Err(refuse(&path, "a special file")),
+            }
+        }
+    }
+    collected.files.sort_by(|a, b| a.file.name.cmp(&b.file.name));
+    Ok(collected)
+}
+
+/// Opens `path` (relative, `/`-separated) below `dir`, following no link on
+/// the way and never leaving `dir`.
+fn open_beneath(dir: impl rustix::fd::AsFd, path: &str, flags: OFlags) -> io::Result<OwnedFd> {
+    let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    let resolve = rustix::fs::ResolveFlags::BENEATH | rustix::fs::ResolveFlags::NO_SYMLINKS;
+    Ok(rustix::fs::openat2(dir, path, flags, Mode::empty(), resolve)?)
 }
 
 /// Refuses anything but a regular file (an unknown type is left to the stat).
@@ -240,8 +343,7 @@ impl Listed {
     /// mismatch means someone else changed the sandbox: an error, not data.
     fn open_in(&self, dir: impl rustix::fd::AsFd) -> io::Result<File> {
         // NONBLOCK and NOCTTY: opening is harmless whatever the name turned out to be.
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
-        let fd = rustix::fs::openat(dir, self.file.name.as_str(), flags, Mode::empty())?;
+        let fd = open_beneath(dir, &self.file.name, OFlags::RDONLY)?;
         let stat = rustix::fs::fstat(&fd)?;
         let same = rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile
             && identity(&stat) == self.identity
@@ -356,11 +458,12 @@ pub fn check_destination(destination: &Destination) -> Result<(), RunError> {
 ///
 /// [`RunError::Delivery`] with the reason; nothing is left at the destination.
 pub(crate) fn deliver(
-    files: Vec<Listed>,
+    collected: Collected,
     out: &Dir,
     destination: &Destination,
     cancel: &Cancel,
 ) -> Result<(Delivered, Vec<OutputFile>), RunError> {
+    let Collected { files, folders } = collected;
     match destination {
         Destination::Memory => {
             let mut delivered = Vec::with_capacity(files.len());
@@ -375,12 +478,10 @@ pub(crate) fn deliver(
             }
             Ok((Delivered::Memory(delivered), hashed))
         }
-        Destination::Folder { path, force } => {
-            deliver_to_folder(&files, out, path, *force, cancel).map(|hashed| (Delivered::Folder(path.clone()), hashed))
-        }
-        Destination::Tar { path, force } => {
-            deliver_to_tar(&files, out, path, *force, cancel).map(|hashed| (Delivered::Tar(path.clone()), hashed))
-        }
+        Destination::Folder { path, force } => deliver_to_folder(&files, &folders, out, path, *force, cancel)
+            .map(|hashed| (Delivered::Folder(path.clone()), hashed)),
+        Destination::Tar { path, force } => deliver_to_tar(&files, &folders, out, path, *force, cancel)
+            .map(|hashed| (Delivered::Tar(path.clone()), hashed)),
     }
 }
 
@@ -435,6 +536,7 @@ fn existing_destination(parent: &Dir, name: &str, path: &Path, force: bool) -> R
 
 fn deliver_to_folder(
     files: &[Listed],
+    folders: &[String],
     out: &Dir,
     path: &Path,
     force: bool,
@@ -450,7 +552,7 @@ fn deliver_to_folder(
         fail(io::Error::new(io::Error::from(err).kind(), format!("cannot create a staging folder beside it: {err}")))
     })?;
 
-    let staged = stage_files(files, out, &parent, &staging, cancel).and_then(|hashed| {
+    let staged = stage_files(files, folders, out, &parent, &staging, cancel).and_then(|hashed| {
         match existing {
             // rename(2) replaces a missing or empty folder atomically.
             None | Some(true) => rustix::fs::renameat(&parent, staging.as_str(), &parent, name)?,
@@ -488,6 +590,7 @@ fn deliver_to_folder(
 /// each thread with one output open at a time.
 fn stage_files(
     files: &[Listed],
+    folders: &[String],
     out: &Dir,
     parent: &Dir,
     staging: &str,
@@ -495,6 +598,11 @@ fn stage_files(
 ) -> io::Result<Vec<OutputFile>> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let staging_dir = rustix::fs::openat(parent, staging, flags, Mode::empty())?;
+    // Each folder after its parent (collection lists them breadth first).
+    for folder in folders {
+        cancel.check()?;
+        rustix::fs::mkdirat(&staging_dir, folder.as_str(), Mode::from_raw_mode(PRIVATE_DIR))?;
+    }
     let largest = files.iter().map(|listed| listed.file.bytes).max().unwrap_or(0);
     let mut buffer = read_buffer(largest);
     let staged = files
@@ -515,6 +623,9 @@ fn stage_files(
         flush_and_hash(&staged, &staging_dir, largest, cancel)?;
     }
     // The folder's entries, once every file in it is flushed.
+    for folder in folders {
+        rustix::fs::fsync(open_beneath(&staging_dir, folder, OFlags::RDONLY | OFlags::DIRECTORY)?)?;
+    }
     rustix::fs::fsync(&staging_dir)?;
     staged
         .into_iter()
@@ -665,6 +776,7 @@ fn check_tar_destination(parent: &Dir, name: &str, path: &Path, force: bool) -> 
 /// the host's time.
 fn deliver_to_tar(
     files: &[Listed],
+    folders: &[String],
     out: &Dir,
     path: &Path,
     force: bool,
@@ -679,6 +791,15 @@ fn deliver_to_tar(
         let mut archive = AtomicFile::create(&parent, &format!(".{name}.staging-"))?;
         let mut builder = tar::Builder::new(BufWriter::with_capacity(BUFFER_BYTES as usize, archive.file()?));
         let mut hashed = Vec::with_capacity(files.len());
+        for folder in folders {
+            cancel.check()?;
+            let mut header = tar::Header::new_ustar();
+            header.set_size(0);
+            header.set_mode(PRIVATE_DIR);
+            header.set_mtime(mtime);
+            header.set_entry_type(tar::EntryType::Directory);
+            builder.append_data(&mut header, folder, io::empty())?;
+        }
         for listed in files {
             cancel.check()?;
             let source = listed.open_in(out)?;
@@ -755,8 +876,8 @@ mod tests {
             regions: vec![],
             outputs: vec!["a.csv".into()],
         };
-        let [listed] =
-            <[Listed; 1]>::try_from(collect(&dir, &report, ByteSize(1 << 20)).expect("collected")).expect("one output");
+        let [listed] = <[Listed; 1]>::try_from(collect(&dir, &report, ByteSize(1 << 20)).expect("collected").files)
+            .expect("one output");
         assert!(listed.open_in(&dir).is_ok());
         // Same name and size, another file (the first kept, so its inode is not reused).
         dir.rename("a.csv", &dir, "old.csv").expect("rename");

@@ -7,6 +7,7 @@ mod cli;
 mod crash;
 mod delivery;
 mod embedding;
+mod exec;
 mod guest_text;
 mod hostile;
 mod inputs;

@@ -178,7 +178,7 @@ pub fn print_json_failure(err: &RunError) {
 /// that could act on a terminal escaped (`\u009b`): JSON escapes only C0
 /// controls, and the report's names are the guest's text. The value read
 /// back is the same.
-fn print_json(value: &serde_json::Value) {
+pub fn print_json(value: &serde_json::Value) {
     let mut text = Vec::new();
     let mut serializer = serde_json::Serializer::with_formatter(&mut text, TerminalSafe::default());
     if let Err(err) = serde::Serialize::serialize(value, &mut serializer) {

@@ -55,7 +55,7 @@ pub struct RunArgs {
 }
 
 #[derive(Args, Debug)]
-struct LimitArgs {
+pub struct LimitArgs {
     /// Guest memory limit.
     #[arg(long, value_name = "SIZE", default_value = "256MiB")]
     memory: ByteSize,
@@ -100,6 +100,7 @@ impl From<&LimitArgs> for Limits {
             max_folders: args.max_folders,
             max_output: args.max_output,
             stderr_limit: args.stderr_limit,
+            ..Self::default()
         }
     }
 }
@@ -210,7 +211,7 @@ async fn draw_progress(progress: Arc<Progress>) {
 }
 
 /// Resolves on Ctrl-C or SIGTERM; never, if the handlers cannot be installed.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut terminate) = signal(SignalKind::terminate()) else { return std::future::pending().await };
     tokio::select! {
@@ -221,7 +222,7 @@ async fn shutdown_signal() {
 
 /// Every start cleans up after hosts that were killed; failures only warn,
 /// since this run does not depend on them.
-fn sweep_quietly(runner: &Runner) {
+pub fn sweep_quietly(runner: &Runner) {
     match runner.sweep() {
         Ok(sweep) => {
             for (name, err) in sweep.failed {
