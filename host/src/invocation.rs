@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::component::Component;
 use crate::limits::Limits;
 use crate::outputs::Destination;
-use crate::quota::Progress;
+use crate::progress::Progress;
 
 /// The input of one invocation. The guest cannot tell them apart.
 pub enum Input {

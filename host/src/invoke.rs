@@ -11,12 +11,12 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::cancel::{Cancel, CancelOnDrop};
 use crate::error::RunError;
 use crate::guest::run_pipeline;
 use crate::input::{copy_input, stage_input};
@@ -75,36 +75,6 @@ pub struct RunOutcome {
     pub bytes_written: u64,
     /// The first [`crate::Limits::stderr_limit`] bytes of the guest's stderr.
     pub stderr: String,
-}
-
-/// Tells a blocking stage to stop at its next step: set when the deadline
-/// passes or the invocation is dropped.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Cancel(Arc<AtomicBool>);
-
-impl Cancel {
-    /// `Err` once the invocation was stopped.
-    pub(crate) fn check(&self) -> io::Result<()> {
-        if self.0.load(Ordering::Relaxed) {
-            Err(io::Error::new(io::ErrorKind::Interrupted, "the invocation was stopped"))
-        } else {
-            Ok(())
-        }
-    }
-
-    fn cancel(&self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Cancels when dropped: an invocation whose future is dropped (Ctrl-C)
-/// stops its blocking stages.
-struct CancelOnDrop(Cancel);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.cancel();
-    }
 }
 
 impl Runner {

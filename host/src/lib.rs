@@ -56,6 +56,7 @@ mod bindings {
 }
 
 mod cache;
+mod cancel;
 mod component;
 mod engine;
 mod error;
@@ -70,10 +71,12 @@ mod limits;
 mod outcome;
 mod outputs;
 pub mod program;
+mod progress;
 mod quota;
 mod report;
 mod runner;
 mod sandbox;
+mod store;
 mod tenants;
 pub mod text;
 
@@ -85,8 +88,10 @@ pub use invocation::{Admission, Input, Invocation};
 pub use invoke::{RunOutcome, Timings};
 pub use limits::{ByteSize, Limits, ParseFigureError, parse_duration};
 pub use outputs::{Delivered, Destination, MAX_OUTPUTS, OutputFile};
-pub use quota::{MAX_OPEN_HANDLES, MAX_OPEN_LISTINGS, Progress};
+pub use progress::Progress;
+pub use quota::MAX_OPEN_LISTINGS;
 pub use report::{ReasonCount, RegionTotal, Report};
 pub use runner::{Runner, RunnerConfig};
 pub use sandbox::{SandboxRoot, Sweep, sweep_roots};
+pub use store::MAX_OPEN_HANDLES;
 pub use tenants::MAX_IDLE_TENANTS;

@@ -33,9 +33,9 @@ use rustix::io::Errno;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
+use crate::cancel::Cancel;
 use crate::error::{DeliveryError, RunError};
 use crate::fs::{AtomicFile, PRIVATE_DIR, PRIVATE_FILE, hex, list_dir, random_hex, remove_tree};
-use crate::invoke::Cancel;
 use crate::limits::ByteSize;
 use crate::report::Report;
 use crate::text::shown;

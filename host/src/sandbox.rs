@@ -36,7 +36,6 @@ use crate::fs::{
     Deadline, Refusal, Stop, open_listable_dir, open_private, open_private_at, open_private_dir, private_dir_builder,
     private_memory_folder, random_hex, remove_tree, remove_tree_within,
 };
-use crate::tenants::is_tenant_id;
 
 /// The folder the guest reads its input from.
 pub const INPUT_DIR: &str = "input";
@@ -728,6 +727,12 @@ impl Drop for Sandbox {
             tracing::error!(path = %self.path.display(), "cannot remove sandbox: {}; `host sweep` retries", err.into_io());
         }
     }
+}
+
+/// Whether `id` can name a tenant: 1-64 characters of `[A-Za-z0-9_-]` (it
+/// becomes part of a folder name).
+pub(crate) fn is_tenant_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 #[cfg(test)]
