@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::component::Component;
+use crate::deliver::Destination;
 use crate::limits::Limits;
-use crate::outputs::Destination;
 use crate::progress::Progress;
 
 /// The input of one invocation. The guest cannot tell them apart.

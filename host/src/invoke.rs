@@ -17,12 +17,13 @@ use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::cancel::{Cancel, CancelOnDrop};
+use crate::collect::{OutputFile, collect};
+use crate::deliver::{Delivered, Destination, check_destination, deliver};
 use crate::error::RunError;
 use crate::guest::run_pipeline;
 use crate::input::{copy_input, stage_input};
 use crate::invocation::{Admission, Invocation};
 use crate::outcome::classify;
-use crate::outputs::{self, Delivered, OutputFile};
 use crate::report::Report;
 use crate::runner::Runner;
 use crate::sandbox::Sandbox;
@@ -133,7 +134,7 @@ impl Runner {
         let prepared = stages
             .blocking(move || {
                 // A destination that would refuse the outputs fails before any work.
-                outputs::check_destination(&destination)?;
+                check_destination(&destination)?;
                 let staged = stage_input(input, threshold)?;
                 cancel.check().map_err(RunError::Sandbox)?;
                 let spooled = staged.fits_in_memory && root.1.is_some();
@@ -200,11 +201,11 @@ impl Runner {
                         .output_dir()
                         .map_err(|err| RunError::Host(format!("cannot open the sandbox's output folder: {err}")))?;
                     let collecting = Instant::now();
-                    let files = outputs::collect(out, &report, max_output)?;
+                    let files = collect(out, &report, max_output)?;
                     let collected = collecting.elapsed();
                     tracing::info!(outputs = files.len(), "outputs collected");
                     let delivering = Instant::now();
-                    let (delivered, files) = outputs::deliver(files, out, &destination, &cancel)?;
+                    let (delivered, files) = deliver(files, out, &destination, &cancel)?;
                     Ok((delivered, files, collected, delivering.elapsed()))
                 })();
                 (sandbox, report, result)
@@ -281,7 +282,7 @@ impl Runner {
 /// What the first blocking stage hands to the next.
 struct Prepared {
     sandbox: Sandbox,
-    destination: crate::outputs::Destination,
+    destination: Destination,
     spooled: bool,
     created: Duration,
     copied: Duration,

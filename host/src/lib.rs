@@ -57,7 +57,9 @@ mod bindings {
 
 mod cache;
 mod cancel;
+mod collect;
 mod component;
+mod deliver;
 mod engine;
 mod error;
 mod fs;
@@ -69,7 +71,6 @@ mod invoke;
 mod ledger;
 mod limits;
 mod outcome;
-mod outputs;
 pub mod program;
 mod progress;
 mod quota;
@@ -81,13 +82,14 @@ mod tenants;
 pub mod text;
 
 pub use cache::{CacheStatus, CodeCache};
+pub use collect::{MAX_OUTPUTS, OutputFile};
 pub use component::{BUNDLED_PIPELINE, Component};
+pub use deliver::{Delivered, Destination};
 pub use error::{DeliveryError, LimitName, Outcome, Remedy, RunError};
 pub use guest::{GUEST_INPUT_DIR, GUEST_OUTPUT_DIR};
 pub use invocation::{Admission, Input, Invocation};
 pub use invoke::{RunOutcome, Timings};
 pub use limits::{ByteSize, Limits, ParseFigureError, parse_duration};
-pub use outputs::{Delivered, Destination, MAX_OUTPUTS, OutputFile};
 pub use progress::Progress;
 pub use quota::MAX_OPEN_LISTINGS;
 pub use report::{ReasonCount, RegionTotal, Report};
