@@ -32,6 +32,7 @@ pub const MAX_OUTPUTS: usize = 10_000;
 
 /// One delivered file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct OutputFile {
     /// Its name in the output folder (checked: a plain name).
     pub name: String,

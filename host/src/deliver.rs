@@ -42,6 +42,7 @@ const BUFFER_BYTES: u64 = 256 * 1024;
 
 /// Where the outputs of a run go.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Destination {
     /// A folder, created 0700 with files 0600. An existing non-empty folder
     /// is replaced only with `force`, atomically.
@@ -65,6 +66,7 @@ pub enum Destination {
 
 /// What was delivered where.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Delivered {
     /// Into this folder.
     Folder(PathBuf),

@@ -33,7 +33,7 @@ pub struct RunnerConfig {
     /// It costs some speed, so it is off unless asked for.
     pub fuel_metering: bool,
     /// Invocations that may run at once, over all tenants; more wait (or
-    /// fail fast, see [`crate::Admission`]). Default: the number of CPUs.
+    /// fail fast, see [`crate::Invocation::fail_fast`]). Default: the number of CPUs.
     pub max_concurrent: usize,
     /// Invocations one tenant may run at once. Default: `max_concurrent`.
     pub max_concurrent_per_tenant: usize,

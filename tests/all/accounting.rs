@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use orders_host::{ByteSize, Limits, Outcome, RunError};
+use orders_host::{ByteSize, LimitHit, Limits, Outcome, RunError};
 use test_programs_artifacts as programs;
 
 use crate::util::{TestHost, peak_rss_kib};
@@ -41,9 +41,9 @@ async fn renaming_onto_itself_gives_nothing_back() {
     let host = TestHost::new("rename-self");
     let component = host.component(programs::RENAME_ONTO_ITSELF);
     let cases = [
-        ("bytes", serde_json::json!({ "disk_quota_bytes": QUOTA })),
-        ("files", serde_json::json!({ "max_files": 100 })),
-        ("folders", serde_json::json!({ "max_folders": 50 })),
+        ("bytes", LimitHit::DiskQuota { limit: ByteSize(QUOTA) }),
+        ("files", LimitHit::MaxFiles { limit: 100 }),
+        ("folders", LimitHit::MaxFolders { limit: 50 }),
     ];
     for (mode, limit) in cases {
         let err = host.run_with(&component, mode.as_bytes(), &tight()).await.expect_err("stopped");
@@ -97,7 +97,7 @@ async fn a_folder_bomb_stops_at_the_folder_limit() {
     let limits = Limits::default();
     let err = host.run_with(&host.component(programs::FOLDER_BOMB), b"", &limits).await.expect_err("stopped");
     assert_eq!(err.outcome(), Outcome::FileLimit, "{err}");
-    assert_eq!(err.limit_hit(), Some(serde_json::json!({ "max_folders": limits.max_folders })));
+    assert_eq!(err.limit_hit(), Some(LimitHit::MaxFolders { limit: limits.max_folders }));
     assert_eq!(figure(&err, "made "), limits.max_folders, "{err}");
     host.assert_recovers().await;
 }

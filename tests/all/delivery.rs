@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
-use orders_host::{Destination, Input, Invocation, Limits, Outcome};
+use orders_host::{Destination, Input, Invocation, LimitHit, Limits, Outcome};
 use sha2::Digest as _;
 use test_programs_artifacts as programs;
 
@@ -118,7 +118,7 @@ async fn more_than_ten_thousand_outputs_end_as_output_too_large() {
         .await
         .expect_err("one more is refused");
     assert_eq!(err.outcome(), Outcome::OutputTooLarge, "{err}");
-    assert_eq!(err.limit_hit(), Some(serde_json::json!({ "max_outputs": 10_000 })));
+    assert_eq!(err.limit_hit(), Some(LimitHit::MaxOutputs { limit: 10_000 }));
     assert!(err.to_string().contains("10000"), "the message names the bound: {err}");
     assert!(!folder.exists(), "nothing is delivered");
     assert!(staging_leftovers(&host.scratch.path).is_empty());

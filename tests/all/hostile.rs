@@ -5,7 +5,7 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::time::{Duration, Instant};
 
-use orders_host::{ByteSize, Limits, Outcome};
+use orders_host::{ByteSize, LimitHit, Limits, Outcome};
 use test_programs_artifacts as programs;
 
 use crate::util::TestHost;
@@ -21,7 +21,7 @@ async fn an_infinite_loop_ends_as_timeout() {
     let err = host.run_with(&host.component(programs::SPIN), b"", &limits()).await.expect_err("stopped");
     assert_eq!(err.outcome(), Outcome::Timeout, "{err}");
     assert!(started.elapsed() < Duration::from_secs(10), "stopped near the deadline: {:?}", started.elapsed());
-    assert_eq!(err.limit_hit(), Some(serde_json::json!({ "timeout_ms": 2000 })));
+    assert_eq!(err.limit_hit(), Some(LimitHit::Timeout { limit: Duration::from_secs(2) }));
     host.assert_recovers().await;
 }
 
@@ -134,7 +134,7 @@ async fn fuel_ends_a_loop_deterministically() {
     let limits = Limits { fuel: Some(5_000_000), timeout: Duration::from_secs(30), ..Limits::default() };
     let err = host.run_with(&host.component(programs::SPIN), b"", &limits).await.expect_err("stopped");
     assert_eq!(err.outcome(), Outcome::FuelExhausted, "{err}");
-    assert_eq!(err.limit_hit(), Some(serde_json::json!({ "fuel": 5_000_000 })));
+    assert_eq!(err.limit_hit(), Some(LimitHit::Fuel { fuel: 5_000_000 }));
     // The bundled pipeline runs fine under fuel, and reports what it used.
     let outcome = host
         .run_with(&host.bundled(), &crate::util::seven_rows(), &Limits { fuel: Some(u64::MAX / 2), ..limits })
