@@ -11,6 +11,7 @@ mod guest_text;
 mod hostile;
 mod inputs;
 mod isolation;
+mod limits;
 mod pipeline;
 mod removal;
 mod roots;
