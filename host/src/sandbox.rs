@@ -1052,7 +1052,7 @@ mod tests {
     /// Not a test: prints how long removing a sandbox of each shape takes,
     /// on the disk root (the temp folder) and on tmpfs (`/dev/shm`), for the
     /// README's limits. Median of 3. Run with
-    /// `cargo test -p host --lib measure_removal -- --ignored --nocapture`
+    /// `cargo test -p orders-host --lib measure_removal -- --ignored --nocapture`
     /// (`MEASURE_SIZES=100,1000` to choose the sizes).
     #[test]
     #[ignore = "a measurement, not a test"]
