@@ -14,7 +14,7 @@
 //! 3. **Tiny invocation as a process**: `host run examples/orders.csv`, 20
 //!    times after a warm-up: p50 and mean wall time, start-up included.
 //!
-//! Run it with `cargo bench -p host --bench throughput`. Environment:
+//! Run it with `cargo bench -p orders-host --bench throughput`. Environment:
 //! `BENCH_ROWS` (rows of the big export, default 1000000), `BENCH_TINY`
 //! (library invocations per mode, default 5000), `ORDERS_SHARED_DIR` (the
 //! folder holding `tools/gen_orders.py`, default `../shared` beside the
@@ -80,7 +80,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     tiny_library(&scratch, &example, tiny, true)?;
     tiny_process(&scratch, &example, has_cache)?;
     println!(
-        "\nreproduce: cargo bench -p host --bench throughput   (env BENCH_ROWS={rows} BENCH_TINY={tiny} \
+        "\nreproduce: cargo bench -p orders-host --bench throughput   (env BENCH_ROWS={rows} BENCH_TINY={tiny} \
          ORDERS_SHARED_DIR={})",
         shared.display()
     );

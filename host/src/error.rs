@@ -558,31 +558,100 @@ impl RunError {
         }
     }
 
-    /// The figure that was hit, for `--json` and the service (`"limit": ...`).
+    /// The limit that was hit, with its figure (and what passed it, where
+    /// that is known); `None` when the error is not a limit's.
     #[must_use]
-    pub fn limit_hit(&self) -> Option<serde_json::Value> {
-        match self {
-            Self::Timeout { limit } => Some(serde_json::json!({ "timeout_ms": limit.as_millis() })),
-            Self::DeadlineExceeded { limit } => Some(serde_json::json!({ "deadline_ms": limit.as_millis() })),
-            Self::MemoryLimit { limit, requested } => {
-                Some(serde_json::json!({ "memory_bytes": limit.bytes(), "requested_bytes": requested }))
-            }
-            Self::FuelExhausted { fuel } => Some(serde_json::json!({ "fuel": fuel })),
-            Self::DiskQuota { limit, .. } => Some(serde_json::json!({ "disk_quota_bytes": limit.bytes() })),
-            Self::FileLimit { limit, .. } => Some(serde_json::json!({ "max_files": limit })),
-            Self::FolderLimit { limit, .. } => Some(serde_json::json!({ "max_folders": limit })),
-            Self::HandleLimit { limit, .. } => Some(serde_json::json!({ "max_open_handles": limit })),
-            Self::ListingLimit { limit, .. } => Some(serde_json::json!({ "max_open_listings": limit })),
-            Self::OpenFileLimit { limit, needed } => {
-                Some(serde_json::json!({ "open_file_limit": limit, "needed": needed }))
-            }
-            Self::OutputTooLarge { limit, size } => {
-                Some(serde_json::json!({ "max_output_bytes": limit.bytes(), "output_bytes": size }))
-            }
-            Self::TooManyOutputs { limit } => Some(serde_json::json!({ "max_outputs": limit })),
-            _ => None,
-        }
+    pub fn limit_hit(&self) -> Option<LimitHit> {
+        Some(match *self {
+            Self::Timeout { limit } => LimitHit::Timeout { limit },
+            Self::DeadlineExceeded { limit } => LimitHit::Deadline { limit },
+            Self::MemoryLimit { limit, requested } => LimitHit::Memory { limit, requested },
+            Self::FuelExhausted { fuel } => LimitHit::Fuel { fuel },
+            Self::DiskQuota { limit, .. } => LimitHit::DiskQuota { limit },
+            Self::FileLimit { limit, .. } => LimitHit::MaxFiles { limit },
+            Self::FolderLimit { limit, .. } => LimitHit::MaxFolders { limit },
+            Self::HandleLimit { limit, .. } => LimitHit::MaxOpenHandles { limit },
+            Self::ListingLimit { limit, .. } => LimitHit::MaxOpenListings { limit },
+            Self::OpenFileLimit { limit, needed } => LimitHit::OpenFileLimit { limit, needed },
+            Self::OutputTooLarge { limit, size } => LimitHit::MaxOutput { limit, size },
+            Self::TooManyOutputs { limit } => LimitHit::MaxOutputs { limit },
+            _ => return None,
+        })
     }
+}
+
+/// A limit an invocation hit, with its figure: what [`RunError::limit_hit`]
+/// gives, for a front end to show (the `host` binary prints it in `--json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LimitHit {
+    /// [`Limits::timeout`](crate::Limits::timeout).
+    Timeout {
+        /// The limit.
+        limit: Duration,
+    },
+    /// The invocation's deadline ([`Invocation::deadline`](crate::Invocation::deadline)).
+    Deadline {
+        /// The limit.
+        limit: Duration,
+    },
+    /// [`Limits::memory`](crate::Limits::memory).
+    Memory {
+        /// The limit.
+        limit: ByteSize,
+        /// What the refused growth asked for, in bytes.
+        requested: u64,
+    },
+    /// [`Limits::fuel`](crate::Limits::fuel).
+    Fuel {
+        /// The fuel the guest had.
+        fuel: u64,
+    },
+    /// [`Limits::disk_quota`](crate::Limits::disk_quota).
+    DiskQuota {
+        /// The limit.
+        limit: ByteSize,
+    },
+    /// [`Limits::max_files`](crate::Limits::max_files).
+    MaxFiles {
+        /// The limit.
+        limit: u64,
+    },
+    /// [`Limits::max_folders`](crate::Limits::max_folders).
+    MaxFolders {
+        /// The limit.
+        limit: u64,
+    },
+    /// The descriptors one guest may hold at once
+    /// ([`MAX_OPEN_HANDLES`](crate::MAX_OPEN_HANDLES)).
+    MaxOpenHandles {
+        /// The limit.
+        limit: u64,
+    },
+    /// The directory listings one guest may have open at once.
+    MaxOpenListings {
+        /// The limit.
+        limit: u64,
+    },
+    /// The process's open-file limit, too low for even one invocation.
+    OpenFileLimit {
+        /// The process's limit.
+        limit: u64,
+        /// What one invocation needs.
+        needed: u64,
+    },
+    /// [`Limits::max_output`](crate::Limits::max_output).
+    MaxOutput {
+        /// The limit.
+        limit: ByteSize,
+        /// The outputs' total size, in bytes.
+        size: u64,
+    },
+    /// [`MAX_OUTPUTS`](crate::MAX_OUTPUTS).
+    MaxOutputs {
+        /// The limit.
+        limit: u64,
+    },
 }
 
 #[cfg(test)]
@@ -645,6 +714,6 @@ mod tests {
     fn too_many_outputs_is_output_too_large_with_its_bound() {
         let err = RunError::TooManyOutputs { limit: 10_000 };
         assert_eq!(err.outcome(), Outcome::OutputTooLarge);
-        assert_eq!(err.limit_hit(), Some(serde_json::json!({ "max_outputs": 10_000 })));
+        assert_eq!(err.limit_hit(), Some(LimitHit::MaxOutputs { limit: 10_000 }));
     }
 }

@@ -22,19 +22,21 @@ use wasmtime::Trap;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
 
+use crate::collect::{OutputFile, collect_tree};
+use crate::deliver::{self, Delivered, Destination};
 use crate::error::RunError;
 use crate::fs::{PRIVATE_FILE, private_dir_builder};
-use crate::guest::{CappedOutput, GuestRun, GuestState, Preopen, StoreSetup, finish, new_store};
+use crate::guest::{CappedOutput, GuestRun, StoreSetup, finish, new_store};
 use crate::invocation::Admission;
 use crate::invoke::{Admitted, Stages};
 use crate::ledger::{Kind, Observed};
 use crate::limits::Limits;
 use crate::outcome::GuestAccount;
-use crate::outputs::{self, Delivered, Destination, OutputFile};
 use crate::program::{Program, ProgramKind};
 use crate::quota::stat_handle;
 use crate::runner::Runner;
 use crate::sandbox::Sandbox;
+use crate::store::{GuestState, Preopen};
 use crate::text;
 
 /// The folder a program sees its sandbox as: its only preopen.
@@ -395,7 +397,7 @@ impl Runner {
         let (sandbox, seeded) = stages
             .blocking(move || {
                 if let Some(destination) = &check {
-                    outputs::check_destination(destination)?;
+                    deliver::check_destination(destination)?;
                 }
                 let sandbox = runner.housekeeper().take(&root).map_err(RunError::Sandbox)?;
                 let Some(seed) = seed else { return Ok((sandbox, Vec::new())) };
@@ -455,8 +457,8 @@ impl Runner {
                             .output_dir()
                             .map_err(|err| RunError::Host(format!("cannot open the program's folder: {err}")))
                             .and_then(|out| {
-                                let files = crate::outputs::collect_tree(out, max_output)?;
-                                crate::outputs::deliver(files, out, &destination, &cancel)
+                                let files = collect_tree(out, max_output)?;
+                                deliver::deliver(files, out, &destination, &cancel)
                             });
                         (sandbox, delivered)
                     })

@@ -11,19 +11,20 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::cancel::{Cancel, CancelOnDrop};
+use crate::collect::{OutputFile, collect};
+use crate::deliver::{Delivered, Destination, check_destination, deliver};
 use crate::error::RunError;
 use crate::guest::run_pipeline;
 use crate::input::{copy_input, stage_input};
 use crate::invocation::{Admission, Invocation};
 use crate::limits::Limits;
 use crate::outcome::classify;
-use crate::outputs::{self, Delivered, OutputFile};
 use crate::report::Report;
 use crate::runner::Runner;
 use crate::sandbox::Sandbox;
@@ -81,36 +82,6 @@ pub struct RunOutcome {
     pub stderr: String,
 }
 
-/// Tells a blocking stage to stop at its next step: set when the deadline
-/// passes or the invocation is dropped.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Cancel(Arc<AtomicBool>);
-
-impl Cancel {
-    /// `Err` once the invocation was stopped.
-    pub(crate) fn check(&self) -> io::Result<()> {
-        if self.0.load(Ordering::Relaxed) {
-            Err(io::Error::new(io::ErrorKind::Interrupted, "the invocation was stopped"))
-        } else {
-            Ok(())
-        }
-    }
-
-    fn cancel(&self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Cancels when dropped: an invocation whose future is dropped (Ctrl-C)
-/// stops its blocking stages.
-struct CancelOnDrop(Cancel);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.cancel();
-    }
-}
-
 impl Runner {
     /// Runs one invocation in a fresh sandbox: waits for (or, failing fast,
     /// refuses) a slot within the tenant's and the overall bound, spools a
@@ -143,7 +114,7 @@ impl Runner {
         let prepared = stages
             .blocking(move || {
                 // A destination that would refuse the outputs fails before any work.
-                outputs::check_destination(&destination)?;
+                check_destination(&destination)?;
                 let staged = stage_input(input, threshold)?;
                 cancel.check().map_err(RunError::Sandbox)?;
                 let spooled = staged.fits_in_memory && root.1.is_some();
@@ -210,11 +181,11 @@ impl Runner {
                         .output_dir()
                         .map_err(|err| RunError::Host(format!("cannot open the sandbox's output folder: {err}")))?;
                     let collecting = Instant::now();
-                    let files = outputs::collect(out, &report, max_output)?;
+                    let files = collect(out, &report, max_output)?;
                     let collected = collecting.elapsed();
                     tracing::info!(outputs = files.files.len(), "outputs collected");
                     let delivering = Instant::now();
-                    let (delivered, files) = outputs::deliver(files, out, &destination, &cancel)?;
+                    let (delivered, files) = deliver(files, out, &destination, &cancel)?;
                     Ok((delivered, files, collected, delivering.elapsed()))
                 })();
                 (sandbox, report, result)
@@ -339,7 +310,7 @@ impl Runner {
 /// What the first blocking stage hands to the next.
 struct Prepared {
     sandbox: Sandbox,
-    destination: crate::outputs::Destination,
+    destination: Destination,
     spooled: bool,
     created: Duration,
     copied: Duration,

@@ -14,8 +14,9 @@ use crate::bindings::orders::pipeline::types::PipelineError;
 use crate::error::RunError;
 use crate::ledger::{Refused, Usage};
 use crate::limits::Limits;
-use crate::quota::{MAX_OPEN_HANDLES, MAX_OPEN_LISTINGS};
+use crate::quota::MAX_OPEN_LISTINGS;
 use crate::report::Report;
+use crate::store::MAX_OPEN_HANDLES;
 use crate::text;
 
 /// How the guest's call ended.
@@ -105,6 +106,7 @@ fn trap(err: &wasmtime::Error, limits: &Limits, stderr: String) -> RunError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::LimitHit;
     use crate::error::Outcome;
 
     fn report(rows: u64) -> Report {
@@ -134,9 +136,9 @@ mod tests {
         // `get-directories` past the cap traps: the cap's class all the same.
         let trapped = GuestEnd::Trapped(wasmtime::Error::msg("the guest holds 256 descriptors"));
         let err = classify(trapped, refused(&[Refused::Handles]), &limits).expect_err("trap");
-        assert_eq!(err.limit_hit(), Some(serde_json::json!({ "max_open_handles": MAX_OPEN_HANDLES })));
+        assert_eq!(err.limit_hit(), Some(LimitHit::MaxOpenHandles { limit: MAX_OPEN_HANDLES }));
         let err = classify(failed(), refused(&[Refused::Listings]), &limits).expect_err("failed");
-        assert_eq!(err.limit_hit(), Some(serde_json::json!({ "max_open_listings": MAX_OPEN_LISTINGS })));
+        assert_eq!(err.limit_hit(), Some(LimitHit::MaxOpenListings { limit: MAX_OPEN_LISTINGS as u64 }));
         let memory = GuestAccount { refused_memory: Some(1 << 30), ..GuestAccount::default() };
         let trapped = GuestEnd::Trapped(wasmtime::Error::msg("unreachable"));
         assert_eq!(classify(trapped, memory, &limits).expect_err("trap").outcome(), Outcome::MemoryLimit);

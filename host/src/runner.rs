@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::Semaphore;
 
 use crate::cache::CodeCache;
+use crate::deliver::{FLUSHERS, HASHERS};
 use crate::engine::{EngineSettings, GuestEngine};
 use crate::error::RunError;
 use crate::housekeeper::Housekeeper;
 use crate::limits::Limits;
-use crate::outputs::{FLUSHERS, HASHERS};
-use crate::quota::MAX_OPEN_HANDLES;
 use crate::sandbox::{SandboxRoot, Sweep};
+use crate::store::MAX_OPEN_HANDLES;
 use crate::tenants::{MAX_IDLE_TENANTS, Tenant, Tenants};
 
 /// How a [`Runner`] is set up; everything per invocation is in [`crate::Invocation`].
@@ -35,7 +35,7 @@ pub struct RunnerConfig {
     /// It costs some speed, so it is off unless asked for.
     pub fuel_metering: bool,
     /// Invocations that may run at once, over all tenants; more wait (or
-    /// fail fast, see [`crate::Admission`]). Default: the number of CPUs.
+    /// fail fast, see [`crate::Invocation::fail_fast`]). Default: the number of CPUs.
     ///
     /// Lowered, with a warning, to what the process's open-file limit
     /// allows: each invocation may make the host hold
@@ -385,7 +385,7 @@ mod tests {
         assert_eq!(concurrency_within(Some(1 << 20), 0, 0).expect("at least one"), 1);
         let err = concurrency_within(Some(384 + 275), 8, 0).expect_err("none fits");
         assert_eq!(err.outcome(), Outcome::HostError);
-        assert_eq!(err.limit_hit(), Some(serde_json::json!({ "open_file_limit": 659, "needed": 660 })));
+        assert_eq!(err.limit_hit(), Some(crate::LimitHit::OpenFileLimit { limit: 659, needed: 660 }));
         assert!(err.to_string().contains("`ulimit -n`, RLIMIT_NOFILE) to at least 660"), "{err}");
     }
 }

@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 
 use crate::error::RunError;
 use crate::limits::Limits;
-use crate::sandbox::SandboxRoot;
+use crate::sandbox::{SandboxRoot, is_tenant_id};
 
 /// Idle tenants whose state is kept (two folder descriptors each); past
 /// this, idle ones are dropped as new ones come.
@@ -96,12 +96,6 @@ impl Tenants {
     pub(crate) fn profile(&self, id: &str) -> Option<Limits> {
         self.profiles.lock().unwrap_or_else(PoisonError::into_inner).get(id).copied()
     }
-}
-
-/// Whether `id` can name a tenant: 1-64 characters of `[A-Za-z0-9_-]` (it
-/// becomes part of a folder name).
-pub(crate) fn is_tenant_id(id: &str) -> bool {
-    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn check_tenant_id(id: &str) -> Result<(), RunError> {

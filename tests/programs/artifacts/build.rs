@@ -1,7 +1,8 @@
-//! Builds every example of `test-programs` for wasm32-wasip2 (a nested cargo
-//! into `OUT_DIR`) and writes `$OUT_DIR/components.rs`: one `pub const NAME:
-//! &str` per component, holding its absolute path, and `ALL`; then every
-//! program of `exec-programs` twice, as a preview1 core module
+//! Builds every example of `test-programs` (`tests/programs/examples/`) for
+//! wasm32-wasip2 (a nested cargo into `OUT_DIR`) and writes
+//! `$OUT_DIR/components.rs`: one `pub const NAME: &str` per component,
+//! holding its absolute path, and `ALL`; then every program of
+//! `exec-programs` (`tests/programs/exec/`) twice, as a preview1 core module
 //! (`NAME_MODULE`) and as a `wasi:cli/command` component (`NAME_COMMAND`).
 
 use std::env;
@@ -13,7 +14,8 @@ use wasm_build::{Artifacts, GuestBuild, PREVIEW1_TARGET, TARGET, components_in};
 
 fn main() {
     // The nested build's dep-info covers the sources it compiled; these catch
-    // what it cannot: a new example, a changed manifest or WIT file.
+    // what it cannot: a new example, a changed manifest (`tests/programs/`)
+    // or WIT file (`wit/` at the top of the workspace).
     for path in ["../Cargo.toml", "../src", "../examples", "../exec", "../../../wit"] {
         println!("cargo:rerun-if-changed={path}");
     }
@@ -28,7 +30,7 @@ fn main() {
     for (name, path) in &components {
         let path = path.to_str().unwrap_or_else(|| panic!("{} is not UTF-8", path.display()));
         let constant = name.to_uppercase();
-        writeln!(code, "/// Path of the `{name}` component (see `test-programs/examples/{name}.rs`).")
+        writeln!(code, "/// Path of the `{name}` component (see `tests/programs/examples/{name}.rs`).")
             .expect("writing to a String cannot fail");
         writeln!(code, "pub const {constant}: &str = {path:?};").expect("writing to a String cannot fail");
         writeln!(all, "    ({name:?}, {constant}),").expect("writing to a String cannot fail");

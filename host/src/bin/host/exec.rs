@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use orders_host::{
-    ByteSize, CodeCache, Destination, Exec, ExecError, ExecOutcome, Limits, OutputSink, RunError, Runner, RunnerConfig,
+    ByteSize, Destination, Exec, ExecError, ExecOutcome, Limits, OutputSink, RunError, Runner, RunnerConfig,
 };
 
 use crate::RootArgs;
@@ -117,7 +117,7 @@ fn exec(args: &ExecArgs) -> Result<ExecOutcome, ExecError> {
         memory_root: args.root.memory_root.clone(),
         fuel_metering: limits.fuel.is_some(),
         max_concurrent: 1,
-        cache_dir: if args.no_cache { None } else { args.cache_dir.clone().or_else(CodeCache::default_path) },
+        cache_dir: if args.no_cache { None } else { args.cache_dir.clone().or_else(orders_host::default_cache_dir) },
         ..RunnerConfig::default()
     };
     let runner = Runner::new(&config)?;
@@ -161,7 +161,7 @@ fn print_json_success(outcome: &ExecOutcome) {
         "outcome": orders_host::Outcome::Success,
         "exit_code": outcome.exit_code,
         "outputs": outcome.outputs,
-        "destination": destination(outcome.delivered.as_ref()),
+        "destination": render::delivered_path(outcome.delivered.as_ref()),
         "stdout_dropped_bytes": outcome.stdout.1,
         "stderr_dropped_bytes": outcome.stderr.1,
         "peak_memory_bytes": outcome.peak_memory,
@@ -178,14 +178,7 @@ fn print_json_failure(failure: &ExecError) {
         "exit_code": failure.exit_code,
         "host_exit_code": exit_code(&failure.error),
         "error": render::message(&failure.error),
-        "limit": failure.error.limit_hit(),
+        "limit": failure.error.limit_hit().map(render::limit_json),
         "sandbox_peak": failure.error.sandbox_peak(),
     }));
-}
-
-fn destination(delivered: Option<&orders_host::Delivered>) -> Option<String> {
-    match delivered? {
-        orders_host::Delivered::Folder(path) | orders_host::Delivered::Tar(path) => Some(path.display().to_string()),
-        orders_host::Delivered::Memory(_) => None,
-    }
 }

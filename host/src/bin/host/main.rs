@@ -67,7 +67,7 @@ fn main() -> ExitCode {
         Command::Sweep { root } => match sweep_command(&root) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
-                eprintln!("host: {err:#}");
+                eprintln!("host: {}", render::with_flags(&format!("{err:#}")));
                 ExitCode::from(render::exit_code(orders_host::Outcome::HostError))
             }
         },
@@ -77,7 +77,7 @@ fn main() -> ExitCode {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| render::LogWriter).init();
 }
 
 fn sweep_command(args: &RootArgs) -> anyhow::Result<()> {

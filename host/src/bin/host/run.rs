@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Args;
 use orders_host::{
-    ByteSize, CodeCache, Destination, Input, Invocation, Limits, Progress, RunError, RunOutcome, Runner, RunnerConfig,
+    ByteSize, Destination, Input, Invocation, Limits, Progress, RunError, RunOutcome, Runner, RunnerConfig,
 };
 
 use crate::RootArgs;
@@ -149,7 +149,7 @@ fn run(args: &RunArgs) -> Result<RunOutcome, RunError> {
         spool_threshold: args.spool_threshold.bytes(),
         fuel_metering: limits.fuel.is_some(),
         max_concurrent: 1,
-        cache_dir: if args.no_cache { None } else { args.cache_dir.clone().or_else(CodeCache::default_path) },
+        cache_dir: if args.no_cache { None } else { args.cache_dir.clone().or_else(orders_host::default_cache_dir) },
         ..RunnerConfig::default()
     };
     let runner = Runner::new(&config)?;
