@@ -640,3 +640,72 @@ fn seed_over(seed: &Path, what: String) -> RunError {
 fn observed(handle: &impl rustix::fd::AsFd, kind: Kind) -> Result<Observed, RunError> {
     stat_handle(handle).map(|seen| Observed { kind, ..seen }).map_err(RunError::Sandbox)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Outcome;
+    use crate::ledger::Refused;
+
+    fn refused(bounds: &[Refused]) -> GuestAccount {
+        GuestAccount { refused: bounds.to_vec(), ..GuestAccount::default() }
+    }
+
+    #[test]
+    fn a_program_s_own_exit_is_its_code_unless_a_limit_made_it_fail() {
+        let limits = Limits::default();
+        let code = |end, account: &GuestAccount| classify_command(end, account, &limits);
+        assert_eq!(code(CommandEnd::Exited(0), &refused(&[Refused::Bytes])).expect("coped"), 0);
+        assert_eq!(code(CommandEnd::Exited(42), &GuestAccount::default()).expect("its own"), 42);
+        let err = code(CommandEnd::Exited(1), &refused(&[Refused::Bytes])).expect_err("the quota");
+        assert_eq!(err.outcome(), Outcome::DiskQuota);
+        let trapped = CommandEnd::Trapped(wasmtime::Error::msg("unreachable"));
+        let memory = GuestAccount { refused_memory: Some(1 << 30), ..GuestAccount::default() };
+        assert_eq!(code(trapped, &memory).expect_err("memory").outcome(), Outcome::MemoryLimit);
+        let trapped = CommandEnd::Trapped(wasmtime::Error::msg("unreachable"));
+        assert_eq!(code(trapped, &GuestAccount::default()).expect_err("trap").outcome(), Outcome::Trap);
+        let timed_out = CommandEnd::TimedOut(Duration::from_secs(1));
+        assert_eq!(code(timed_out, &refused(&[Refused::Files])).expect_err("timeout").outcome(), Outcome::Timeout);
+    }
+
+    #[test]
+    fn exits_arrive_as_their_codes() {
+        assert!(matches!(CommandEnd::from_call(Ok(Ok(()))), CommandEnd::Exited(0)));
+        assert!(matches!(CommandEnd::from_call(Ok(Err(()))), CommandEnd::Exited(1)));
+        assert!(matches!(CommandEnd::from_call(Err(wasmtime::Error::new(I32Exit(33)))), CommandEnd::Exited(33)));
+        // Never a success by truncation.
+        assert!(matches!(CommandEnd::from_call(Err(wasmtime::Error::new(I32Exit(256)))), CommandEnd::Exited(1)));
+        assert!(matches!(CommandEnd::from_call(Err(wasmtime::Error::msg("trap"))), CommandEnd::Trapped(_)));
+    }
+
+    #[test]
+    fn a_seed_is_copied_private_and_charged_and_its_links_are_refused() {
+        let base = std::env::temp_dir().join(format!("exec-unit-{}", crate::fs::random_hex().expect("rng")));
+        let (seed, target) = (base.join("seed"), base.join("target"));
+        std::fs::create_dir_all(seed.join("a/b")).expect("seed folders");
+        std::fs::create_dir_all(&target).expect("target");
+        std::fs::write(seed.join("a/b/file.txt"), "12345").expect("seed file");
+        let target_dir = Dir::open_ambient_dir(&target, cap_std::ambient_authority()).expect("open");
+        let made = copy_seed(&seed, &target_dir, &Limits::default()).expect("copied");
+        let kinds: Vec<Kind> = made.iter().map(|seen| seen.kind).collect();
+        assert_eq!(kinds, [Kind::Folder, Kind::Folder, Kind::File]);
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |path: &Path| std::fs::metadata(path).expect("stat").permissions().mode() & 0o777;
+        assert_eq!((mode(&target.join("a/b")), mode(&target.join("a/b/file.txt"))), (0o700, 0o600));
+        assert_eq!(std::fs::read_to_string(target.join("a/b/file.txt")).expect("copy"), "12345");
+
+        let tight = Limits { max_files: 2, ..Limits::default() };
+        std::fs::create_dir(base.join("target2")).expect("target2");
+        let target2 = Dir::open_ambient_dir(base.join("target2"), cap_std::ambient_authority()).expect("open");
+        let err = copy_seed(&seed, &target2, &tight).expect_err("three entries");
+        assert!(err.to_string().contains("file limit"), "{err}");
+
+        std::os::unix::fs::symlink("/etc", seed.join("a/etc")).expect("link");
+        std::fs::create_dir(base.join("target3")).expect("target3");
+        let target3 = Dir::open_ambient_dir(base.join("target3"), cap_std::ambient_authority()).expect("open");
+        let err = copy_seed(&seed, &target3, &Limits::default()).expect_err("a link");
+        assert!(err.to_string().contains("a/etc") && err.to_string().contains("symbolic link"), "{err}");
+        assert!(!base.join("target3/a/etc").exists(), "never followed nor copied");
+        std::fs::remove_dir_all(&base).expect("clean up");
+    }
+}

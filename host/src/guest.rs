@@ -330,4 +330,40 @@ mod tests {
         stream.write(Bytes::from_static(b"defgh")).expect("a full stderr still accepts writes");
         assert_eq!(stderr.contents(), ("abcde".to_owned(), 3));
     }
+
+    #[test]
+    fn forwarded_output_passes_through_up_to_the_limit_and_a_failing_writer_is_dropped() {
+        #[derive(Clone, Default)]
+        struct Shared(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Shared {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("lock").extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Shared::default();
+        let output = CappedOutput::forwarded(5, Box::new(sink.clone()));
+        let mut stream = output.p2_stream();
+        stream.write(Bytes::from_static(b"abc")).expect("write");
+        stream.write(Bytes::from_static(b"defgh")).expect("a full output still accepts writes");
+        assert_eq!(sink.0.lock().expect("lock").as_slice(), b"abcde");
+        assert_eq!(output.contents(), (String::new(), 3), "forwarded, not kept");
+
+        struct Broken;
+        impl std::io::Write for Broken {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let output = CappedOutput::forwarded(100, Box::new(Broken));
+        let mut stream = output.p2_stream();
+        stream.write(Bytes::from_static(b"abc")).expect("the guest never sees the broken pipe");
+        stream.write(Bytes::from_static(b"def")).expect("nor later");
+    }
 }
