@@ -13,8 +13,13 @@
 //!    ahead and removed in the background.
 //! 3. **Tiny invocation as a process**: `host run examples/orders.csv`, 20
 //!    times after a warm-up: p50 and mean wall time, start-up included.
+//! 4. **A small WASI program as a process**: `host exec` of the test probe
+//!    (`tests/programs/exec`, as a preview1 module and as a command
+//!    component) with a warm cache, beside the same program under wasmtime's
+//!    CLI when one is on `PATH` or named by `WASMTIME` (skipped, saying so,
+//!    otherwise): p50 wall times and their ratio.
 //!
-//! Run it with `cargo bench -p host --bench throughput`. Environment:
+//! Run it with `cargo bench -p orders-host --bench throughput`. Environment:
 //! `BENCH_ROWS` (rows of the big export, default 1000000), `BENCH_TINY`
 //! (library invocations per mode, default 5000), `ORDERS_SHARED_DIR` (the
 //! folder holding `tools/gen_orders.py`, default `../shared` beside the
@@ -57,6 +62,7 @@ const MAX_WASM_NATIVE_RATIO: f64 = 1.2;
 const MAX_HOST_RSS_BYTES: u64 = 120_000_000;
 const MAX_TINY_P50: Duration = Duration::from_micros(200);
 const MIN_TINY_RATE_2_WORKERS: f64 = 8_000.0;
+const MAX_EXEC_WASMTIME_RATIO: f64 = 1.2;
 
 fn main() -> Result<(), Box<dyn Error>> {
     if let Ok(mode) = std::env::var(CHILD_ENV) {
@@ -79,8 +85,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     tiny_library(&scratch, &example, tiny, false)?;
     tiny_library(&scratch, &example, tiny, true)?;
     tiny_process(&scratch, &example, has_cache)?;
+    small_program(&scratch)?;
     println!(
-        "\nreproduce: cargo bench -p host --bench throughput   (env BENCH_ROWS={rows} BENCH_TINY={tiny} \
+        "\nreproduce: cargo bench -p orders-host --bench throughput   (env BENCH_ROWS={rows} BENCH_TINY={tiny} \
          ORDERS_SHARED_DIR={})",
         shared.display()
     );
@@ -507,6 +514,63 @@ fn tiny_process(scratch: &Scratch, example: &Path, has_cache: bool) -> BenchResu
     table.row(["mean wall".into(), millis(mean)]);
     table.row(["min / max wall".into(), format!("{} / {}", millis(walls[0]), millis(walls[walls.len() - 1]))]);
     table.row(["peak RSS (warm-up run)".into(), rss(warm_up.peak_rss)]);
+    table.print();
+    Ok(())
+}
+
+/// Section 4: `host exec` of a small program against wasmtime's CLI.
+fn small_program(scratch: &Scratch) -> BenchResult<()> {
+    println!(
+        "\n== 4. A small WASI program as a process: `host exec` (warm cache) vs `wasmtime run`, {PROCESS_RUNS} runs =="
+    );
+    let wasmtime = std::env::var_os("WASMTIME").map(PathBuf::from).or_else(|| {
+        let found = Command::new("wasmtime").arg("--version").output().ok()?;
+        found.status.success().then(|| PathBuf::from("wasmtime"))
+    });
+    if wasmtime.is_none() {
+        println!(
+            "wasmtime: skipped (no `wasmtime` on PATH and WASMTIME unset; `cargo install wasmtime-cli` gives one)"
+        );
+    }
+    let p50 = |command: &mut dyn FnMut() -> Command| -> BenchResult<Duration> {
+        measure_child(&mut command())?;
+        let mut walls = Vec::with_capacity(PROCESS_RUNS);
+        for _ in 0..PROCESS_RUNS {
+            let mut child = command();
+            let measured = measure_child(&mut child)?;
+            walls.push(measured.wall);
+        }
+        walls.sort_unstable();
+        Ok(percentile(&walls, 50.0))
+    };
+    let mut table = Table::new(["program", "host exec p50", "wasmtime p50", "ratio (target <= 1.2x)"]);
+    let programs = [
+        ("preview1 module", test_programs_artifacts::WASI_PROBE_MODULE),
+        ("command component", test_programs_artifacts::WASI_PROBE_COMMAND),
+    ];
+    for (kind, program) in programs {
+        let cache = scratch.path().join("exec-cache");
+        let host = p50(&mut || {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_host"));
+            command.args(["exec", program, "--cache-dir"]).arg(&cache);
+            command.arg("--sandbox-root").arg(scratch.path().join("sandboxes"));
+            command.args(["--", "args", "one", "two"]);
+            command
+        })?;
+        let (wasmtime_p50, ratio) = match &wasmtime {
+            Some(wasmtime) => {
+                let p50 = p50(&mut || {
+                    let mut command = Command::new(wasmtime);
+                    command.args(["run", program, "args", "one", "two"]);
+                    command
+                })?;
+                let ratio = host.as_secs_f64() / p50.as_secs_f64();
+                (millis(p50), format!("{ratio:.2}x {}", verdict(ratio <= MAX_EXEC_WASMTIME_RATIO)))
+            }
+            None => ("skipped".into(), "-".into()),
+        };
+        table.row([kind.into(), millis(host), wasmtime_p50, ratio]);
+    }
     table.print();
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! sandbox folder, bounded so one tenant cannot starve the others.
 //!
 //! ```sh
-//! cargo run -p host --example embed
+//! cargo run -p orders-host --example embed
 //! ```
 
 use std::time::Duration;

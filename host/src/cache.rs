@@ -60,9 +60,17 @@ const ENGINE_NAME_HEX_DIGITS: usize = 16;
 const ENTRY_SUFFIX: &str = ".cwasm";
 const TEMP_PREFIX: &str = ".tmp-";
 
+/// The default folder of the compiled-code cache ([`crate::RunnerConfig::cache_dir`]):
+/// `$XDG_CACHE_HOME/orders-host`, else `$HOME/.cache/orders-host`; `None`
+/// when neither variable is usable.
+#[must_use]
+pub fn default_cache_dir() -> Option<PathBuf> {
+    default_path_from(std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME"))
+}
+
 /// How [`CodeCache::load_or_compile`] got its component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheStatus {
+pub(crate) enum CacheStatus {
     /// A valid entry was loaded: nothing was compiled.
     Hit,
     /// There was no entry: the component was compiled and (best effort) stored.
@@ -73,7 +81,7 @@ pub enum CacheStatus {
 }
 
 /// A folder of precompiled components, private to this user.
-pub struct CodeCache {
+pub(crate) struct CodeCache {
     dir: Dir,
     path: PathBuf,
 }
@@ -85,13 +93,6 @@ impl fmt::Debug for CodeCache {
 }
 
 impl CodeCache {
-    /// The default cache folder: `$XDG_CACHE_HOME/orders-host`, else
-    /// `$HOME/.cache/orders-host`; `None` when neither variable is usable.
-    #[must_use]
-    pub fn default_path() -> Option<PathBuf> {
-        default_path_from(std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME"))
-    }
-
     /// Opens the cache folder at `path`, creating it (and missing parents) 0700.
     ///
     /// This is the one place where the cache uses ambient authority: the path
@@ -107,8 +108,8 @@ impl CodeCache {
         Ok(Self { dir, path: path.to_owned() })
     }
 
-    /// Where the cache is on disk (for messages and logs).
-    #[must_use]
+    /// Where the cache is on disk.
+    #[cfg(test)]
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use crate::bindings::PipelinePre;
 use crate::error::RunError;
-use crate::guest::GuestState;
 use crate::runner::Runner;
+use crate::store::GuestState;
 
 /// The reference pipeline, built from `guest/` when the host is built.
 pub const BUNDLED_PIPELINE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/orders_pipeline.wasm"));

@@ -11,8 +11,8 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 
 use crate::cache::CodeCache;
 use crate::error::RunError;
-use crate::guest::{GuestState, SandboxPreopens};
 use crate::quota::QuotaFilesystem;
+use crate::store::{GuestState, SandboxPreopens};
 
 /// How often the epoch advances: the granularity at which a spinning guest
 /// yields, so that the wall-clock timeout can fire.

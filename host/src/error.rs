@@ -7,6 +7,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::ledger::Usage;
 use crate::limits::ByteSize;
 use crate::text::shown;
 
@@ -41,6 +42,14 @@ pub enum RunError {
         /// The name it was loaded under.
         name: String,
         /// What is wrong with it.
+        reason: String,
+    },
+    /// The bytes are not a WASI program (a `wasi:cli/command` component or a
+    /// preview1 core module), or it needs what the sandbox does not offer.
+    ProgramInvalid {
+        /// The name it was loaded under.
+        name: String,
+        /// What the bytes are, and what is accepted.
         reason: String,
     },
     /// The pipeline refused the input (its message).
@@ -84,6 +93,8 @@ pub enum RunError {
         limit: ByteSize,
         /// What the guest reported when it failed (its text, cut).
         guest: Option<String>,
+        /// The most the host's ledger charged the sandbox at once.
+        peak: Usage,
     },
     /// The guest hit its limit of files, folders and links.
     FileLimit {
@@ -91,6 +102,8 @@ pub enum RunError {
         limit: u64,
         /// What the guest reported when it failed (its text, cut).
         guest: Option<String>,
+        /// The most the host's ledger charged the sandbox at once.
+        peak: Usage,
     },
     /// The guest hit its limit of folders.
     FolderLimit {
@@ -98,6 +111,37 @@ pub enum RunError {
         limit: u64,
         /// What the guest reported when it failed (its text, cut).
         guest: Option<String>,
+        /// The most the host's ledger charged the sandbox at once.
+        peak: Usage,
+    },
+    /// The guest held as many host descriptors (descriptors, file streams,
+    /// listings) as one guest may ([`crate::MAX_OPEN_HANDLES`]) and asked for more.
+    HandleLimit {
+        /// The cap that was hit.
+        limit: u64,
+        /// What the guest reported when it failed (its text, cut).
+        guest: Option<String>,
+        /// The most the host's ledger charged the sandbox at once.
+        peak: Usage,
+    },
+    /// The guest held as many directory listings open as one guest may
+    /// ([`crate::MAX_OPEN_LISTINGS`]) and asked for more.
+    ListingLimit {
+        /// The bound that was hit.
+        limit: u64,
+        /// What the guest reported when it failed (its text, cut).
+        guest: Option<String>,
+        /// The most the host's ledger charged the sandbox at once.
+        peak: Usage,
+    },
+    /// The process may not open enough files (`RLIMIT_NOFILE`, even raised
+    /// to its hard limit) for one invocation at the most every guest may
+    /// hold; a runner built then could fail any tenant's run with EMFILE.
+    OpenFileLimit {
+        /// The process's limit, raised as far as it goes.
+        limit: u64,
+        /// What one invocation at a time needs, with the process's reserve.
+        needed: u64,
     },
     /// The outputs are larger than the output limit.
     OutputTooLarge {
@@ -233,6 +277,10 @@ pub enum Remedy {
     TryLater,
     /// Build a new runner.
     NewRunner,
+    /// Have the pipeline close what it no longer reads (the cap is fixed).
+    CloseHandles,
+    /// Raise the process's open-file limit to at least this many.
+    RaiseOpenFileLimit(u64),
 }
 
 impl std::fmt::Display for Remedy {
@@ -258,6 +306,10 @@ impl std::fmt::Display for Remedy {
             Self::Sweep => "sweep the sandbox root once no host runs on it",
             Self::TryLater => "try again later or wait for a slot",
             Self::NewRunner => "invocations need a new runner",
+            Self::CloseHandles => "have the pipeline close the files and listings it no longer needs",
+            Self::RaiseOpenFileLimit(needed) => {
+                return write!(f, "raise the open-file limit (`ulimit -n`, RLIMIT_NOFILE) to at least {needed}");
+            }
         })
     }
 }
@@ -357,7 +409,7 @@ impl RunError {
     pub fn outcome(&self) -> Outcome {
         match self {
             Self::InputUnreadable { .. } | Self::ComponentUnreadable { .. } => Outcome::InputUnreadable,
-            Self::ComponentInvalid { .. } => Outcome::ComponentInvalid,
+            Self::ComponentInvalid { .. } | Self::ProgramInvalid { .. } => Outcome::ComponentInvalid,
             Self::InvalidInput(_) => Outcome::InvalidInput,
             Self::PipelineFailed(_) | Self::TotalOverflow(_) => Outcome::PipelineError,
             Self::Trap { .. } => Outcome::Trap,
@@ -365,7 +417,10 @@ impl RunError {
             Self::MemoryLimit { .. } => Outcome::MemoryLimit,
             Self::FuelExhausted { .. } => Outcome::FuelExhausted,
             Self::DiskQuota { .. } => Outcome::DiskQuota,
-            Self::FileLimit { .. } | Self::FolderLimit { .. } => Outcome::FileLimit,
+            Self::FileLimit { .. }
+            | Self::FolderLimit { .. }
+            | Self::HandleLimit { .. }
+            | Self::ListingLimit { .. } => Outcome::FileLimit,
             Self::OutputTooLarge { .. } | Self::TooManyOutputs { .. } => Outcome::OutputTooLarge,
             Self::ContractViolation(_) => Outcome::ContractViolation,
             Self::Delivery { .. } => Outcome::DeliveryFailed,
@@ -373,7 +428,7 @@ impl RunError {
             Self::Interrupted => Outcome::Interrupted,
             Self::Busy { .. } => Outcome::Busy,
             Self::InvalidArgument(_) | Self::ShutDown => Outcome::InvalidArgument,
-            Self::Sandbox(_) | Self::Host(_) => Outcome::HostError,
+            Self::Sandbox(_) | Self::Host(_) | Self::OpenFileLimit { .. } => Outcome::HostError,
         }
     }
 
@@ -388,6 +443,9 @@ impl RunError {
             Self::ComponentInvalid { name, reason } => {
                 format!("{} is not a usable orders:pipeline@0.1.0 component: {}", shown(name), shown(reason))
             }
+            Self::ProgramInvalid { name, reason } => {
+                format!("{} is not a WASI program this host runs: {}", shown(name), shown(reason))
+            }
             Self::InvalidInput(message) => format!("the pipeline refused the input: {}", shown(message)),
             Self::PipelineFailed(message) | Self::TotalOverflow(message) => {
                 format!("the pipeline failed: {}", shown(message))
@@ -401,13 +459,29 @@ impl RunError {
                 format!("the guest hit the memory limit of {limit} (it asked for {requested} bytes)")
             }
             Self::FuelExhausted { fuel } => format!("the guest used up its fuel ({fuel} units)"),
-            Self::DiskQuota { limit, guest } => format!("the guest hit the disk quota of {limit}{}", guest_said(guest)),
-            Self::FileLimit { limit, guest } => {
+            Self::DiskQuota { limit, guest, .. } => {
+                format!("the guest hit the disk quota of {limit}{}", guest_said(guest))
+            }
+            Self::FileLimit { limit, guest, .. } => {
                 format!("the guest hit the limit of {limit} files and folders{}", guest_said(guest))
             }
-            Self::FolderLimit { limit, guest } => {
+            Self::FolderLimit { limit, guest, .. } => {
                 format!("the guest hit the limit of {limit} folders{}", guest_said(guest))
             }
+            Self::HandleLimit { limit, guest, .. } => format!(
+                "the guest held {limit} descriptors, file streams and listings at once, the most one guest may hold, \
+                 and asked for more{}",
+                guest_said(guest)
+            ),
+            Self::ListingLimit { limit, guest, .. } => format!(
+                "the guest held {limit} directory listings open at once, the most one guest may hold, and asked for \
+                 more{}",
+                guest_said(guest)
+            ),
+            Self::OpenFileLimit { limit, needed } => format!(
+                "the process may open {limit} files (RLIMIT_NOFILE), fewer than the {needed} one invocation \
+                 and the process's own files may need"
+            ),
             Self::OutputTooLarge { limit, size } => {
                 format!("the outputs are {size} bytes, more than the limit of {limit}")
             }
@@ -451,6 +525,8 @@ impl RunError {
             Self::DiskQuota { .. } => Remedy::Raise(LimitName::DiskQuota),
             Self::FileLimit { .. } => Remedy::Raise(LimitName::MaxFiles),
             Self::FolderLimit { .. } => Remedy::Raise(LimitName::MaxFolders),
+            Self::HandleLimit { .. } | Self::ListingLimit { .. } => Remedy::CloseHandles,
+            Self::OpenFileLimit { needed, .. } => Remedy::RaiseOpenFileLimit(*needed),
             Self::OutputTooLarge { .. } => Remedy::Raise(LimitName::MaxOutput),
             Self::TooManyOutputs { .. } => Remedy::FewerOutputs,
             Self::Delivery { reason: DeliveryError::FolderNotEmpty | DeliveryError::FileExists, .. } => {
@@ -467,26 +543,115 @@ impl RunError {
         })
     }
 
-    /// The figure that was hit, for `--json` and the service (`"limit": ...`).
+    /// For a limit of the sandbox (disk quota, files, folders, descriptors,
+    /// listings): the most of each figure the host's ledger charged the
+    /// sandbox at once, whatever the guest says.
     #[must_use]
-    pub fn limit_hit(&self) -> Option<serde_json::Value> {
+    pub fn sandbox_peak(&self) -> Option<Usage> {
         match self {
-            Self::Timeout { limit } => Some(serde_json::json!({ "timeout_ms": limit.as_millis() })),
-            Self::DeadlineExceeded { limit } => Some(serde_json::json!({ "deadline_ms": limit.as_millis() })),
-            Self::MemoryLimit { limit, requested } => {
-                Some(serde_json::json!({ "memory_bytes": limit.bytes(), "requested_bytes": requested }))
-            }
-            Self::FuelExhausted { fuel } => Some(serde_json::json!({ "fuel": fuel })),
-            Self::DiskQuota { limit, .. } => Some(serde_json::json!({ "disk_quota_bytes": limit.bytes() })),
-            Self::FileLimit { limit, .. } => Some(serde_json::json!({ "max_files": limit })),
-            Self::FolderLimit { limit, .. } => Some(serde_json::json!({ "max_folders": limit })),
-            Self::OutputTooLarge { limit, size } => {
-                Some(serde_json::json!({ "max_output_bytes": limit.bytes(), "output_bytes": size }))
-            }
-            Self::TooManyOutputs { limit } => Some(serde_json::json!({ "max_outputs": limit })),
+            Self::DiskQuota { peak, .. }
+            | Self::FileLimit { peak, .. }
+            | Self::FolderLimit { peak, .. }
+            | Self::HandleLimit { peak, .. }
+            | Self::ListingLimit { peak, .. } => Some(*peak),
             _ => None,
         }
     }
+
+    /// The limit that was hit, with its figure (and what passed it, where
+    /// that is known); `None` when the error is not a limit's.
+    #[must_use]
+    pub fn limit_hit(&self) -> Option<LimitHit> {
+        Some(match *self {
+            Self::Timeout { limit } => LimitHit::Timeout { limit },
+            Self::DeadlineExceeded { limit } => LimitHit::Deadline { limit },
+            Self::MemoryLimit { limit, requested } => LimitHit::Memory { limit, requested },
+            Self::FuelExhausted { fuel } => LimitHit::Fuel { fuel },
+            Self::DiskQuota { limit, .. } => LimitHit::DiskQuota { limit },
+            Self::FileLimit { limit, .. } => LimitHit::MaxFiles { limit },
+            Self::FolderLimit { limit, .. } => LimitHit::MaxFolders { limit },
+            Self::HandleLimit { limit, .. } => LimitHit::MaxOpenHandles { limit },
+            Self::ListingLimit { limit, .. } => LimitHit::MaxOpenListings { limit },
+            Self::OpenFileLimit { limit, needed } => LimitHit::OpenFileLimit { limit, needed },
+            Self::OutputTooLarge { limit, size } => LimitHit::MaxOutput { limit, size },
+            Self::TooManyOutputs { limit } => LimitHit::MaxOutputs { limit },
+            _ => return None,
+        })
+    }
+}
+
+/// A limit an invocation hit, with its figure: what [`RunError::limit_hit`]
+/// gives, for a front end to show (the `host` binary prints it in `--json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LimitHit {
+    /// [`Limits::timeout`](crate::Limits::timeout).
+    Timeout {
+        /// The limit.
+        limit: Duration,
+    },
+    /// The invocation's deadline ([`Invocation::deadline`](crate::Invocation::deadline)).
+    Deadline {
+        /// The limit.
+        limit: Duration,
+    },
+    /// [`Limits::memory`](crate::Limits::memory).
+    Memory {
+        /// The limit.
+        limit: ByteSize,
+        /// What the refused growth asked for, in bytes.
+        requested: u64,
+    },
+    /// [`Limits::fuel`](crate::Limits::fuel).
+    Fuel {
+        /// The fuel the guest had.
+        fuel: u64,
+    },
+    /// [`Limits::disk_quota`](crate::Limits::disk_quota).
+    DiskQuota {
+        /// The limit.
+        limit: ByteSize,
+    },
+    /// [`Limits::max_files`](crate::Limits::max_files).
+    MaxFiles {
+        /// The limit.
+        limit: u64,
+    },
+    /// [`Limits::max_folders`](crate::Limits::max_folders).
+    MaxFolders {
+        /// The limit.
+        limit: u64,
+    },
+    /// The descriptors one guest may hold at once
+    /// ([`MAX_OPEN_HANDLES`](crate::MAX_OPEN_HANDLES)).
+    MaxOpenHandles {
+        /// The limit.
+        limit: u64,
+    },
+    /// The directory listings one guest may have open at once.
+    MaxOpenListings {
+        /// The limit.
+        limit: u64,
+    },
+    /// The process's open-file limit, too low for even one invocation.
+    OpenFileLimit {
+        /// The process's limit.
+        limit: u64,
+        /// What one invocation needs.
+        needed: u64,
+    },
+    /// [`Limits::max_output`](crate::Limits::max_output).
+    MaxOutput {
+        /// The limit.
+        limit: ByteSize,
+        /// The outputs' total size, in bytes.
+        size: u64,
+    },
+    /// [`MAX_OUTPUTS`](crate::MAX_OUTPUTS).
+    MaxOutputs {
+        /// The limit.
+        limit: u64,
+    },
 }
 
 #[cfg(test)]
@@ -526,7 +691,7 @@ mod tests {
         );
         let err = RunError::Trap { message: "trap\r".into(), stderr: "panicked: \u{1b}[2J boom\n".into() };
         assert!(err.to_string().ends_with("trap\\u{d} (guest stderr: panicked: \\u{1b}[2J boom)"), "{err}");
-        let err = RunError::DiskQuota { limit: ByteSize(1), guest: Some("x".repeat(1 << 20)) };
+        let err = RunError::DiskQuota { limit: ByteSize(1), guest: Some("x".repeat(1 << 20)), peak: Usage::default() };
         assert!(err.to_string().len() < 2 * crate::text::GUEST_TEXT_LIMIT, "a long message is cut when shown");
     }
 
@@ -549,6 +714,6 @@ mod tests {
     fn too_many_outputs_is_output_too_large_with_its_bound() {
         let err = RunError::TooManyOutputs { limit: 10_000 };
         assert_eq!(err.outcome(), Outcome::OutputTooLarge);
-        assert_eq!(err.limit_hit(), Some(serde_json::json!({ "max_outputs": 10_000 })));
+        assert_eq!(err.limit_hit(), Some(LimitHit::MaxOutputs { limit: 10_000 }));
     }
 }

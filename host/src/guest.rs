@@ -8,23 +8,22 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cap_std::fs::Dir as CapDir;
-use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
+use wasmtime::{Engine, Store, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::bindings::Pipeline;
 use crate::component::Component;
 use crate::error::RunError;
-use crate::ledger::{Bounds, Kind, Ledger, Observed};
+use crate::ledger::{Bounds, Kind, Ledger, Observed, Usage};
 use crate::limits::Limits;
 use crate::outcome::{GuestAccount, GuestEnd};
-use crate::quota::{Held, MAX_OPEN_HANDLES, Progress, stat_handle};
+use crate::progress::Progress;
+use crate::quota::stat_handle;
 use crate::sandbox::{INPUT_FILE, Sandbox};
-use wasmtime::component::{HasData, Resource, ResourceTable};
+use crate::store::{BLOCK_CURRENT_THREAD, GuestState, Held, MAX_OPEN_HANDLES, MemoryLimiter, Preopen};
+use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::filesystem::{Descriptor, Dir};
-use wasmtime_wasi::p2::bindings::filesystem::preopens;
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
-use wasmtime_wasi::{FsPerms, OpenMode, WasiCtx, WasiCtxView, WasiView};
 
 /// Where the guest finds its input and writes its outputs.
 pub const GUEST_INPUT_DIR: &str = "/input";
@@ -37,10 +36,11 @@ pub const GUEST_OUTPUT_DIR: &str = "/out";
 /// the host hold that way to a few MiB.
 const MAX_TABLE_ENTRIES: usize = 16_384;
 
-/// How the guest's run went.
+/// How the guest's run went; `End` is how its call ended (a pipeline's
+/// result, or a command's exit).
 #[derive(Debug)]
-pub(crate) struct GuestRun {
-    pub end: GuestEnd,
+pub(crate) struct GuestRun<End> {
+    pub end: End,
     pub account: GuestAccount,
     /// Store, WASI context and instance.
     pub instantiate: Duration,
@@ -49,6 +49,8 @@ pub(crate) struct GuestRun {
     pub peak_memory: u64,
     pub fuel_used: Option<u64>,
     pub bytes_written: u64,
+    /// The most of each figure the ledger charged the sandbox at once.
+    pub sandbox_peak: Usage,
 }
 
 /// Runs `component` in `sandbox` under `limits` until it returns, traps, or
@@ -62,10 +64,18 @@ pub(crate) async fn run_pipeline(
     limits: &Limits,
     timeout: Duration,
     progress: Option<Arc<Progress>>,
-) -> Result<GuestRun, RunError> {
+) -> Result<GuestRun<GuestEnd>, RunError> {
     let started = Instant::now();
-    let stderr = CappedStderr::new(limits.stderr_limit.bytes());
-    let mut store = new_store(engine, fuel_metering, sandbox, limits, &stderr, progress)?;
+    let stderr = CappedOutput::kept(limits.stderr_limit.bytes());
+    let sandbox_error = |err: io::Error| RunError::Sandbox(err);
+    let preopens = vec![
+        Preopen::new(sandbox.input_dir().and_then(CapDir::try_clone).map_err(sandbox_error)?, GUEST_INPUT_DIR, false),
+        Preopen::new(sandbox.output_dir().and_then(CapDir::try_clone).map_err(sandbox_error)?, GUEST_OUTPUT_DIR, true),
+    ];
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.stderr(stderr.clone());
+    let setup = StoreSetup { wasi, preopens, progress };
+    let mut store = new_store(engine, fuel_metering, sandbox, limits, setup)?;
     tracing::debug!("guest started");
     let mut instantiated = None;
     let call = async {
@@ -80,39 +90,62 @@ pub(crate) async fn run_pipeline(
         Ok(Ok(Err(err))) => GuestEnd::Failed(err),
         Ok(Ok(Ok(report))) => GuestEnd::Returned(report),
     };
+    Ok(finish(store, end, started, instantiated, limits, &stderr))
+}
+
+/// What the guest's store is given besides the limits: its WASI context
+/// (arguments, environment, stdio), its folders, and whom to tell how far it
+/// read its input.
+pub(crate) struct StoreSetup {
+    pub wasi: WasiCtxBuilder,
+    pub preopens: Vec<Preopen>,
+    pub progress: Option<Arc<Progress>>,
+}
+
+/// Reads what the store counted and drops it, closing the guest's handles
+/// before its files are read.
+pub(crate) fn finish<End>(
+    store: Store<GuestState>,
+    end: End,
+    started: Instant,
+    instantiated: Option<Duration>,
+    limits: &Limits,
+    stderr: &CappedOutput,
+) -> GuestRun<End> {
     let elapsed = started.elapsed();
     let fuel_used = limits.fuel.and_then(|fuel| Some(fuel - store.get_fuel().ok()?));
     let state = store.data();
     let (peak_memory, refused_memory) = (state.limiter.peak() as u64, state.limiter.refused());
-    let (refused, bytes_written) = (state.ledger.refused(), state.ledger.usage().bytes);
-    // Closing the guest's handles before its files are read.
+    let (refused, bytes_written, sandbox_peak) =
+        (state.ledger.refused(), state.ledger.usage().bytes, state.ledger.peak());
     drop(store);
     let (stderr, stderr_dropped) = stderr.contents();
     if stderr_dropped > 0 {
         tracing::debug!(stderr_dropped, "guest stderr beyond the limit was dropped");
     }
     tracing::debug!(?elapsed, "guest finished");
-    Ok(GuestRun {
+    GuestRun {
         end,
-        account: GuestAccount { refused, refused_memory, stderr },
+        account: GuestAccount { refused, refused_memory, peak: sandbox_peak, stderr },
         instantiate: instantiated.unwrap_or(elapsed),
         elapsed,
         peak_memory,
         fuel_used,
         bytes_written,
-    })
+        sandbox_peak,
+    }
 }
 
-/// A store for one guest: its preopens served from the sandbox's handles,
-/// no environment, no arguments, no stdin, stdout discarded, stderr capped,
-/// no network; the ledger, memory limiter, epoch deadline and fuel.
-fn new_store(
+/// A store for one guest: the folders and WASI context of `setup` and
+/// nothing else (no network; what `setup` does not give, such as stdin or
+/// the environment, is empty), the ledger, memory limiter, epoch deadline
+/// and fuel.
+pub(crate) fn new_store(
     engine: &Engine,
     fuel_metering: bool,
     sandbox: &Sandbox,
     limits: &Limits,
-    stderr: &CappedStderr,
-    progress: Option<Arc<Progress>>,
+    setup: StoreSetup,
 ) -> Result<Store<GuestState>, RunError> {
     let sandbox_error = |err: io::Error| RunError::Sandbox(err);
     let ledger = Ledger::new(Bounds {
@@ -124,12 +157,8 @@ fn new_store(
     // The output folder is the host's: only what the guest makes it grow by is charged.
     let out_root = stat_handle(sandbox.output_dir().map_err(sandbox_error)?).map_err(sandbox_error)?;
     ledger.observe(Observed { kind: Kind::Root, ..out_root });
-    let preopens = vec![
-        Preopen::new(sandbox.input_dir().and_then(CapDir::try_clone).map_err(sandbox_error)?, GUEST_INPUT_DIR, false),
-        Preopen::new(sandbox.output_dir().and_then(CapDir::try_clone).map_err(sandbox_error)?, GUEST_OUTPUT_DIR, true),
-    ];
-    let wasi = WasiCtxBuilder::new()
-        .stderr(stderr.clone())
+    let StoreSetup { mut wasi, preopens, progress } = setup;
+    let wasi = wasi
         .allow_blocking_current_thread(BLOCK_CURRENT_THREAD)
         .allow_tcp(false)
         .allow_udp(false)
@@ -157,202 +186,68 @@ fn new_store(
     Ok(store)
 }
 
-/// Blocking file operations run inline: each is small (at most one stream
-/// chunk), and a worker-thread hop per call costs more.
-pub(crate) const BLOCK_CURRENT_THREAD: bool = true;
-
-/// A folder the guest sees at `guest_path`, given as a capability.
-pub struct Preopen {
-    handle: PreopenHandle,
-    guest_path: String,
-    writable: bool,
-}
-
-enum PreopenHandle {
-    /// Not asked for yet: handed over as it is, without a `dup`.
-    Unused(cap_std::fs::Dir),
-    /// Already handed to the guest; another request shares the descriptor.
-    Given(Dir),
-    /// Only while being handed over.
-    Moving,
-}
-
-impl Preopen {
-    pub fn new(dir: cap_std::fs::Dir, guest_path: &str, writable: bool) -> Self {
-        Self { handle: PreopenHandle::Unused(dir), guest_path: guest_path.to_owned(), writable }
-    }
-
-    /// The folder as a WASI descriptor.
-    fn descriptor(&mut self) -> wasmtime::Result<Dir> {
-        let (perms, mode) = if self.writable {
-            (FsPerms::ReadWrite, OpenMode::READ | OpenMode::WRITE)
-        } else {
-            (FsPerms::ReadOnly, OpenMode::READ)
-        };
-        let dir = match std::mem::replace(&mut self.handle, PreopenHandle::Moving) {
-            PreopenHandle::Unused(handle) => Dir::new(handle.into_std_file(), perms, mode, BLOCK_CURRENT_THREAD),
-            PreopenHandle::Given(dir) => dir,
-            PreopenHandle::Moving => wasmtime::bail!("the preopen {} was lost", self.guest_path),
-        };
-        self.handle = PreopenHandle::Given(dir.clone());
-        Ok(dir)
-    }
-}
-
-impl std::fmt::Debug for Preopen {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Preopen").field("guest_path", &self.guest_path).field("writable", &self.writable).finish()
-    }
-}
-
-/// The store's data: everything a guest can reach goes through here.
-pub struct GuestState {
-    pub wasi: WasiCtx,
-    pub table: ResourceTable,
-    pub limiter: MemoryLimiter,
-    pub preopens: Vec<Preopen>,
-    pub ledger: Arc<Ledger>,
-    pub held: Held,
-    pub progress: Option<Arc<Progress>>,
-}
-
-impl WasiView for GuestState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
-    }
-}
-
-/// Serves `wasi:filesystem/preopens` from the sandbox's own handles, so no
-/// path is ever re-opened by name (wasmtime-wasi's builder only takes paths).
-pub struct SandboxPreopens;
-
-impl HasData for SandboxPreopens {
-    type Data<'a> = SandboxPreopensView<'a>;
-}
-
-pub struct SandboxPreopensView<'a> {
-    preopens: &'a mut [Preopen],
-    table: &'a mut ResourceTable,
-    ledger: &'a Arc<Ledger>,
-    held: &'a mut Held,
-}
-
-impl GuestState {
-    pub fn preopens_view(&mut self) -> SandboxPreopensView<'_> {
-        SandboxPreopensView {
-            preopens: &mut self.preopens,
-            table: &mut self.table,
-            ledger: &self.ledger,
-            held: &mut self.held,
-        }
-    }
-}
-
-impl preopens::Host for SandboxPreopensView<'_> {
-    /// Every call hands out new descriptors, each counted against the cap
-    /// like any other (they share the host's handle, but a guest dropping
-    /// them must not give back what it did not take).
-    fn get_directories(&mut self) -> wasmtime::Result<Vec<(Resource<Descriptor>, String)>> {
-        let mut dirs = Vec::with_capacity(self.preopens.len());
-        for preopen in self.preopens.iter_mut() {
-            let Ok(hold) = self.ledger.hold() else {
-                wasmtime::bail!(
-                    "the guest holds {} descriptors, the most one guest may hold; it asked for its folders again \
-                     without closing them",
-                    crate::quota::MAX_OPEN_HANDLES
-                );
-            };
-            let dir = preopen.descriptor()?;
-            let fd = self.table.push(Descriptor::Dir(dir))?;
-            self.held.insert(&fd, hold);
-            dirs.push((fd, preopen.guest_path.clone()));
-        }
-        Ok(dirs)
-    }
-}
-
-/// Keeps the memory of one instance under a limit and remembers whether a
-/// growth was refused, so a later trap is reported as the limit it was.
-/// Linear memories and tables count together: a table's elements live in
-/// host memory too (a pointer each).
-#[derive(Debug)]
-pub struct MemoryLimiter {
-    limit: usize,
-    total: usize,
-    peak: usize,
-    refused: Option<usize>,
-}
-
-/// The host memory one table element takes.
-const TABLE_ELEMENT_BYTES: usize = size_of::<usize>();
-
-impl MemoryLimiter {
-    pub fn new(limit: u64) -> Self {
-        Self { limit: usize::try_from(limit).unwrap_or(usize::MAX), total: 0, peak: 0, refused: None }
-    }
-
-    /// Grows the total from `current` to `desired` bytes of one memory or
-    /// table, unless that passes the limit.
-    fn grow(&mut self, current: usize, desired: usize) -> bool {
-        let total = (self.total - current.min(self.total)).saturating_add(desired);
-        if total > self.limit {
-            self.refused = Some(total);
-            return false;
-        }
-        self.total = total;
-        self.peak = self.peak.max(total);
-        true
-    }
-
-    /// The size a refused growth asked for, if any growth was refused.
-    pub fn refused(&self) -> Option<usize> {
-        self.refused
-    }
-
-    /// The most linear memory the instance held at once.
-    pub fn peak(&self) -> usize {
-        self.peak
-    }
-}
-
-impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(self.grow(current, desired))
-    }
-
-    fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(self.grow(current.saturating_mul(TABLE_ELEMENT_BYTES), desired.saturating_mul(TABLE_ELEMENT_BYTES)))
-    }
-}
-
-/// Guest stderr: the first `limit` bytes are kept, the rest is counted and
-/// dropped as it arrives, and the guest always sees its writes succeed (a
-/// failing stderr makes Rust's `eprintln!` panic, which would turn a noisy
-/// guest into a crashing one).
-#[derive(Clone, Debug)]
-pub struct CappedStderr {
+/// A guest's stdout or stderr, capped: the first `limit` bytes are kept in
+/// memory, or forwarded as they come to a writer of the caller's (never
+/// buffered), and the rest is counted and dropped as it arrives. The guest
+/// always sees its writes succeed (a failing stderr makes Rust's `eprintln!`
+/// panic, which would turn a noisy guest into a crashing one), and a writer
+/// that fails (a closed pipe) is dropped, not retried.
+#[derive(Clone)]
+pub struct CappedOutput {
     inner: Arc<Mutex<CappedBuffer>>,
 }
 
-#[derive(Debug, Default)]
+impl std::fmt::Debug for CappedOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CappedOutput").finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
 struct CappedBuffer {
     kept: Vec<u8>,
+    forward: Option<Box<dyn std::io::Write + Send>>,
+    /// Bytes taken (kept or forwarded) so far.
+    taken: usize,
     dropped: u64,
     limit: usize,
 }
 
-impl CappedStderr {
-    pub fn new(limit: u64) -> Self {
+impl CappedOutput {
+    /// Keeps the first `limit` bytes in memory.
+    pub fn kept(limit: u64) -> Self {
+        Self::new(limit, None)
+    }
+
+    /// Forwards the first `limit` bytes to `writer` as they come.
+    pub fn forwarded(limit: u64, writer: Box<dyn std::io::Write + Send>) -> Self {
+        Self::new(limit, Some(writer))
+    }
+
+    fn new(limit: u64, forward: Option<Box<dyn std::io::Write + Send>>) -> Self {
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        Self { inner: Arc::new(Mutex::new(CappedBuffer { limit, ..CappedBuffer::default() })) }
+        Self { inner: Arc::new(Mutex::new(CappedBuffer { limit, forward, ..CappedBuffer::default() })) }
     }
 
     fn push(&self, bytes: &[u8]) {
         let mut buffer = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let room = buffer.limit.saturating_sub(buffer.kept.len());
-        let kept = bytes.len().min(room);
-        buffer.kept.extend_from_slice(&bytes[..kept]);
-        buffer.dropped += (bytes.len() - kept) as u64;
+        let room = buffer.limit.saturating_sub(buffer.taken);
+        let taken = bytes.len().min(room);
+        buffer.taken += taken;
+        buffer.dropped += (bytes.len() - taken) as u64;
+        if taken == 0 {
+            return;
+        }
+        match &mut buffer.forward {
+            Some(writer) => {
+                let written = writer.write_all(&bytes[..taken]).and_then(|()| writer.flush());
+                if let Err(err) = written {
+                    tracing::debug!("a guest output's writer failed and is dropped: {err}");
+                    buffer.forward = None;
+                }
+            }
+            None => buffer.kept.extend_from_slice(&bytes[..taken]),
+        }
     }
 
     /// What was kept, decoded lossily, and how many bytes were dropped.
@@ -362,13 +257,13 @@ impl CappedStderr {
     }
 }
 
-impl IsTerminal for CappedStderr {
+impl IsTerminal for CappedOutput {
     fn is_terminal(&self) -> bool {
         false
     }
 }
 
-impl StdoutStream for CappedStderr {
+impl StdoutStream for CappedOutput {
     fn p2_stream(&self) -> Box<dyn OutputStream> {
         Box::new(self.clone())
     }
@@ -378,7 +273,7 @@ impl StdoutStream for CappedStderr {
     }
 }
 
-impl OutputStream for CappedStderr {
+impl OutputStream for CappedOutput {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
         self.push(&bytes);
         Ok(())
@@ -394,11 +289,11 @@ impl OutputStream for CappedStderr {
 }
 
 #[wasmtime_wasi::async_trait]
-impl Pollable for CappedStderr {
+impl Pollable for CappedOutput {
     async fn ready(&mut self) {}
 }
 
-impl tokio::io::AsyncWrite for CappedStderr {
+impl tokio::io::AsyncWrite for CappedOutput {
     fn poll_write(
         self: std::pin::Pin<&mut Self>,
         _cx: &mut std::task::Context<'_>,
@@ -429,7 +324,7 @@ mod tests {
 
     #[test]
     fn stderr_keeps_the_first_bytes_and_counts_the_rest() {
-        let stderr = CappedStderr::new(5);
+        let stderr = CappedOutput::kept(5);
         let mut stream = stderr.p2_stream();
         stream.write(Bytes::from_static(b"abc")).expect("write");
         stream.write(Bytes::from_static(b"defgh")).expect("a full stderr still accepts writes");
@@ -437,21 +332,38 @@ mod tests {
     }
 
     #[test]
-    fn memory_growth_past_the_limit_is_refused_and_remembered() {
-        let mut limiter = MemoryLimiter::new(100);
-        assert!(limiter.memory_growing(0, 60, None).expect("grow"));
-        assert!(limiter.memory_growing(60, 100, None).expect("grow"));
-        assert!(!limiter.memory_growing(100, 101, None).expect("refuse"));
-        assert_eq!(limiter.refused(), Some(101));
-        assert_eq!(limiter.peak(), 100);
-    }
+    fn forwarded_output_passes_through_up_to_the_limit_and_a_failing_writer_is_dropped() {
+        #[derive(Clone, Default)]
+        struct Shared(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Shared {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("lock").extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Shared::default();
+        let output = CappedOutput::forwarded(5, Box::new(sink.clone()));
+        let mut stream = output.p2_stream();
+        stream.write(Bytes::from_static(b"abc")).expect("write");
+        stream.write(Bytes::from_static(b"defgh")).expect("a full output still accepts writes");
+        assert_eq!(sink.0.lock().expect("lock").as_slice(), b"abcde");
+        assert_eq!(output.contents(), (String::new(), 3), "forwarded, not kept");
 
-    #[test]
-    fn table_elements_count_against_the_same_limit() {
-        let mut limiter = MemoryLimiter::new(1000);
-        assert!(limiter.memory_growing(0, 900, None).expect("grow"));
-        assert!(!limiter.table_growing(0, 100, None).expect("refuse"), "100 elements take 800 bytes");
-        assert!(limiter.table_growing(0, 10, None).expect("grow"));
-        assert_eq!(limiter.peak(), 900 + 10 * TABLE_ELEMENT_BYTES);
+        struct Broken;
+        impl std::io::Write for Broken {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let output = CappedOutput::forwarded(100, Box::new(Broken));
+        let mut stream = output.p2_stream();
+        stream.write(Bytes::from_static(b"abc")).expect("the guest never sees the broken pipe");
+        stream.write(Bytes::from_static(b"def")).expect("nor later");
     }
 }

@@ -50,7 +50,7 @@ const GATHER: Duration = Duration::from_millis(2);
 const IDLE_ROUNDS: u32 = 50;
 /// Finished sandboxes waiting for the thread, at most; more are removed by
 /// the invocation itself.
-const MAX_QUEUED: usize = 64;
+pub(crate) const MAX_QUEUED: usize = 64;
 /// The thread's nice value: the lowest priority.
 const NICE: i32 = 19;
 /// The longest an invocation spends removing its own sandbox before it

@@ -22,10 +22,10 @@ use std::path::{Path, PathBuf};
 use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt as _};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
+use crate::cancel::Cancel;
 use crate::error::RunError;
 use crate::fs::PRIVATE_FILE;
 use crate::invocation::Input;
-use crate::invoke::Cancel;
 use crate::sandbox::{INPUT_FILE as GUEST_INPUT_FILE, Sandbox};
 
 /// The input, opened and measured before a sandbox is chosen for it.

@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::component::Component;
+use crate::deliver::Destination;
 use crate::limits::Limits;
-use crate::outputs::Destination;
-use crate::quota::Progress;
+use crate::progress::Progress;
 
 /// The input of one invocation. The guest cannot tell them apart.
+#[non_exhaustive]
 pub enum Input {
     /// A file, linked or copied into the sandbox.
     Path(PathBuf),
@@ -35,8 +36,7 @@ impl std::fmt::Debug for Input {
 
 /// What to do when the concurrency bound is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Admission {
+pub(crate) enum Admission {
     /// Wait for a slot (the default), up to the queue timeout if one is set.
     #[default]
     Wait,

@@ -23,23 +23,26 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::cancel::{Cancel, CancelOnDrop};
+use crate::collect::{OutputFile, collect};
+use crate::deliver::{Delivered, Destination, check_destination, deliver};
 use crate::error::RunError;
 use crate::guest::run_pipeline;
 use crate::housekeeper::REMOVAL_BUDGET;
 use crate::input::{copy_input, stage_input};
 use crate::invocation::{Admission, Invocation};
+use crate::limits::Limits;
 use crate::outcome::classify;
-use crate::outputs::{self, Delivered, OutputFile};
 use crate::report::Report;
 use crate::runner::Runner;
 use crate::sandbox::Sandbox;
-use crate::tenants::Tenant;
+use crate::sandbox::SandboxRoot;
+use crate::tenants::{Tenant, TenantFolders};
 
 /// How long each stage of an invocation took.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -87,38 +90,11 @@ pub struct RunOutcome {
     pub fuel_used: Option<u64>,
     /// Bytes the guest's files held at the end, as charged to the disk quota.
     pub bytes_written: u64,
+    /// The most of each figure the host's ledger charged the sandbox at
+    /// once: bytes, files, folders, descriptors held.
+    pub sandbox_peak: crate::ledger::Usage,
     /// The first [`crate::Limits::stderr_limit`] bytes of the guest's stderr.
     pub stderr: String,
-}
-
-/// Tells a blocking stage to stop at its next step: set when the deadline
-/// passes or the invocation is dropped.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Cancel(Arc<AtomicBool>);
-
-impl Cancel {
-    /// `Err` once the invocation was stopped.
-    pub(crate) fn check(&self) -> io::Result<()> {
-        if self.0.load(Ordering::Relaxed) {
-            Err(io::Error::new(io::ErrorKind::Interrupted, "the invocation was stopped"))
-        } else {
-            Ok(())
-        }
-    }
-
-    pub(crate) fn cancel(&self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Cancels when dropped: an invocation whose future is dropped (Ctrl-C)
-/// stops its blocking stages.
-struct CancelOnDrop(Cancel);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.cancel();
-    }
 }
 
 impl Runner {
@@ -137,38 +113,7 @@ impl Runner {
         let Invocation { component, input, tenant, limits, destination, admission, queue_timeout, deadline, progress } =
             invocation;
 
-        // Admission: what the caller asked for must make sense.
-        if self.is_shut_down() {
-            return Err(RunError::ShutDown);
-        }
-        // The tenant's bound only: its folders are opened once this holds a slot.
-        let tenant_bound = tenant.as_deref().map(|id| self.tenant(id)).transpose()?;
-        let limits = limits.or_else(|| tenant.as_deref().and_then(|id| self.tenant_profile(id))).unwrap_or_default();
-        if limits.fuel.is_some() && !self.config().fuel_metering {
-            return Err(RunError::InvalidArgument(
-                "a fuel limit needs a runner built with fuel metering (RunnerConfig::fuel_metering)".into(),
-            ));
-        }
-
-        // The tenant's slot first, so a tenant at its bound holds no global slot.
-        let busy = || RunError::Busy { tenant: tenant.clone() };
-        let waiting = async {
-            let tenant_slot = match &tenant_bound {
-                Some(bound) => Some(acquire(&bound.slots, admission).await.ok_or_else(busy)?),
-                None => None,
-            };
-            let slot = acquire(self.slots(), admission).await.ok_or_else(busy)?;
-            Ok::<_, RunError>((tenant_slot, slot))
-        };
-        let (tenant_slot, slot) = match queue_timeout {
-            Some(timeout) => tokio::time::timeout(timeout, waiting).await.map_err(|_| busy())??,
-            None => waiting.await?,
-        };
-        let slots = Slots { _tenant: tenant_bound, _tenant_slot: tenant_slot, _global: slot };
-        // A shutdown while this one waited refuses it as well.
-        if self.is_shut_down() {
-            return Err(RunError::ShutDown);
-        }
+        let Admitted { slots, limits } = self.admit(tenant.as_deref(), limits, admission, queue_timeout).await?;
         let mut timings = Timings { queued: started.elapsed(), ..Timings::default() };
         let stages = Stages::new(deadline, slots);
 
@@ -180,19 +125,11 @@ impl Runner {
         let prepared = stages
             .blocking(move || {
                 // A destination that would refuse the outputs fails before any work.
-                outputs::check_destination(&destination)?;
+                check_destination(&destination)?;
                 let folders = tenant_id.as_deref().map(|id| runner.tenant_folders(id)).transpose()?;
-                let (disk, memory) = match &folders {
-                    Some(folders) => (&folders.disk_root, folders.memory_root.as_ref()),
-                    None => (runner.sandbox_root(), runner.memory_root()),
-                };
                 let staged = stage_input(input, threshold, &cancel)?;
                 cancel.check().map_err(RunError::Sandbox)?;
-                let spooled = staged.fits_in_memory && memory.is_some();
-                let root = match memory {
-                    Some(memory) if spooled => memory,
-                    _ => disk,
-                };
+                let (root, spooled) = runner.sandbox_root_for(folders.as_deref(), staged.fits_in_memory);
                 let creating = Instant::now();
                 let sandbox = runner.housekeeper().take(root).map_err(RunError::Sandbox)?;
                 let created = creating.elapsed();
@@ -268,11 +205,11 @@ impl Runner {
                         .output_dir()
                         .map_err(|err| RunError::Host(format!("cannot open the sandbox's output folder: {err}")))?;
                     let collecting = Instant::now();
-                    let files = outputs::collect(out, &report, max_output)?;
+                    let files = collect(out, &report, max_output)?;
                     let collected = collecting.elapsed();
-                    tracing::info!(outputs = files.len(), "outputs collected");
+                    tracing::info!(outputs = files.files.len(), "outputs collected");
                     let delivering = Instant::now();
-                    let (delivered, files) = outputs::deliver(files, out, &destination, &cancel)?;
+                    let (delivered, files) = deliver(files, out, &destination, &cancel)?;
                     Ok((delivered, files, collected, delivering.elapsed()))
                 })();
                 let (delivered, outputs, collected, delivering) = match delivered {
@@ -305,19 +242,27 @@ impl Runner {
             peak_memory: ran.peak_memory,
             fuel_used: ran.fuel_used,
             bytes_written: ran.bytes_written,
+            sandbox_peak: ran.sandbox_peak,
             stderr,
         })
     }
 
-    /// Removes the sandbox of a failed invocation on the blocking pool,
-    /// within what [`removal_budget`] gives; a removal error is logged, the
-    /// run's own error is what the caller gets.
-    async fn remove_quietly(&self, sandbox: Sandbox, err: &RunError, ends: Option<Instant>) {
-        let (runner, path) = (self.clone(), sandbox.path().to_owned());
-        let removed = tokio::task::spawn_blocking(move || runner.housekeeper().remove_within(sandbox, removal_budget(ends)))
+    /// Removes `sandbox` on the blocking pool, within what
+    /// [`removal_budget`] gives for the deadline `ends`; the rest is handed to
+    /// the housekeeping thread.
+    pub(crate) async fn remove(&self, sandbox: Sandbox, ends: Option<Instant>) -> io::Result<()> {
+        let runner = self.clone();
+        tokio::task::spawn_blocking(move || runner.housekeeper().remove_within(sandbox, removal_budget(ends)))
             .await
-            .unwrap_or_else(|join| Err(io::Error::other(format!("the removal task failed: {join}"))));
-        match removed {
+            .unwrap_or_else(|join| Err(io::Error::other(format!("the removal task failed: {join}"))))
+    }
+
+    /// Removes the sandbox of a failed invocation as [`Runner::remove`]
+    /// does; a removal error is logged, the run's own error is what the
+    /// caller gets.
+    pub(crate) async fn remove_quietly(&self, sandbox: Sandbox, err: &RunError, ends: Option<Instant>) {
+        let path = sandbox.path().to_owned();
+        match self.remove(sandbox, ends).await {
             Ok(()) => tracing::info!(outcome = err.outcome().name(), "run failed: {err}"),
             Err(cleanup) => {
                 tracing::error!(sandbox = %path.display(), "run failed ({err}) and its sandbox could not be removed: {cleanup}");
@@ -326,7 +271,7 @@ impl Runner {
     }
 
     /// As [`Runner::remove_quietly`], on a blocking thread already.
-    fn remove_after_failure(&self, sandbox: Sandbox, err: RunError, ends: Option<Instant>) -> RunError {
+    pub(crate) fn remove_after_failure(&self, sandbox: Sandbox, err: RunError, ends: Option<Instant>) -> RunError {
         let path = sandbox.path().to_owned();
         if let Err(cleanup) = self.housekeeper().remove_within(sandbox, removal_budget(ends)) {
             tracing::error!(sandbox = %path.display(), "run failed ({err}) and its sandbox could not be removed: {cleanup}");
@@ -338,25 +283,94 @@ impl Runner {
 /// How long an invocation removes its own sandbox before it hands the rest
 /// to the housekeeping thread: [`REMOVAL_BUDGET`], or what is left of the
 /// deadline `ends` if less (zero past it: the removal still makes one step).
-fn removal_budget(ends: Option<Instant>) -> Duration {
+pub(crate) fn removal_budget(ends: Option<Instant>) -> Duration {
     ends.map_or(REMOVAL_BUDGET, |at| at.saturating_duration_since(Instant::now()).min(REMOVAL_BUDGET))
 }
 
 /// The slots an admitted invocation holds: released once the invocation has
 /// returned and its last blocking stage has stopped, so a stage that goes on
-/// past the deadline still counts against the bounds.
-/// The tenant's bound is held with them: a shutdown leaves the folder of a
-/// tenant held so.
-struct Slots {
+/// past the deadline still counts against the bounds. The tenant's bound is
+/// held with them: a shutdown leaves the folder of a tenant held so.
+pub(crate) struct Slots {
     _tenant: Option<Arc<Tenant>>,
     _tenant_slot: Option<OwnedSemaphorePermit>,
     _global: OwnedSemaphorePermit,
 }
 
+/// What admission gives an invocation: its slots (held until it ends) and
+/// the limits it runs under.
+pub(crate) struct Admitted {
+    pub slots: Slots,
+    pub limits: Limits,
+}
+
+impl Runner {
+    /// Admission, for every kind of invocation: what the caller asked for
+    /// must make sense, then a slot of the tenant (first, so a tenant at its
+    /// bound holds no global slot) and one of the runner, waited for within
+    /// `queue_timeout` or refused at once when failing fast. Only the
+    /// tenant's bound is made here (no I/O, on the caller's executor): its
+    /// folders are opened by the first blocking stage, once a slot is held.
+    pub(crate) async fn admit(
+        &self,
+        tenant: Option<&str>,
+        limits: Option<Limits>,
+        admission: Admission,
+        queue_timeout: Option<Duration>,
+    ) -> Result<Admitted, RunError> {
+        if self.is_shut_down() {
+            return Err(RunError::ShutDown);
+        }
+        let tenant_bound = tenant.map(|id| self.tenant(id)).transpose()?;
+        let limits = limits.or_else(|| tenant.and_then(|id| self.tenant_profile(id))).unwrap_or_default();
+        if limits.fuel.is_some() && !self.config().fuel_metering {
+            return Err(RunError::InvalidArgument(
+                "a fuel limit needs a runner built with fuel metering (RunnerConfig::fuel_metering)".into(),
+            ));
+        }
+        let busy = || RunError::Busy { tenant: tenant.map(str::to_owned) };
+        let waiting = async {
+            let tenant_slot = match &tenant_bound {
+                Some(bound) => Some(acquire(&bound.slots, admission).await.ok_or_else(busy)?),
+                None => None,
+            };
+            let slot = acquire(self.slots(), admission).await.ok_or_else(busy)?;
+            Ok::<_, RunError>((tenant_slot, slot))
+        };
+        let (tenant_slot, slot) = match queue_timeout {
+            Some(timeout) => tokio::time::timeout(timeout, waiting).await.map_err(|_| busy())??,
+            None => waiting.await?,
+        };
+        // A shutdown while this one waited refuses it as well.
+        if self.is_shut_down() {
+            return Err(RunError::ShutDown);
+        }
+        Ok(Admitted { slots: Slots { _tenant: tenant_bound, _tenant_slot: tenant_slot, _global: slot }, limits })
+    }
+
+    /// The root a sandbox is made in: the tenant's folder (`folders`) or
+    /// the runner's, in memory when `in_memory` and there is a memory root;
+    /// and whether it is the memory root.
+    pub(crate) fn sandbox_root_for<'a>(
+        &'a self,
+        folders: Option<&'a TenantFolders>,
+        in_memory: bool,
+    ) -> (&'a SandboxRoot, bool) {
+        let (disk, memory) = match folders {
+            Some(folders) => (&folders.disk_root, folders.memory_root.as_ref()),
+            None => (self.sandbox_root(), self.memory_root()),
+        };
+        match memory {
+            Some(memory) if in_memory => (memory, true),
+            _ => (disk, false),
+        }
+    }
+}
+
 /// What the first blocking stage hands to the next.
 struct Prepared {
     sandbox: Sandbox,
-    destination: crate::outputs::Destination,
+    destination: Destination,
     spooled: bool,
     created: Duration,
     copied: Duration,
@@ -381,15 +395,15 @@ const STOP_GRACE: Duration = Duration::from_millis(250);
 
 /// The deadline shared by an invocation's stages, the way to stop them, and
 /// the slots they hold.
-struct Stages {
+pub(crate) struct Stages {
     deadline: Option<(Instant, Duration)>,
-    cancel: Cancel,
+    pub(crate) cancel: Cancel,
     slots: Arc<Slots>,
     _on_drop: CancelOnDrop,
 }
 
 impl Stages {
-    fn new(deadline: Option<Duration>, slots: Slots) -> Self {
+    pub(crate) fn new(deadline: Option<Duration>, slots: Slots) -> Self {
         let cancel = Cancel::default();
         Self {
             deadline: deadline.map(|limit| (Instant::now() + limit, limit)),
@@ -400,21 +414,21 @@ impl Stages {
     }
 
     /// When the deadline passes, if there is one.
-    fn ends(&self) -> Option<Instant> {
+    pub(crate) fn ends(&self) -> Option<Instant> {
         self.deadline.map(|(at, _)| at)
     }
 
     /// Time left before the deadline, if there is one.
-    fn remaining(&self) -> Option<Duration> {
+    pub(crate) fn remaining(&self) -> Option<Duration> {
         self.deadline.map(|(at, _)| at.saturating_duration_since(Instant::now()))
     }
 
-    fn exceeded(&self) -> RunError {
+    pub(crate) fn exceeded(&self) -> RunError {
         RunError::DeadlineExceeded { limit: self.deadline.map_or(Duration::ZERO, |(_, limit)| limit) }
     }
 
     /// `err` of a stage, or, when the deadline stopped it, the deadline's.
-    fn stopped(&self, err: RunError) -> RunError {
+    pub(crate) fn stopped(&self, err: RunError) -> RunError {
         if self.cancel.check().is_err() { self.exceeded() } else { err }
     }
 
@@ -422,7 +436,10 @@ impl Stages {
     /// and waits for it until the deadline; past it, `work` is told to stop
     /// and given [`STOP_GRACE`] to do so (it owns what it holds, and removes
     /// it), then left to finish on its own.
-    async fn blocking<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, RunError> {
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, RunError> {
         let slots = Arc::clone(&self.slots);
         let mut task = tokio::task::spawn_blocking(move || {
             let done = work();
@@ -437,7 +454,9 @@ impl Stages {
                     match tokio::time::timeout(STOP_GRACE, task).await {
                         Ok(joined) => joined,
                         Err(_still_going) => {
-                            tracing::warn!("a stage of the invocation did not stop within {STOP_GRACE:?} past its deadline; it keeps its slot until it does");
+                            tracing::warn!(
+                                "a stage of the invocation did not stop within {STOP_GRACE:?} past its deadline; it keeps its slot until it does"
+                            );
                             return Err(self.exceeded());
                         }
                     }

@@ -71,16 +71,34 @@ pub(crate) struct Bounds {
     pub handles: u64,
 }
 
-/// What is charged now, over every inode and hold.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Usage {
+/// What a guest's sandbox is charged, over every inode and hold, as the
+/// host's own ledger counts it (not what the guest says): the charge now, or
+/// (as [`crate::RunOutcome::sandbox_peak`] and [`crate::RunError::sandbox_peak`])
+/// the most of each figure the guest held at once during its run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct Usage {
+    /// Bytes charged to the disk quota.
     pub bytes: u64,
+    /// Files, folders and links (every name, and every unlinked file still held).
     pub files: u64,
+    /// Folders.
     pub folders: u64,
+    /// Host descriptors held: descriptors, file streams, listings.
     pub handles: u64,
 }
 
 impl Usage {
+    /// Each figure the larger of the two.
+    fn max_each(self, other: Self) -> Self {
+        Self {
+            bytes: self.bytes.max(other.bytes),
+            files: self.files.max(other.files),
+            folders: self.folders.max(other.folders),
+            handles: self.handles.max(other.handles),
+        }
+    }
+
     fn add(&mut self, other: Self) {
         self.bytes = self.bytes.saturating_add(other.bytes);
         self.files = self.files.saturating_add(other.files);
@@ -107,6 +125,8 @@ pub enum Refused {
     Folders,
     /// The descriptor cap.
     Handles,
+    /// The bound on open directory listings.
+    Listings,
 }
 
 /// The charge of one inode.
@@ -143,6 +163,8 @@ impl Charge {
 struct State {
     inodes: HashMap<InodeKey, Charge>,
     used: Usage,
+    /// The most of each figure `used` has been.
+    peak: Usage,
     /// Every bound an operation was refused by, in the order first seen.
     refused: Vec<Refused>,
 }
@@ -165,6 +187,7 @@ impl State {
         let alive = charge.alive();
         self.used.subtract(before);
         self.used.add(after);
+        self.peak = self.peak.max_each(self.used);
         if !alive {
             self.inodes.remove(&key);
         }
@@ -200,9 +223,20 @@ impl Ledger {
         self.lock().used
     }
 
+    /// The most of each figure charged at once so far.
+    pub(crate) fn peak(&self) -> Usage {
+        self.lock().peak
+    }
+
     /// The bounds that refused an operation, in the order first seen.
     pub(crate) fn refused(&self) -> Vec<Refused> {
         self.lock().refused.clone()
+    }
+
+    /// Records that `bound`, kept outside the ledger (the open listings),
+    /// refused an operation.
+    pub(crate) fn refused_by(&self, bound: Refused) -> Refused {
+        self.lock().refuse(bound)
     }
 
     /// Whether one more entry of `kind` fits (a file, folder or link about to
@@ -281,6 +315,7 @@ impl Ledger {
             return Err(state.refuse(Refused::Handles));
         }
         state.used.handles += 1;
+        state.peak = state.peak.max_each(state.used);
         Ok(Hold { ledger: Arc::clone(self), inode: None })
     }
 
@@ -407,5 +442,17 @@ mod tests {
         drop(holds);
         assert_eq!(ledger.usage().handles, 0);
         assert!(ledger.hold().is_ok());
+        assert_eq!(ledger.peak().handles, 3, "the peak stays when the holds go");
+    }
+
+    #[test]
+    fn the_peak_keeps_the_most_of_each_figure() {
+        let ledger = ledger(1 << 20, 10);
+        ledger.observe(file(1, 700, 1));
+        ledger.names_left((1, 1), 0);
+        ledger.observe(file(2, 300, 1));
+        ledger.observe(file(3, 300, 1));
+        assert_eq!(ledger.usage(), Usage { bytes: 600, files: 2, folders: 0, handles: 0 });
+        assert_eq!(ledger.peak(), Usage { bytes: 700, files: 2, folders: 0, handles: 0 });
     }
 }

@@ -26,8 +26,12 @@ pub struct Limits {
     pub max_folders: u64,
     /// Total size of the collected outputs; `None` means the disk quota.
     pub max_output: Option<ByteSize>,
-    /// Guest stderr kept for the report; the rest is dropped as it arrives.
+    /// Guest stderr kept for the report (or forwarded, for a program run
+    /// with [`crate::Runner::exec`]); the rest is dropped as it arrives.
     pub stderr_limit: ByteSize,
+    /// A program's stdout kept or forwarded ([`crate::Runner::exec`]); the
+    /// rest is dropped as it arrives. A pipeline's stdout is discarded.
+    pub stdout_limit: ByteSize,
 }
 
 impl Default for Limits {
@@ -41,6 +45,7 @@ impl Default for Limits {
             max_folders: 256,
             max_output: None,
             stderr_limit: ByteSize(64 << 10),
+            stdout_limit: ByteSize(64 << 10),
         }
     }
 }

@@ -12,9 +12,11 @@ use wasmtime_wasi::I32Exit;
 
 use crate::bindings::orders::pipeline::types::PipelineError;
 use crate::error::RunError;
-use crate::ledger::Refused;
+use crate::ledger::{Refused, Usage};
 use crate::limits::Limits;
+use crate::quota::MAX_OPEN_LISTINGS;
 use crate::report::Report;
+use crate::store::MAX_OPEN_HANDLES;
 use crate::text;
 
 /// How the guest's call ended.
@@ -37,13 +39,21 @@ pub(crate) struct GuestAccount {
     pub refused: Vec<Refused>,
     /// The total a refused memory or table growth asked for.
     pub refused_memory: Option<usize>,
+    /// The most of each figure the ledger charged the sandbox at once.
+    pub peak: Usage,
     /// The guest's stderr, as kept.
     pub stderr: String,
 }
 
 /// The report to check and deliver, or the error the run ends with.
 pub(crate) fn classify(end: GuestEnd, account: GuestAccount, limits: &Limits) -> Result<Report, RunError> {
-    let limit = || limit_refusal(&end, &account, limits);
+    let guest = match &end {
+        GuestEnd::Failed(
+            PipelineError::Io(message) | PipelineError::Overflow(message) | PipelineError::InvalidInput(message),
+        ) => Some(text::bounded(message)),
+        _ => None,
+    };
+    let limit = || limit_refusal(guest.clone(), &account, limits);
     match end {
         GuestEnd::TimedOut(limit) => Err(RunError::Timeout { limit }),
         GuestEnd::Trapped(_) | GuestEnd::Failed(_) if let Some(err) = limit() => Err(err),
@@ -59,21 +69,20 @@ pub(crate) fn classify(end: GuestEnd, account: GuestAccount, limits: &Limits) ->
     }
 }
 
-/// The limit that refused the guest first, as the error it failed with; the
-/// descriptor cap is not a limit of the profile (a guest past it fails as it
-/// fails).
-fn limit_refusal(end: &GuestEnd, account: &GuestAccount, limits: &Limits) -> Option<RunError> {
-    let guest = match end {
-        GuestEnd::Failed(
-            PipelineError::Io(message) | PipelineError::Overflow(message) | PipelineError::InvalidInput(message),
-        ) => Some(text::bounded(message)),
-        _ => None,
-    };
-    match account.refused.iter().find(|bound| **bound != Refused::Handles) {
-        Some(Refused::Bytes) => Some(RunError::DiskQuota { limit: limits.disk_quota, guest }),
-        Some(Refused::Files) => Some(RunError::FileLimit { limit: limits.max_files, guest }),
-        Some(Refused::Folders) => Some(RunError::FolderLimit { limit: limits.max_folders, guest }),
-        Some(Refused::Handles) | None => account
+/// The limit that refused the guest first, as the error it failed with
+/// (`guest`: what it said when it failed). The descriptor cap and the bound
+/// on listings are not limits of the profile, but they are limits all the
+/// same: a guest stopped by them (a trap from `get-directories` included)
+/// ends in the class of the file limit.
+pub(crate) fn limit_refusal(guest: Option<String>, account: &GuestAccount, limits: &Limits) -> Option<RunError> {
+    let peak = account.peak;
+    match account.refused.first() {
+        Some(Refused::Bytes) => Some(RunError::DiskQuota { limit: limits.disk_quota, guest, peak }),
+        Some(Refused::Files) => Some(RunError::FileLimit { limit: limits.max_files, guest, peak }),
+        Some(Refused::Folders) => Some(RunError::FolderLimit { limit: limits.max_folders, guest, peak }),
+        Some(Refused::Handles) => Some(RunError::HandleLimit { limit: MAX_OPEN_HANDLES, guest, peak }),
+        Some(Refused::Listings) => Some(RunError::ListingLimit { limit: MAX_OPEN_LISTINGS as u64, guest, peak }),
+        None => account
             .refused_memory
             .map(|requested| RunError::MemoryLimit { limit: limits.memory, requested: requested as u64 }),
     }
@@ -97,6 +106,7 @@ fn trap(err: &wasmtime::Error, limits: &Limits, stderr: String) -> RunError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::LimitHit;
     use crate::error::Outcome;
 
     fn report(rows: u64) -> Report {
@@ -113,15 +123,22 @@ mod tests {
         let failed = || GuestEnd::Failed(PipelineError::Io("write failed".into()));
         let cases = [
             (vec![Refused::Bytes, Refused::Files], Outcome::DiskQuota),
-            (vec![Refused::Handles, Refused::Files], Outcome::FileLimit),
+            (vec![Refused::Handles, Refused::Bytes], Outcome::FileLimit),
             (vec![Refused::Folders], Outcome::FileLimit),
-            (vec![Refused::Handles], Outcome::PipelineError),
+            (vec![Refused::Handles], Outcome::FileLimit),
+            (vec![Refused::Listings], Outcome::FileLimit),
             (vec![], Outcome::PipelineError),
         ];
         for (bounds, outcome) in cases {
             let err = classify(failed(), refused(&bounds), &limits).expect_err("failed");
             assert_eq!(err.outcome(), outcome, "{bounds:?}: {err}");
         }
+        // `get-directories` past the cap traps: the cap's class all the same.
+        let trapped = GuestEnd::Trapped(wasmtime::Error::msg("the guest holds 256 descriptors"));
+        let err = classify(trapped, refused(&[Refused::Handles]), &limits).expect_err("trap");
+        assert_eq!(err.limit_hit(), Some(LimitHit::MaxOpenHandles { limit: MAX_OPEN_HANDLES }));
+        let err = classify(failed(), refused(&[Refused::Listings]), &limits).expect_err("failed");
+        assert_eq!(err.limit_hit(), Some(LimitHit::MaxOpenListings { limit: MAX_OPEN_LISTINGS as u64 }));
         let memory = GuestAccount { refused_memory: Some(1 << 30), ..GuestAccount::default() };
         let trapped = GuestEnd::Trapped(wasmtime::Error::msg("unreachable"));
         assert_eq!(classify(trapped, memory, &limits).expect_err("trap").outcome(), Outcome::MemoryLimit);

@@ -53,6 +53,7 @@ pub const PRESERVED_EXIT_CODES: std::ops::RangeInclusive<u32> = 0..=255;
 
 /// What a program file is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ProgramKind {
     /// A `wasi:cli/command` component (WASI 0.2), run as it is.
     Component,

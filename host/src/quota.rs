@@ -14,7 +14,7 @@
 //! - **Descriptors**: every descriptor (preopens included), file stream and
 //!   directory listing the guest holds is a descriptor of the host process,
 //!   shared by every tenant: each is a [`Hold`], at most
-//!   [`MAX_OPEN_HANDLES`] at once; past that, opening fails with
+//!   [`MAX_OPEN_HANDLES`](crate::store::MAX_OPEN_HANDLES) at once; past that, opening fails with
 //!   `insufficient-memory` (WASI has no EMFILE).
 //! - **Listings** are read from the kernel in bounded chunks as the guest
 //!   asks for entries (wasmtime-wasi reads a whole folder into host memory
@@ -27,14 +27,12 @@
 //! A guest's calls on one store never overlap, so a check before an
 //! operation and the charge after it see no other operation in between.
 
-use std::collections::HashMap;
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileExt as _, PermissionsExt as _};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use cap_primitives::fs::{DirBuilderExt as _, DirOptions, FollowSymlinks, MetadataExt as _};
@@ -51,76 +49,20 @@ use wasmtime_wasi::p2::{
 use wasmtime_wasi::{FsPerms, OpenMode};
 
 use crate::fs::{PRIVATE_DIR, PRIVATE_FILE};
-use crate::guest::{BLOCK_CURRENT_THREAD, GuestState};
 use crate::ledger::{Hold, InodeKey, Kind, Ledger, Observed, Refused};
+use crate::progress::Progress;
+use crate::store::{BLOCK_CURRENT_THREAD, GuestState, Held};
 
-/// Descriptors, file streams and directory listings one guest may hold at once.
-pub const MAX_OPEN_HANDLES: u64 = 256;
 /// Directory listings one guest may have open at once (each holds a
 /// descriptor and a read buffer of at most about 24 KiB).
 pub const MAX_OPEN_LISTINGS: usize = 64;
-
-/// Progress is here because the wrapper is where reads of the input pass.
-/// How far the guest has read its input: bytes and line breaks, updated as
-/// it reads. Share one with [`crate::Invocation::progress`] to watch a run.
-#[derive(Debug, Default)]
-pub struct Progress {
-    total: AtomicU64,
-    read: AtomicU64,
-    lines: AtomicU64,
-}
-
-impl Progress {
-    /// The size of the input, once it is known (when the run starts).
-    #[must_use]
-    pub fn total_bytes(&self) -> u64 {
-        self.total.load(Ordering::Relaxed)
-    }
-
-    /// Bytes of input the guest has read so far.
-    #[must_use]
-    pub fn bytes_read(&self) -> u64 {
-        self.read.load(Ordering::Relaxed)
-    }
-
-    /// Line breaks in what the guest has read: about the rows so far.
-    #[must_use]
-    pub fn lines_read(&self) -> u64 {
-        self.lines.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn set_total(&self, total: u64) {
-        self.total.store(total, Ordering::Relaxed);
-    }
-
-    fn record(&self, bytes: &[u8]) {
-        self.read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        let lines = memchr::memchr_iter(b'\n', bytes).count();
-        self.lines.fetch_add(lines as u64, Ordering::Relaxed);
-    }
-}
 
 /// The error a guest sees when `bound` refused its call.
 fn refusal(bound: Refused) -> FsError {
     match bound {
         Refused::Bytes => ErrorCode::InsufficientSpace.into(),
         Refused::Files | Refused::Folders => ErrorCode::Quota.into(),
-        Refused::Handles => ErrorCode::InsufficientMemory.into(),
-    }
-}
-
-/// What the guest holds beside wasmtime-wasi's table: a [`Hold`] per
-/// descriptor it was given, by table index, and its open listings.
-#[derive(Debug, Default)]
-pub struct Held {
-    descriptors: HashMap<u32, Hold>,
-    listings: usize,
-}
-
-impl Held {
-    /// Counts `descriptor` (just pushed into the table) against the cap.
-    pub(crate) fn insert(&mut self, descriptor: &Resource<Descriptor>, hold: Hold) {
-        self.descriptors.insert(descriptor.rep(), hold);
+        Refused::Handles | Refused::Listings => ErrorCode::InsufficientMemory.into(),
     }
 }
 
@@ -205,27 +147,30 @@ impl QuotaFilesystemView<'_> {
     /// stall the embedder's executor thread for each. The handle is shared
     /// (an `Arc`), so the guest closing it meanwhile changes nothing.
     async fn sync_on_blocking_pool(&mut self, fd: &Resource<Descriptor>, flush: Flush) -> FsResult<()> {
-        let (handle, is_dir) = match self.table().get(fd)? {
-            Descriptor::File(file) => (Arc::clone(&file.file), false),
-            Descriptor::Dir(dir) => (Arc::clone(&dir.dir), true),
+        // A folder's handle may not be open for reading (`O_PATH`): as
+        // wasmtime-wasi does, sync a reading handle of it.
+        let handle: Box<dyn Fn() -> rustix::io::Result<OwnedFd> + Send> = match self.table().get(fd)? {
+            Descriptor::File(file) => {
+                let file = Arc::clone(&file.file);
+                Box::new(move || rustix::io::dup(&*file))
+            }
+            Descriptor::Dir(dir) => {
+                let dir = Arc::clone(&dir.dir);
+                Box::new(move || {
+                    rustix::fs::openat(&*dir, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+                })
+            }
         };
         let synced = tokio::task::spawn_blocking(move || {
-            // A folder's handle may not be open for reading (`O_PATH`): as
-            // wasmtime-wasi does, sync a reading handle of it.
-            let reopened = if is_dir {
-                Some(cap_primitives::fs::open(&handle, Path::new("."), cap_primitives::fs::OpenOptions::new().read(true))?)
-            } else {
-                None
-            };
-            let file = reopened.as_ref().unwrap_or(&handle);
+            let fd = handle()?;
             match flush {
-                Flush::Data => file.sync_data(),
-                Flush::All => file.sync_all(),
+                Flush::Data => rustix::fs::fdatasync(&fd),
+                Flush::All => rustix::fs::fsync(&fd),
             }
         })
         .await;
         match synced {
-            Ok(result) => result.map_err(|err| ErrorCode::from(err).into()),
+            Ok(result) => result.map_err(|errno| ErrorCode::from(io::Error::from(errno)).into()),
             Err(join) => Err(FsError::trap(wasmtime::Error::msg(format!("the sync task failed: {join}")))),
         }
     }
@@ -338,7 +283,7 @@ impl HostDescriptor for QuotaFilesystemView<'_> {
             Descriptor::File(_) => return Err(ErrorCode::NotDirectory.into()),
         };
         if self.held.listings >= MAX_OPEN_LISTINGS {
-            return Err(ErrorCode::InsufficientMemory.into());
+            return Err(refusal(self.ledger.refused_by(Refused::Listings)));
         }
         let hold = self.ledger.hold().map_err(refusal)?;
         let listing = Listing::open(&folder, hold)?;
@@ -877,8 +822,8 @@ mod tests {
     use wasmtime_wasi::p2::bindings::filesystem::preopens::Host as _;
 
     use super::*;
-    use crate::guest::{MemoryLimiter, Preopen};
     use crate::ledger::{Bounds, Usage};
+    use crate::store::{MemoryLimiter, Preopen};
 
     const BOUNDS: Bounds = Bounds { bytes: 64 << 10, files: 12, folders: 3, handles: 12 };
     /// What the charge may pass the quota by: one block of the last growth,

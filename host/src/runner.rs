@@ -10,12 +10,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::Semaphore;
 
 use crate::cache::CodeCache;
+use crate::deliver::{FLUSHERS, HASHERS};
 use crate::engine::{EngineSettings, GuestEngine};
 use crate::error::RunError;
 use crate::housekeeper::Housekeeper;
 use crate::limits::Limits;
 use crate::sandbox::{SandboxRoot, Sweep};
-use crate::tenants::{Tenant, TenantFolders, Tenants};
+use crate::store::MAX_OPEN_HANDLES;
+use crate::tenants::{MAX_IDLE_TENANTS, Tenant, TenantFolders, Tenants};
 
 /// How a [`Runner`] is set up; everything per invocation is in [`crate::Invocation`].
 #[derive(Debug, Clone)]
@@ -33,7 +35,13 @@ pub struct RunnerConfig {
     /// It costs some speed, so it is off unless asked for.
     pub fuel_metering: bool,
     /// Invocations that may run at once, over all tenants; more wait (or
-    /// fail fast, see [`crate::Admission`]). Default: the number of CPUs.
+    /// fail fast, see [`crate::Invocation::fail_fast`]). Default: the number of CPUs.
+    ///
+    /// Lowered, with a warning, to what the process's open-file limit
+    /// allows: each invocation may make the host hold
+    /// [`DESCRIPTORS_PER_INVOCATION`] descriptors, so that no guest can make
+    /// another tenant's run fail with EMFILE (see [`Runner::new`]);
+    /// [`Runner::max_concurrent`] is the bound in force.
     pub max_concurrent: usize,
     /// Invocations one tenant may run at once. Default: `max_concurrent`.
     pub max_concurrent_per_tenant: usize,
@@ -75,6 +83,77 @@ impl Default for RunnerConfig {
     }
 }
 
+/// Descriptors the host opens for one invocation beside the guest's own, as
+/// counted in the code: summed over the stages, though they do not all
+/// overlap, so this is a bound rather than a tally.
+///
+/// - the sandbox folder, its `input/` and `out/`: 3 (`sandbox.rs`);
+/// - the tenant's two root folders, while one of its invocations runs: 2;
+/// - the input: the named file and the copy made of it: 2 (`input.rs`);
+/// - the guest's two preopens, duplicated from the sandbox's handles: 2;
+/// - collection: the listing of `out/`: 1 (`outputs.rs`);
+/// - delivery: the destination's parent and the staging folder (or the
+///   archive): 2; [`FLUSHERS`] + [`HASHERS`] threads with one output open
+///   each; an output copied across filesystems, source and copy: 2.
+pub const HOST_DESCRIPTORS_PER_INVOCATION: u64 = 3 + 2 + 2 + 2 + 1 + 2 + (FLUSHERS + HASHERS) as u64 + 2;
+
+/// The most descriptors one invocation makes the host process hold: the
+/// guest's cap plus the host's own.
+pub const DESCRIPTORS_PER_INVOCATION: u64 = MAX_OPEN_HANDLES + HOST_DESCRIPTORS_PER_INVOCATION;
+
+/// Descriptors kept for the process itself, whatever runs: stdio, the
+/// sandbox roots and their locks, the compiled-code cache, the memory images
+/// of loaded components, log files, an embedder's own few.
+pub const PROCESS_RESERVE: u64 = 64;
+
+/// A sandbox's own handles (its folder, `input/`, `out/`), held by one made
+/// ahead of time or waiting for its removal to finish.
+const SANDBOX_DESCRIPTORS: u64 = 3;
+/// Each kept tenant holds its two root folders.
+const TENANT_DESCRIPTORS: u64 = 2;
+
+/// Descriptors the process may hold whatever the invocations do: the
+/// reserve, the idle tenants kept, the sandboxes waiting for removal (at
+/// most [`crate::housekeeper`]'s backlog) and those made ahead of time for
+/// the two roots of the runner.
+fn fixed_descriptors(ready_sandboxes: usize) -> u64 {
+    PROCESS_RESERVE
+        + MAX_IDLE_TENANTS as u64 * TENANT_DESCRIPTORS
+        + crate::housekeeper::MAX_QUEUED as u64 * SANDBOX_DESCRIPTORS
+        + 2 * ready_sandboxes as u64 * SANDBOX_DESCRIPTORS
+}
+
+/// How many invocations may run at once under an open-file limit of
+/// `open_files` (`None`: no limit): `wanted`, or fewer when they would not
+/// all fit; an error when not even one does.
+fn concurrency_within(open_files: Option<u64>, wanted: usize, ready_sandboxes: usize) -> Result<usize, RunError> {
+    let wanted = wanted.max(1);
+    let Some(limit) = open_files else { return Ok(wanted) };
+    let fixed = fixed_descriptors(ready_sandboxes);
+    let fits = limit.saturating_sub(fixed) / DESCRIPTORS_PER_INVOCATION;
+    if fits == 0 {
+        return Err(RunError::OpenFileLimit { limit, needed: fixed + DESCRIPTORS_PER_INVOCATION });
+    }
+    Ok(wanted.min(usize::try_from(fits).unwrap_or(usize::MAX)))
+}
+
+/// Raises the process's soft open-file limit to its hard one (the soft one
+/// is often 1024, far below what the hard one allows) and returns it;
+/// `None` when there is no limit.
+fn raise_open_file_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let current = getrlimit(Resource::Nofile);
+    if let (Some(soft), Some(hard)) = (current.current, current.maximum)
+        && soft < hard
+    {
+        match setrlimit(Resource::Nofile, Rlimit { current: Some(hard), maximum: Some(hard) }) {
+            Ok(()) => return Some(hard),
+            Err(err) => tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {err}"),
+        }
+    }
+    current.current
+}
+
 /// Runs pipeline components, each invocation in a fresh sandbox. Build it
 /// once; it is cheap to clone and share across threads and tasks.
 #[derive(Clone, Debug)]
@@ -87,6 +166,8 @@ struct RunnerInner {
     disk_root: SandboxRoot,
     memory_root: Option<SandboxRoot>,
     config: RunnerConfig,
+    /// The bound in force (see [`Runner::max_concurrent`]).
+    max_concurrent: usize,
     slots: Arc<Semaphore>,
     tenants: Tenants,
     housekeeper: Housekeeper,
@@ -113,11 +194,33 @@ impl Runner {
     /// Builds the engine and linker, opens (creating) the sandbox roots and
     /// starts the epoch ticker (and the remover, with background removal).
     ///
+    /// Every tenant's runs share the process's descriptors, so the runner
+    /// bounds what they all may hold: it raises the soft open-file limit to
+    /// the hard one, and runs at most as many invocations at once as fit in
+    /// it at [`DESCRIPTORS_PER_INVOCATION`] each, beside what the process
+    /// holds anyway (a reserve of [`PROCESS_RESERVE`], the idle tenants, the
+    /// sandboxes waiting for removal or made ahead of time). Fewer than
+    /// [`RunnerConfig::max_concurrent`] fit: the bound is lowered, with a
+    /// warning. Not even one fits: the runner is refused.
+    ///
     /// # Errors
     ///
     /// [`RunError::Sandbox`] when the disk root cannot be opened or is not
-    /// private, [`RunError::Host`] when the engine cannot be built.
+    /// private, [`RunError::OpenFileLimit`] when the open-file limit is too
+    /// low for one invocation, [`RunError::Host`] when the engine cannot be
+    /// built.
     pub fn new(config: &RunnerConfig) -> Result<Self, RunError> {
+        let open_files = raise_open_file_limit();
+        let max_concurrent = concurrency_within(open_files, config.max_concurrent, config.ready_sandboxes)?;
+        if max_concurrent < config.max_concurrent {
+            tracing::warn!(
+                open_file_limit = open_files,
+                "{} invocations at once would need more descriptors than the process may open; running at most \
+                 {max_concurrent} at once (raise `ulimit -n` for more)",
+                config.max_concurrent
+            );
+        }
+
         // A root the user named must be private; a default one that is not
         // gives way to a private fallback (see `SandboxRoot::open_default`).
         let disk_root = match &config.sandbox_root {
@@ -133,7 +236,6 @@ impl Runner {
             (None, _) => SandboxRoot::open_default_memory(),
         };
 
-        let max_concurrent = config.max_concurrent.max(1);
         // A cache that cannot be used only costs compile time.
         let cache = config.cache_dir.as_deref().and_then(|path| match CodeCache::open(path) {
             Ok(cache) => Some(cache),
@@ -152,6 +254,7 @@ impl Runner {
                 disk_root,
                 memory_root,
                 config: config.clone(),
+                max_concurrent,
                 slots: Arc::new(Semaphore::new(max_concurrent)),
                 tenants: Tenants::new(config.max_concurrent_per_tenant),
                 housekeeper,
@@ -223,6 +326,13 @@ impl Runner {
         self.inner.memory_root.as_ref()
     }
 
+    /// The invocations that may run at once: [`RunnerConfig::max_concurrent`],
+    /// or fewer when the open-file limit does not allow as many.
+    #[must_use]
+    pub fn max_concurrent(&self) -> usize {
+        self.inner.max_concurrent
+    }
+
     pub(crate) fn is_shut_down(&self) -> bool {
         self.inner.closed.load(Ordering::SeqCst)
     }
@@ -257,5 +367,34 @@ impl Runner {
     /// The limit profile of tenant `id`, if one was set.
     pub(crate) fn tenant_profile(&self, id: &str) -> Option<Limits> {
         self.inner.tenants.profile(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Outcome;
+
+    #[test]
+    fn an_invocation_is_the_guests_cap_and_the_hosts_own() {
+        assert_eq!(HOST_DESCRIPTORS_PER_INVOCATION, 20);
+        assert_eq!(DESCRIPTORS_PER_INVOCATION, 276);
+        // Reserve, 64 idle tenants, 64 sandboxes waiting for removal.
+        assert_eq!(fixed_descriptors(0), 64 + 128 + 192);
+        assert_eq!(fixed_descriptors(4), 64 + 128 + 192 + 24);
+    }
+
+    #[test]
+    fn concurrency_is_lowered_to_what_the_open_file_limit_holds() {
+        assert_eq!(concurrency_within(None, 8, 0).expect("no limit"), 8);
+        assert_eq!(concurrency_within(Some(1 << 20), 8, 0).expect("plenty"), 8);
+        // (1024 - 384) / 276: two at once.
+        assert_eq!(concurrency_within(Some(1024), 8, 0).expect("two fit"), 2);
+        assert_eq!(concurrency_within(Some(384 + 276), 8, 0).expect("one fits"), 1);
+        assert_eq!(concurrency_within(Some(1 << 20), 0, 0).expect("at least one"), 1);
+        let err = concurrency_within(Some(384 + 275), 8, 0).expect_err("none fits");
+        assert_eq!(err.outcome(), Outcome::HostError);
+        assert_eq!(err.limit_hit(), Some(crate::LimitHit::OpenFileLimit { limit: 659, needed: 660 }));
+        assert!(err.to_string().contains("`ulimit -n`, RLIMIT_NOFILE) to at least 660"), "{err}");
     }
 }

@@ -36,7 +36,12 @@ use crate::fs::{
     Deadline, Refusal, Stop, open_listable_dir, open_private, open_private_at, open_private_dir, private_dir_builder,
     private_memory_folder, random_hex, remove_tree, remove_tree_within,
 };
-use crate::tenants::is_tenant_id;
+
+/// How messages name the setting that chooses the disk root, in the
+/// library's terms (the `host` binary words it as its flag).
+pub const SANDBOX_ROOT_SETTING: &str = "RunnerConfig::sandbox_root";
+/// How messages name the setting that chooses the memory-backed root.
+pub const MEMORY_ROOT_SETTING: &str = "RunnerConfig::memory_root";
 
 /// The folder the guest reads its input from.
 pub const INPUT_DIR: &str = "input";
@@ -150,11 +155,9 @@ fn open_first_private(candidates: &[Candidate], what: &str) -> Result<SandboxRoo
 /// When a named root is not private, or a root cannot be listed.
 pub fn sweep_roots(disk: Option<&Path>, memory: Option<&Path>) -> io::Result<Sweep> {
     let mut sweep = Sweep::default();
-    let named = [
-        (disk, "sandbox root", "choose another --sandbox-root"),
-        (memory, "memory root", "choose another --memory-root"),
-    ];
-    for (index, (path, what, remedy)) in named.into_iter().enumerate() {
+    let named = [(disk, "sandbox root", SANDBOX_ROOT_SETTING), (memory, "memory root", MEMORY_ROOT_SETTING)];
+    for (index, (path, what, setting)) in named.into_iter().enumerate() {
+        let remedy = format!("choose another {setting}");
         let paths = match path {
             Some(path) => vec![(path.to_owned(), true)],
             None if index == 0 => SandboxRoot::default_paths().into_iter().map(|path| (path, false)).collect(),
@@ -164,7 +167,7 @@ pub fn sweep_roots(disk: Option<&Path>, memory: Option<&Path>) -> io::Result<Swe
             let dir = match open_private(&path, false) {
                 Ok(dir) => dir,
                 Err(Refusal::Missing) => continue,
-                Err(refusal) if named => return Err(refusal.into_error(what, &path, remedy)),
+                Err(refusal) if named => return Err(refusal.into_error(what, &path, &remedy)),
                 Err(refusal) => {
                     tracing::debug!("not sweeping the default {what} {} {}", path.display(), refusal.reason());
                     continue;
@@ -228,7 +231,7 @@ impl SandboxRoot {
         memory_candidates().into_iter().map(|candidate| candidate.path).collect()
     }
 
-    /// Opens the root the user named at `path` (`--sandbox-root`), creating
+    /// Opens the root the user named at `path` ([`SANDBOX_ROOT_SETTING`]), creating
     /// it (and missing parents) 0700.
     ///
     /// # Errors
@@ -238,17 +241,17 @@ impl SandboxRoot {
     /// group or others (anyone who can write the root could rename or
     /// replace a sandbox in it). The message says what to do.
     pub fn open(path: &Path) -> io::Result<Self> {
-        Self::open_named(path, "sandbox root", "choose another --sandbox-root")
+        Self::open_named(path, "sandbox root", &format!("choose another {SANDBOX_ROOT_SETTING}"))
     }
 
     /// Opens the memory-backed root the user named at `path`
-    /// (`--memory-root`), as [`SandboxRoot::open`].
+    /// ([`MEMORY_ROOT_SETTING`]), as [`SandboxRoot::open`].
     ///
     /// # Errors
     ///
     /// As [`SandboxRoot::open`].
     pub fn open_memory(path: &Path) -> io::Result<Self> {
-        Self::open_named(path, "memory root", "choose another --memory-root")
+        Self::open_named(path, "memory root", &format!("choose another {MEMORY_ROOT_SETTING}"))
     }
 
     fn open_named(path: &Path, what: &str, remedy: &str) -> io::Result<Self> {
@@ -269,7 +272,7 @@ impl SandboxRoot {
             io::Error::new(
                 ErrorKind::PermissionDenied,
                 format!(
-                    "no default sandbox root is usable ({}); choose a folder of your own with --sandbox-root",
+                    "no default sandbox root is usable ({}); choose a folder of your own with {SANDBOX_ROOT_SETTING}",
                     passed_over.join("; ")
                 ),
             )
@@ -292,7 +295,7 @@ impl SandboxRoot {
             Err(passed_over) => {
                 tracing::warn!(
                     "spooling is off, every input goes to the disk root: no default memory root is usable ({}); \
-                     name a private folder on tmpfs with --memory-root to spool",
+                     name a private folder on tmpfs with {MEMORY_ROOT_SETTING} to spool",
                     passed_over.join("; ")
                 );
                 None
@@ -360,7 +363,7 @@ impl SandboxRoot {
     /// # Errors
     ///
     /// When the OS RNG fails, or a folder cannot be created or locked.
-    pub fn create(&self) -> io::Result<Sandbox> {
+    pub(crate) fn create(&self) -> io::Result<Sandbox> {
         let started = Instant::now();
         let (name, top) = self.create_locked_folder()?;
         let dirs = match make_sandbox_dirs(top) {
@@ -496,6 +499,7 @@ impl SandboxRoot {
 
 /// What [`SandboxRoot::sweep`] did.
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct Sweep {
     /// Sandboxes of dead owners that were removed.
     pub removed: Vec<String>,
@@ -648,18 +652,9 @@ impl Sandbox {
     }
 
     /// The sandbox folder's name in its root.
-    #[must_use]
+    #[cfg(test)]
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    /// A handle to the sandbox folder.
-    ///
-    /// # Errors
-    ///
-    /// Never after creation; the `Option` only exists for teardown.
-    pub fn dir(&self) -> io::Result<&Dir> {
-        self.dirs().map(|dirs| &dirs.top)
     }
 
     /// A handle to `input/`, the folder the guest reads from.
@@ -736,6 +731,12 @@ impl Drop for Sandbox {
             tracing::error!(path = %self.path.display(), "cannot remove sandbox: {}; `host sweep` retries", err.into_io());
         }
     }
+}
+
+/// Whether `id` can name a tenant: 1-64 characters of `[A-Za-z0-9_-]` (it
+/// becomes part of a folder name).
+pub(crate) fn is_tenant_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 #[cfg(test)]
@@ -928,7 +929,10 @@ mod tests {
         std::os::unix::fs::symlink(&target, base.join("root")).expect("symlink");
         let err = SandboxRoot::open(&base.join("root")).expect_err("a link is no root");
         let message = err.to_string();
-        assert!(message.contains("symbolic link") && message.contains("choose another --sandbox-root"), "{message}");
+        assert!(
+            message.contains("symbolic link") && message.contains("choose another RunnerConfig::sandbox_root"),
+            "{message}"
+        );
         assert!(!message.contains("chmod"), "chmod cannot help: {message}");
         assert!(entries(&target).is_empty(), "nothing was made through the link");
         std::fs::write(base.join("file"), b"").expect("file");
@@ -949,9 +953,12 @@ mod tests {
         std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).expect("chown");
         let message = SandboxRoot::open(&theirs).expect_err("another user's root").to_string();
         assert!(message.contains("belongs to uid 65534"), "{message}");
-        assert!(message.ends_with("choose another --sandbox-root") && !message.contains("chmod"), "{message}");
+        assert!(
+            message.ends_with("choose another RunnerConfig::sandbox_root") && !message.contains("chmod"),
+            "{message}"
+        );
         let message = SandboxRoot::open_memory(&theirs).expect_err("another user's root").to_string();
-        assert!(message.ends_with("choose another --memory-root"), "{message}");
+        assert!(message.ends_with("choose another RunnerConfig::memory_root"), "{message}");
         std::fs::remove_dir_all(base).expect("cleanup");
     }
 
@@ -1053,7 +1060,7 @@ mod tests {
     /// Not a test: prints how long removing a sandbox of each shape takes,
     /// on the disk root (the temp folder) and on tmpfs (`/dev/shm`), for the
     /// README's limits. Median of 3. Run with
-    /// `cargo test -p host --lib measure_removal -- --ignored --nocapture`
+    /// `cargo test -p orders-host --lib measure_removal -- --ignored --nocapture`
     /// (`MEASURE_SIZES=100,1000` to choose the sizes).
     #[test]
     #[ignore = "a measurement, not a test"]

@@ -33,7 +33,7 @@ use tokio::sync::Semaphore;
 
 use crate::error::RunError;
 use crate::limits::Limits;
-use crate::sandbox::SandboxRoot;
+use crate::sandbox::{SandboxRoot, is_tenant_id};
 
 /// Tenants whose folders are kept open (two descriptors each) beyond the
 /// invocations that use them: the most recently used ones.
@@ -190,11 +190,6 @@ impl State {
         let at = self.folders.iter().position(|(kept, _)| kept == id)?;
         self.folders.remove(at).map(|(_, folders)| folders)
     }
-}
-/// Whether `id` can name a tenant: 1-64 characters of `[A-Za-z0-9_-]` (it
-/// becomes part of a folder name).
-pub(crate) fn is_tenant_id(id: &str) -> bool {
-    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn check_tenant_id(id: &str) -> Result<(), RunError> {

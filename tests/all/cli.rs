@@ -206,3 +206,29 @@ fn a_second_process_uses_the_compiled_code_cache_and_a_corrupt_entry_is_rebuilt(
     assert_eq!(std::fs::read(&entry).expect("read entry"), good, "the corrupt entry was rebuilt");
     assert_eq!(std::fs::metadata(&cache).expect("stat").permissions().mode() & 0o777, 0o700);
 }
+
+/// Below what one invocation may make the process hold, the host refuses to
+/// start rather than let a guest run it out of descriptors: `host-error`,
+/// naming the figure to raise `ulimit -n` to, and nothing made on disk.
+#[test]
+fn an_open_file_limit_too_low_for_one_invocation_is_refused_with_what_to_raise() {
+    let scratch = Scratch::new("cli-nofile");
+    let input = scratch.write("orders.csv", seven_rows());
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 500 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_host"))
+        .args(["run", input.to_str().expect("utf-8"), "--json"])
+        .args(scratch.root_args())
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("sh runs the host binary");
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("--json prints JSON");
+    assert_eq!(json["outcome"], "host-error");
+    let needed = orders_host::PROCESS_RESERVE + orders_host::DESCRIPTORS_PER_INVOCATION;
+    assert!(json["limit"]["needed"].as_u64().is_some_and(|n| n > needed), "{json}");
+    assert!(json["error"].as_str().is_some_and(|text| text.contains("`ulimit -n`")), "{json}");
+    assert!(!scratch.join("orders.out").exists());
+    assert!(sandbox_root_is_empty(&scratch));
+}

@@ -1,6 +1,6 @@
 //! Delivery against hostile outputs: many of them under a low descriptor
-//! limit, more than the bound, one huge output into a tar archive in bounded
-//! memory, and forged file times. Each attack leaves the sandbox roots empty,
+//! limit, one huge output into a tar archive in bounded memory, and forged
+//! file times (more outputs than the bound: `limits.rs`). Each attack leaves the sandbox roots empty,
 //! and the host goes on to run a normal invocation.
 
 use std::ffi::OsString;
@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
-use orders_host::{Destination, Input, Invocation, Limits, Outcome};
+use orders_host::{Destination, Input, Invocation, Limits};
 use sha2::Digest as _;
 use test_programs_artifacts as programs;
 
-use crate::util::TestHost;
+use crate::util::{TestHost, staging_leftovers};
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
@@ -52,19 +52,13 @@ fn json(output: &Output) -> serde_json::Value {
         .unwrap_or_else(|err| panic!("stdout is JSON ({err}): {}", String::from_utf8_lossy(&output.stdout)))
 }
 
-fn staging_leftovers(folder: &Path) -> Vec<String> {
-    std::fs::read_dir(folder)
-        .expect("list")
-        .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
-        .filter(|name| name.contains("staging"))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_thousand_outputs_are_delivered_under_a_256_descriptor_limit() {
+async fn two_thousand_outputs_are_delivered_under_a_1024_descriptor_limit() {
     let host = TestHost::new("fd-limit");
     let input = host.scratch.write("count.txt", "2000");
-    let limit = under_descriptor_limit(256);
+    // The lowest limit a runner accepts is about 660 (one invocation at the
+    // cap, and the process's own); 1024 is still half the outputs.
+    let limit = under_descriptor_limit(1024);
 
     let folder = host.scratch.join("many.out");
     let output = host_run(&host, &limit, programs::MANY_OUTPUTS, &input, &folder);
@@ -85,42 +79,6 @@ async fn two_thousand_outputs_are_delivered_under_a_256_descriptor_limit() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let mut reader = tar::Archive::new(std::fs::File::open(&archive).expect("archive"));
     assert_eq!(reader.entries().expect("entries").count(), 2000);
-    assert!(staging_leftovers(&host.scratch.path).is_empty());
-    host.assert_recovers().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn more_than_ten_thousand_outputs_end_as_output_too_large() {
-    let host = TestHost::new("max-outputs");
-    let component = host.component(programs::MANY_OUTPUTS);
-    let limits = Limits { max_files: 20_000, timeout: Duration::from_secs(120), ..Limits::default() };
-
-    // The bound itself is delivered.
-    let outcome = host
-        .runner
-        .invoke(
-            Invocation::new(component.clone(), Input::Bytes(b"10000".to_vec()))
-                .limits(limits)
-                .destination(Destination::Memory),
-        )
-        .await
-        .expect("10,000 outputs are delivered");
-    assert_eq!(outcome.outputs.len(), 10_000);
-    host.assert_root_empty();
-
-    let folder = host.scratch.join("too-many.out");
-    let destination = Destination::Folder { path: folder.clone(), force: false };
-    let err = host
-        .runner
-        .invoke(
-            Invocation::new(component.clone(), Input::Bytes(b"10001".to_vec())).limits(limits).destination(destination),
-        )
-        .await
-        .expect_err("one more is refused");
-    assert_eq!(err.outcome(), Outcome::OutputTooLarge, "{err}");
-    assert_eq!(err.limit_hit(), Some(serde_json::json!({ "max_outputs": 10_000 })));
-    assert!(err.to_string().contains("10000"), "the message names the bound: {err}");
-    assert!(!folder.exists(), "nothing is delivered");
     assert!(staging_leftovers(&host.scratch.path).is_empty());
     host.assert_recovers().await;
 }

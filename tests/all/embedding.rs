@@ -431,7 +431,9 @@ async fn two_thousand_tenants_leave_a_bounded_number_of_descriptors_open() {
     // Between invocations, none is in flight: only the kept tenants' folders.
     let in_flight = 0;
     let bound = 2 * (orders_host::MAX_IDLE_TENANTS + in_flight);
-    println!("{TENANTS} tenants: {before} descriptors of the test's folders before, {after} after, at most {most} between (bound: {before} + {bound})");
+    println!(
+        "{TENANTS} tenants: {before} descriptors of the test's folders before, {after} after, at most {most} between (bound: {before} + {bound})"
+    );
     assert!(most <= before + bound, "{most} descriptors open between invocations, {before} before");
     assert!(after <= before + bound, "{after} descriptors open after {TENANTS} tenants, {before} before");
     host.runner.shutdown().expect("shutdown");
@@ -504,7 +506,8 @@ async fn a_deadline_stops_an_endless_input_stream_removes_its_sandbox_and_frees_
     });
     let pipeline = host.bundled();
     let endless = Trickle { burst: 64 << 10, pause: Duration::from_millis(5) };
-    let invocation = Invocation::new(pipeline.clone(), Input::Reader(Box::new(endless))).deadline(Duration::from_millis(300));
+    let invocation =
+        Invocation::new(pipeline.clone(), Input::Reader(Box::new(endless))).deadline(Duration::from_millis(300));
     let err = host.runner.invoke(invocation).await.expect_err("an endless input never ends");
     assert!(matches!(err, RunError::DeadlineExceeded { .. }), "{err}");
     assert_eq!(err.outcome(), Outcome::Timeout);
@@ -547,7 +550,8 @@ async fn a_queue_timeout_gives_busy_while_the_only_slot_is_held() {
         async move { runner.invoke(Invocation::new(pipeline, Input::Reader(Box::new(input)))).await }
     });
     first_read.await.expect("the first invocation reads its input, holding the slot");
-    let waiting = Invocation::new(pipeline.clone(), Input::Bytes(seven_rows())).queue_timeout(Duration::from_millis(50));
+    let waiting =
+        Invocation::new(pipeline.clone(), Input::Bytes(seven_rows())).queue_timeout(Duration::from_millis(50));
     let err = host.runner.invoke(waiting).await.expect_err("no slot within the queue timeout");
     assert!(matches!(err, RunError::Busy { tenant: None }), "{err}");
     feed.send(seven_rows()).expect("feed");

@@ -127,3 +127,34 @@ async fn the_sandbox_root_is_empty_after_success_and_after_each_failure() {
     assert_eq!(outcome.report.accepted, 5);
     host.assert_root_empty();
 }
+
+/// A row with more than 8 MiB of field data (SPEC's `too large`) costs the
+/// run one rejected row, not the run: it is rejected with an empty
+/// `record`, the rows around it go through as usual, and the guest stays
+/// within a 64 MiB memory limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_over_8_mib_is_one_too_large_row_and_the_run_goes_on() {
+    let host = TestHost::new("too-large");
+    let memory: u64 = 64 << 20;
+    let mut input = b"order_id,region,amount,status\n1,north,10.00,completed\n2,south,20.50,completed\n".to_vec();
+    input.extend_from_slice(b"3,north,1.00,canceled\n4,");
+    input.extend(std::iter::repeat_n(b'x', (8 << 20) + 4096));
+    input.extend_from_slice(b",5.00,completed\n5,south,\"$1,000\",completed\n6,east,7,completed\n");
+    let limits = orders_host::Limits { memory: orders_host::ByteSize(memory), ..orders_host::Limits::default() };
+    let outcome = host.run_with(&host.bundled(), &input, &limits).await.expect("the run goes on");
+    let report = &outcome.report;
+    assert_eq!((report.rows, report.accepted, report.cancelled, report.rejected), (6, 4, 1, 1), "{report:?}");
+    let reasons: Vec<(&str, u64)> = report.reasons.iter().map(|r| (r.reason.as_str(), r.rows)).collect();
+    assert_eq!(reasons, [("too large", 1)]);
+    assert!(outcome.peak_memory < memory, "peak memory {} bytes", outcome.peak_memory);
+    println!("peak guest memory with an 8 MiB field: {} bytes", outcome.peak_memory);
+
+    let files = files(&outcome);
+    assert_eq!(files["rejected.csv"], "line,reason,record\n5,too large,\n", "one row, its record empty");
+    assert_eq!(files["north_orders.csv"], "order_id,region,amount\n1,north,10.00\n");
+    assert_eq!(files["south_orders.csv"], "order_id,region,amount\n2,south,20.50\n5,south,1000.00\n");
+    assert_eq!(files["east_orders.csv"], "order_id,region,amount\n6,east,7.00\n");
+    assert_eq!(files["summary.csv"], "region,orders,total\neast,1,7.00\nnorth,1,10.00\nsouth,2,1020.50\n");
+    assert_eq!(files.len(), 5, "{:?}", files.keys().collect::<Vec<_>>());
+    host.assert_root_empty();
+}

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use orders_host::{Component, Input, Invocation, Limits, RunError, RunOutcome, Runner, RunnerConfig};
 
@@ -155,15 +156,22 @@ impl TestHost {
         self.runner.invoke(Invocation::new(component.clone(), Input::Bytes(input.to_vec())).limits(*limits)).await
     }
 
-    /// After an attack: nothing is left, and the host still runs a normal
-    /// invocation correctly. A sandbox the guest filled past what removal
-    /// does within its budget is finished by the housekeeping thread after
-    /// the invocation returned: the shutdown waits for it (and the runner
-    /// goes on, removing inline).
+    /// After an attack: nothing is left, and the host still runs normal
+    /// invocations correctly: the bundled pipeline, and `well_behaved`, a
+    /// polite guest of the test programs whose output is its input. A
+    /// sandbox the guest filled past what removal does within its budget is
+    /// finished by the housekeeping thread after the invocation returned: the
+    /// shutdown waits for it (and the runner goes on, removing inline).
     pub async fn assert_recovers(&self) {
         self.assert_root_empty();
-        let outcome = self.run_bytes(&self.bundled(), &seven_rows()).await.expect("a normal run after the attack");
+        let input = seven_rows();
+        let outcome = self.run_bytes(&self.bundled(), &input).await.expect("a normal run after the attack");
         assert_eq!((outcome.report.rows, outcome.report.accepted), (7, 5));
+        let polite = self.component(test_programs_artifacts::WELL_BEHAVED);
+        let outcome = self.run_bytes(&polite, &input).await.expect("a polite guest runs after the attack");
+        let text = String::from_utf8(input).expect("the example is UTF-8");
+        assert_eq!(outcome.report.rows, text.lines().count() as u64);
+        assert_eq!(files(&outcome), [("copy.csv".to_owned(), text)].into(), "the copy is the input, byte for byte");
         self.assert_root_empty();
     }
 
@@ -186,9 +194,7 @@ pub fn files(outcome: &RunOutcome) -> std::collections::BTreeMap<String, String>
             .iter()
             .map(|(name, bytes)| (name.clone(), String::from_utf8(bytes.clone()).expect("outputs are UTF-8")))
             .collect(),
-        orders_host::Delivered::Folder(path) | orders_host::Delivered::Tar(path) => {
-            panic!("expected an in-memory delivery, got {}", path.display())
-        }
+        other => panic!("expected an in-memory delivery, got {other:?}"),
     }
 }
 
@@ -241,4 +247,28 @@ pub fn peak_rss_kib(command: &mut Command) -> (std::process::Output, u64) {
     let peak = peak.trim().parse().expect("a number of KiB");
     output.stderr = rest.as_bytes().to_vec();
     (output, peak)
+}
+
+/// The number after `label` in the guest's message, e.g. `holding 1048576 bytes`.
+pub fn figure(err: &RunError, label: &str) -> u64 {
+    let text = err.to_string();
+    text.split(label)
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|digits| digits.parse().ok())
+        .unwrap_or_else(|| panic!("the guest says `{label} N`: {text}"))
+}
+
+/// Staging folders a delivery left in `folder` (there should be none).
+pub fn staging_leftovers(folder: &Path) -> Vec<String> {
+    std::fs::read_dir(folder)
+        .expect("list")
+        .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains("staging"))
+        .collect()
+}
+
+/// The default limits with a 2 s timeout, for guests that should end soon.
+pub fn limits() -> Limits {
+    Limits { timeout: Duration::from_secs(2), ..Limits::default() }
 }

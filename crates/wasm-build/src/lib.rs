@@ -14,8 +14,21 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The target every guest is built for.
+/// The target components are built for: WASI 0.2.
 pub const TARGET: &str = "wasm32-wasip2";
+/// The target of WASI preview1 core modules (`host exec`'s other kind).
+pub const PREVIEW1_TARGET: &str = "wasm32-wasip1";
+
+/// Which of a package's targets to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Artifacts {
+    /// Its library (a component with `crate-type = ["cdylib"]`).
+    Lib,
+    /// Its examples, one `.wasm` each.
+    Examples,
+    /// Its binaries, one `.wasm` program each.
+    Bins,
+}
 
 /// What to build: one package of the workspace, in one profile.
 #[derive(Debug)]
@@ -24,8 +37,10 @@ pub struct GuestBuild<'a> {
     pub package: &'a str,
     /// `true` for `--release` (the embedded pipeline), `false` for debug.
     pub release: bool,
-    /// `true` to build the package's examples (one component each) instead of its library.
-    pub examples: bool,
+    /// What to build of the package.
+    pub artifacts: Artifacts,
+    /// The target: [`TARGET`] or [`PREVIEW1_TARGET`].
+    pub target: &'a str,
 }
 
 impl GuestBuild<'_> {
@@ -41,12 +56,13 @@ impl GuestBuild<'_> {
     pub fn run(&self) -> PathBuf {
         let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo for build scripts"));
         let target_dir = out_dir.join("wasm-target");
+        let target = self.target;
         let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
 
         let mut cmd = Command::new(cargo);
         cmd.arg("build")
             .arg("--target")
-            .arg(TARGET)
+            .arg(self.target)
             .arg("-p")
             .arg(self.package)
             .env("CARGO_TARGET_DIR", &target_dir)
@@ -63,20 +79,20 @@ impl GuestBuild<'_> {
         if self.release {
             cmd.arg("--release");
         }
-        if self.examples {
-            cmd.arg("--examples");
-        } else {
-            cmd.arg("--lib");
-        }
+        cmd.arg(match self.artifacts {
+            Artifacts::Lib => "--lib",
+            Artifacts::Examples => "--examples",
+            Artifacts::Bins => "--bins",
+        });
         let status = cmd.status().unwrap_or_else(|err| panic!("cannot start cargo to build {}: {err}", self.package));
         assert!(
             status.success(),
-            "building {} for {TARGET} failed ({status}); if the target is missing, run `rustup target add {TARGET}`",
+            "building {} for {target} failed ({status}); if the target is missing, run `rustup target add {target}`",
             self.package
         );
 
-        let mut wasm_dir = target_dir.join(TARGET).join(if self.release { "release" } else { "debug" });
-        if self.examples {
+        let mut wasm_dir = target_dir.join(target).join(if self.release { "release" } else { "debug" });
+        if self.artifacts == Artifacts::Examples {
             wasm_dir.push("examples");
         }
         for dep_info in dep_info_files(&wasm_dir) {

@@ -10,7 +10,7 @@
 //! A correct host delivers any number of outputs up to its documented bound
 //! with a small, fixed number of its own descriptors open at once (a host
 //! that opens every output before delivering runs out of descriptors under
-//! `ulimit -n 256`), and refuses more than its bound before delivering any.
+//! `ulimit -n 1024`), and refuses more than its bound before delivering any.
 
 use std::fs;
 use std::path::Path;

@@ -2,13 +2,17 @@
 //! are gone (a host that gives back an unlinked file's bytes while the disk
 //! keeps them, or gives them back again on a later `set-size(0)`).
 //!
-//! Input file: `unlink` or `rename-over`.
+//! Input file: `unlink`, `rename-over` or `many`.
 //! - `unlink`: creates `f0`, `f1`, ..., fills each with 64 KiB writes until a
 //!   write fails, keeps it open, unlinks it, truncates it to 0 and fills it
 //!   again (the second fill is what a double give-back would allow), and goes
 //!   on with the next, until a file cannot take a single byte.
 //! - `rename-over`: the same, but each full file is replaced by renaming an
 //!   empty one over it while it is open.
+//! - `many`: against the file limit rather than the quota: creates `f0`,
+//!   `f1`, ..., writes a few bytes into each, unlinks it and keeps it open,
+//!   until one cannot be made (a host that counts names, not files, never
+//!   stops it: the folder stays empty).
 //!
 //! It always ends with `Err(io("<mode>: holding B bytes in N open files,
 //! then: <error>"))`, B being the bytes the open files hold (their sizes as
@@ -54,6 +58,12 @@ impl Guest for UnlinkOpen {
                 .create_new(true)
                 .open(&path)
                 .map_err(|err| stopped(&open, &err))?;
+            if mode == "many" {
+                file.write_all(b"deleted but open\n").map_err(|err| stopped(&open, &err))?;
+                fs::remove_file(&path).map_err(|err| stopped(&open, &err))?;
+                open.push(file);
+                continue;
+            }
             let (written, failure) = fill(&mut file, &chunk);
             if written == 0 {
                 open.push(file);

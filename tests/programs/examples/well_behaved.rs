@@ -1,16 +1,19 @@
 //! A polite tenant plugin: copies the input file to `<output-dir>/copy.csv`
 //! and returns `Ok` with `rows` = the number of lines of the input,
 //! (as `str::lines` counts them: the header too, no trailing empty line),
-//! `accepted` = `rows`, every other count zero and `outputs` = `["copy.csv"]`.
+//! `accepted` = `rows`, all of them in one region `all` (so the report adds
+//! up, as the host checks), every other count zero and `outputs` =
+//! `["copy.csv"]`.
 //!
-//! Not an attack: the host's tests run it after an attack to check that the
+//! Not an attack: the host's tests run it after every attack
+//! (`TestHost::assert_recovers` in `tests/all/util.rs`) to check that the
 //! host still works, and a correct host runs it to completion and publishes
 //! `copy.csv` byte for byte equal to the input.
 
 use std::fs;
 use std::path::Path;
 
-use test_programs::{Guest, PipelineError, Report, io_error, report};
+use test_programs::{Guest, PipelineError, RegionTotal, Report, io_error, report};
 
 struct WellBehaved;
 
@@ -20,7 +23,8 @@ impl Guest for WellBehaved {
         let copy = Path::new(&output_dir).join("copy.csv");
         fs::write(&copy, &content).map_err(|err| io_error(&format!("write {}", copy.display()), &err))?;
         let rows = String::from_utf8_lossy(&content).lines().count() as u64;
-        Ok(Report { rows, accepted: rows, ..report(&["copy.csv"]) })
+        let regions = vec![RegionTotal { region: "all".into(), orders: rows, total_cents: 0 }];
+        Ok(Report { rows, accepted: rows, regions, ..report(&["copy.csv"]) })
     }
 }
 

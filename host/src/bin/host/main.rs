@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod exec;
 mod render;
 mod run;
 
@@ -26,6 +27,15 @@ enum Command {
     /// orders.csv` runs any component of the orders:pipeline@0.1.0 world.
     #[command(after_help = render::exit_code_table())]
     Run(run::RunArgs),
+    /// Runs any WASI program (a wasi:cli/command component or a preview1
+    /// module) in a private, throw-away sandbox.
+    ///
+    /// The program's only folder is `/`, its own sandbox (a copy of --seed
+    /// DIR); argv is its file name and ARGS, its environment only the --env
+    /// pairs, stdin empty. It exits with the program's exit code; a trap
+    /// exits 134 (as wasmtime's CLI), the host's own outcomes 192 + their
+    /// `host run` code (e.g. timeout 202), Ctrl-C 130.
+    Exec(exec::ExecArgs),
     /// Removes sandboxes left behind by host processes that were killed.
     ///
     /// Sandboxes whose owner is still running are never touched.
@@ -53,10 +63,11 @@ fn main() -> ExitCode {
     init_logging();
     match cli.command {
         Command::Run(args) => run::command(&args),
+        Command::Exec(args) => exec::command(&args),
         Command::Sweep { root } => match sweep_command(&root) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
-                eprintln!("host: {err:#}");
+                eprintln!("host: {}", render::with_flags(&format!("{err:#}")));
                 ExitCode::from(render::exit_code(orders_host::Outcome::HostError))
             }
         },
@@ -66,7 +77,7 @@ fn main() -> ExitCode {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| render::LogWriter).init();
 }
 
 fn sweep_command(args: &RootArgs) -> anyhow::Result<()> {

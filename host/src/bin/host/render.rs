@@ -6,7 +6,7 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use orders_host::text::shown;
-use orders_host::{LimitName, Outcome, Remedy, RunError, RunOutcome};
+use orders_host::{LimitHit, LimitName, Outcome, Remedy, RunError, RunOutcome};
 
 /// The process exit code of each outcome. Usage errors exit with 2, as clap's.
 pub fn exit_code(outcome: Outcome) -> u8 {
@@ -51,7 +51,9 @@ fn meaning(outcome: Outcome) -> &'static str {
         Outcome::MemoryLimit => "the guest hit --memory",
         Outcome::FuelExhausted => "the guest used up --fuel",
         Outcome::DiskQuota => "the guest hit --disk-quota",
-        Outcome::FileLimit => "the guest hit --max-files or --max-folders",
+        Outcome::FileLimit => {
+            "the guest hit --max-files, --max-folders, or the fixed caps of 256 open descriptors or 64 listings"
+        }
         Outcome::OutputTooLarge => "the outputs are larger than --max-output, or more than 10000 files",
         Outcome::CleanupFailed => "the sandbox could not be removed (run `host sweep`)",
         Outcome::Interrupted => "Ctrl-C or SIGTERM stopped the run; its sandbox was removed",
@@ -73,8 +75,34 @@ pub fn exit_code_table() -> String {
 /// this command's flags.
 pub fn message(err: &RunError) -> String {
     match err.remedy() {
-        Some(remedy) => format!("{}; {}", err.summary(), remedy_text(remedy)),
-        None => err.summary(),
+        Some(remedy) => format!("{}; {}", with_flags(&err.summary()), remedy_text(remedy)),
+        None => with_flags(&err.summary()),
+    }
+}
+
+/// The library names the settings that choose the sandbox roots in its
+/// messages and warnings (an unusable root says to choose another); this
+/// command sets them with these flags.
+const SETTING_FLAGS: [(&str, &str); 2] =
+    [(orders_host::SANDBOX_ROOT_SETTING, "--sandbox-root"), (orders_host::MEMORY_ROOT_SETTING, "--memory-root")];
+
+/// `text` with the library's setting names worded as this command's flags.
+pub fn with_flags(text: &str) -> String {
+    SETTING_FLAGS.iter().fold(text.to_owned(), |text, (setting, flag)| text.replace(setting, flag))
+}
+
+/// Log output: stderr, with the library's setting names worded as flags.
+/// The formatter hands over each event whole, in one write.
+pub struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::io::stderr().lock().write_all(with_flags(&String::from_utf8_lossy(buf)).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }
 
@@ -122,15 +150,13 @@ pub fn print_summary(outcome: &RunOutcome) {
         orders_host::Delivered::Tar(path) => {
             println!("outputs in the archive {}: {}", path.display(), names.join(", "))
         }
-        orders_host::Delivered::Memory(_) => {}
+        // In memory (this command never asks for it), or a destination of a later library.
+        _ => {}
     }
 }
 
 pub fn print_json_success(outcome: &RunOutcome) {
-    let destination = match &outcome.delivered {
-        orders_host::Delivered::Folder(path) | orders_host::Delivered::Tar(path) => Some(path.display().to_string()),
-        orders_host::Delivered::Memory(_) => None,
-    };
+    let destination = delivered_path(Some(&outcome.delivered));
     let value = serde_json::json!({
         "outcome": Outcome::Success,
         "exit_code": 0,
@@ -140,6 +166,7 @@ pub fn print_json_success(outcome: &RunOutcome) {
         "peak_memory_bytes": outcome.peak_memory,
         "fuel_used": outcome.fuel_used,
         "bytes_written": outcome.bytes_written,
+        "sandbox_peak": outcome.sandbox_peak,
         "spooled": outcome.spooled,
         "timings_us": timings_json(&outcome.timings),
     });
@@ -165,16 +192,48 @@ pub fn print_json_failure(err: &RunError) {
         "outcome": outcome,
         "exit_code": exit_code(outcome),
         "error": message(err),
-        "limit": err.limit_hit(),
+        "limit": err.limit_hit().map(limit_json),
+        "sandbox_peak": err.sandbox_peak(),
     });
     print_json(&value);
+}
+
+/// Where outputs went, for `--json` (`None` when they stayed in memory).
+pub fn delivered_path(delivered: Option<&orders_host::Delivered>) -> Option<String> {
+    match delivered? {
+        orders_host::Delivered::Folder(path) | orders_host::Delivered::Tar(path) => Some(path.display().to_string()),
+        _ => None,
+    }
+}
+
+/// The limit hit, as `--json` names it: the figure with its unit in the key.
+pub fn limit_json(hit: LimitHit) -> serde_json::Value {
+    match hit {
+        LimitHit::Timeout { limit } => serde_json::json!({ "timeout_ms": limit.as_millis() }),
+        LimitHit::Deadline { limit } => serde_json::json!({ "deadline_ms": limit.as_millis() }),
+        LimitHit::Memory { limit, requested } => {
+            serde_json::json!({ "memory_bytes": limit.bytes(), "requested_bytes": requested })
+        }
+        LimitHit::Fuel { fuel } => serde_json::json!({ "fuel": fuel }),
+        LimitHit::DiskQuota { limit } => serde_json::json!({ "disk_quota_bytes": limit.bytes() }),
+        LimitHit::MaxFiles { limit } => serde_json::json!({ "max_files": limit }),
+        LimitHit::MaxFolders { limit } => serde_json::json!({ "max_folders": limit }),
+        LimitHit::MaxOutput { limit, size } => {
+            serde_json::json!({ "max_output_bytes": limit.bytes(), "output_bytes": size })
+        }
+        LimitHit::MaxOpenHandles { limit } => serde_json::json!({ "max_open_handles": limit }),
+        LimitHit::MaxOpenListings { limit } => serde_json::json!({ "max_open_listings": limit }),
+        LimitHit::OpenFileLimit { limit, needed } => serde_json::json!({ "open_file_limit": limit, "needed": needed }),
+        LimitHit::MaxOutputs { limit } => serde_json::json!({ "max_outputs": limit }),
+        _ => serde_json::Value::Null,
+    }
 }
 
 /// Pretty JSON on stdout, as `{:#}` prints it, but with every character
 /// that could act on a terminal escaped (`\u009b`): JSON escapes only C0
 /// controls, and the report's names are the guest's text. The value read
 /// back is the same.
-fn print_json(value: &serde_json::Value) {
+pub fn print_json(value: &serde_json::Value) {
     let mut text = Vec::new();
     let mut serializer = serde_json::Serializer::with_formatter(&mut text, TerminalSafe::default());
     if let Err(err) = serde::Serialize::serialize(value, &mut serializer) {
@@ -271,6 +330,20 @@ mod tests {
         assert_eq!(format_cents(123_450), "1234.50");
         assert_eq!(format_cents(5), "0.05");
         assert_eq!(format_cents(0), "0.00");
+    }
+
+    #[test]
+    fn root_settings_are_worded_as_flags() {
+        let err = RunError::Sandbox(std::io::Error::other(format!(
+            "sandbox root /x is a symbolic link; choose another {}",
+            orders_host::SANDBOX_ROOT_SETTING
+        )));
+        assert_eq!(
+            message(&err),
+            "the sandbox could not be set up: sandbox root /x is a symbolic link; choose another --sandbox-root"
+        );
+        let warning = format!("name a private folder on tmpfs with {} to spool", orders_host::MEMORY_ROOT_SETTING);
+        assert_eq!(with_flags(&warning), "name a private folder on tmpfs with --memory-root to spool");
     }
 
     #[test]

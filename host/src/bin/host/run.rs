@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Args;
 use orders_host::{
-    ByteSize, CodeCache, Destination, Input, Invocation, Limits, Progress, RunError, RunOutcome, Runner, RunnerConfig,
+    ByteSize, Destination, Input, Invocation, Limits, Progress, RunError, RunOutcome, Runner, RunnerConfig,
 };
 
 use crate::RootArgs;
@@ -55,7 +55,7 @@ pub struct RunArgs {
 }
 
 #[derive(Args, Debug)]
-struct LimitArgs {
+pub struct LimitArgs {
     /// Guest memory limit.
     #[arg(long, value_name = "SIZE", default_value = "256MiB")]
     memory: ByteSize,
@@ -100,6 +100,7 @@ impl From<&LimitArgs> for Limits {
             max_folders: args.max_folders,
             max_output: args.max_output,
             stderr_limit: args.stderr_limit,
+            ..Self::default()
         }
     }
 }
@@ -148,7 +149,7 @@ fn run(args: &RunArgs) -> Result<RunOutcome, RunError> {
         spool_threshold: args.spool_threshold.bytes(),
         fuel_metering: limits.fuel.is_some(),
         max_concurrent: 1,
-        cache_dir: if args.no_cache { None } else { args.cache_dir.clone().or_else(CodeCache::default_path) },
+        cache_dir: if args.no_cache { None } else { args.cache_dir.clone().or_else(orders_host::default_cache_dir) },
         ..RunnerConfig::default()
     };
     let runner = Runner::new(&config)?;
@@ -210,7 +211,7 @@ async fn draw_progress(progress: Arc<Progress>) {
 }
 
 /// Resolves on Ctrl-C or SIGTERM; never, if the handlers cannot be installed.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut terminate) = signal(SignalKind::terminate()) else { return std::future::pending().await };
     tokio::select! {
@@ -221,7 +222,7 @@ async fn shutdown_signal() {
 
 /// Every start cleans up after hosts that were killed; failures only warn,
 /// since this run does not depend on them.
-fn sweep_quietly(runner: &Runner) {
+pub fn sweep_quietly(runner: &Runner) {
     match runner.sweep() {
         Ok(sweep) => {
             for (name, err) in sweep.failed {

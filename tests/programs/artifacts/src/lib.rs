@@ -1,5 +1,5 @@
 //! Paths of the test programs: the hostile and probing components of
-//! `test-programs` (one per example, see `test-programs/examples/`), built
+//! `test-programs` (one per example, see `tests/programs/examples/`), built
 //! from source for wasm32-wasip2 by this crate's build script; never commit
 //! `.wasm` files.
 //!
@@ -58,6 +58,7 @@ mod tests {
             "sleep",
             "sparse_1tib",
             "spin",
+            "symlink_bytes",
             "unlink_open",
             "well_behaved",
             "write_4gib",

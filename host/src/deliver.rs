@@ -1,24 +1,16 @@
-//! Taking the guest's outputs out of its sandbox, and delivering them.
+//! Delivering the collected outputs: to a folder, a tar archive or memory,
+//! each output hashed (SHA-256) on the way.
 //!
-//! Collection trusts nothing the guest left: only regular files with one link
-//! and a plain name are taken, never followed, and the report's list of
-//! outputs must match the folder exactly. Delivery to a folder is atomic: the
-//! files are written into a private staging folder beside the destination,
-//! then renamed into place; on any failure the destination is untouched.
-//!
-//! Every descriptor the host opens counts against the process's limit, which
-//! every tenant shares, so neither step holds one per output. Collection
-//! lists the folder once and looks at each entry without opening it
-//! (`fstatat`, never following links); delivery then opens one output at a
+//! Delivery to a folder is atomic: the files are written into a private
+//! staging folder beside the destination, then renamed into place; on any
+//! failure the destination is untouched. Delivery opens one output at a
 //! time, checks on the handle that it is still the file that was listed
 //! (device, inode, size, one link), delivers it and closes it. A folder
 //! delivery overlaps hashing on the CPU with flushing to the disk on
 //! [`FLUSHERS`] + [`HASHERS`] threads, each with one output open at a time
 //! (outputs copied across filesystems are copied one at a time first, two
-//! descriptors each); the other destinations take one output at a time. At
-//! most [`MAX_OUTPUTS`] outputs are delivered.
+//! descriptors each); the other destinations take one output at a time.
 
-use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{self, BufWriter, ErrorKind, Read, Write as _};
 use std::os::fd::OwnedFd;
@@ -28,24 +20,15 @@ use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
 
 use cap_std::fs::Dir;
-use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
+use rustix::fs::{Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
-use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
+use crate::cancel::Cancel;
+use crate::collect::{Collected, Listed, OutputFile, identity, open_beneath};
 use crate::error::{DeliveryError, RunError};
-use crate::fs::{AtomicFile, PRIVATE_DIR, PRIVATE_FILE, hex, list_dir, random_hex, remove_tree};
-use crate::invoke::Cancel;
-use crate::limits::ByteSize;
-use crate::report::Report;
+use crate::fs::{AtomicFile, PRIVATE_DIR, PRIVATE_FILE, hex, random_hex, remove_tree};
 use crate::text::shown;
-
-/// The most outputs one run delivers. Past it the run ends as
-/// `output-too-large` and nothing is delivered. Ten thousand is far more than
-/// a pipeline needs (the reference pipeline writes one file per region and
-/// two more) and keeps the host's list of them, and the time to deliver and
-/// flush them, small.
-pub const MAX_OUTPUTS: usize = 10_000;
 
 /// Below this much output, and this many outputs, one thread delivers them:
 /// starting threads would cost more than they save. Past either, flushing in
@@ -57,19 +40,9 @@ const PARALLEL_FILES: usize = 8;
 /// The largest read buffer of one delivering thread.
 const BUFFER_BYTES: u64 = 256 * 1024;
 
-/// One delivered file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct OutputFile {
-    /// Its name in the output folder (checked: a plain name).
-    pub name: String,
-    /// Its size.
-    pub bytes: u64,
-    /// Hex SHA-256 of the contents, computed while delivering.
-    pub sha256: String,
-}
-
 /// Where the outputs of a run go.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Destination {
     /// A folder, created 0700 with files 0600. An existing non-empty folder
     /// is replaced only with `force`, atomically.
@@ -93,6 +66,7 @@ pub enum Destination {
 
 /// What was delivered where.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Delivered {
     /// Into this folder.
     Folder(PathBuf),
@@ -100,161 +74,6 @@ pub enum Delivered {
     Memory(Vec<(String, Vec<u8>)>),
     /// Into this archive.
     Tar(PathBuf),
-}
-
-/// Whether a guest-chosen name may become a file in the user's folder: one
-/// plain component, printable, not hidden and not mistakable for an option.
-fn check_output_name(name: &str) -> Result<(), String> {
-    let problem = if name.len() > 255 {
-        "is longer than 255 bytes"
-    } else if name.starts_with('.') {
-        "starts with `.`"
-    } else if name.starts_with('-') {
-        "starts with `-`"
-    } else if name.contains(['/', '\\']) {
-        "contains a path separator"
-    } else if name.chars().any(char::is_control) {
-        "contains a control character"
-    } else if name.is_empty() {
-        "is empty"
-    } else {
-        return Ok(());
-    };
-    Err(format!("the output name `{}` {problem}", shown(name)))
-}
-
-/// Lists the outputs the guest left in `out`, refusing anything that is not a
-/// plain regular file, and checks them against the report and the limits.
-/// Nothing is opened but the listing: each entry is looked at with
-/// `fstatat`, without following links.
-///
-/// # Errors
-///
-/// [`RunError::ContractViolation`] for a refused entry or a report that lies,
-/// [`RunError::TooManyOutputs`] past [`MAX_OUTPUTS`],
-/// [`RunError::OutputTooLarge`] past `max_output`, [`RunError::Host`] when the
-/// folder cannot be read.
-pub(crate) fn collect(out: &Dir, report: &Report, max_output: ByteSize) -> Result<Vec<Listed>, RunError> {
-    let host_error = |err: io::Error| RunError::Host(format!("cannot read the sandbox's output folder: {err}"));
-    let refuse = |name: &str, kind: &str| {
-        RunError::ContractViolation(format!("the output `{}` is {kind}; outputs must be regular files", shown(name)))
-    };
-    let mut listed = Vec::new();
-    let mut total = 0u64;
-    let mut entries = list_dir(out).map_err(host_error)?;
-    while let Some(entry) = entries.read() {
-        let entry = entry.map_err(|errno| host_error(errno.into()))?;
-        let c_name = entry.file_name();
-        if c_name == c"." || c_name == c".." {
-            continue;
-        }
-        // Counted before anything else, so a million entries cost no more
-        // than the bound to refuse.
-        if listed.len() == MAX_OUTPUTS {
-            return Err(RunError::TooManyOutputs { limit: MAX_OUTPUTS as u64 });
-        }
-        let name = c_name
-            .to_str()
-            .map_err(|_| {
-                RunError::ContractViolation(format!(
-                    "the output name `{}` is not UTF-8",
-                    shown(&c_name.to_string_lossy())
-                ))
-            })?
-            .to_owned();
-        check_output_name(&name).map_err(RunError::ContractViolation)?;
-        // The entry's own type refuses most at once; the stat decides.
-        refuse_kind(entry.file_type(), &name, &refuse)?;
-        let stat = rustix::fs::statat(out, c_name, AtFlags::SYMLINK_NOFOLLOW).map_err(|err| host_error(err.into()))?;
-        refuse_kind(rustix::fs::FileType::from_raw_mode(stat.st_mode), &name, &refuse)?;
-        if stat.st_nlink > 1 {
-            return Err(refuse(&name, "a hard link to another file"));
-        }
-        let bytes = u64::try_from(stat.st_size).map_err(|_| host_error(io::Error::other("a negative file size")))?;
-        total = total.saturating_add(bytes);
-        listed.push(Listed { file: OutputFile { name, bytes, sha256: String::new() }, identity: identity(&stat) });
-    }
-    drop(entries);
-    if total > max_output.bytes() {
-        return Err(RunError::OutputTooLarge { limit: max_output, size: total });
-    }
-    listed.sort_by(|a, b| a.file.name.cmp(&b.file.name));
-
-    let on_disk: BTreeSet<&str> = listed.iter().map(|l| l.file.name.as_str()).collect();
-    let mut reported = BTreeSet::new();
-    for name in &report.outputs {
-        if !reported.insert(name.as_str()) {
-            return Err(RunError::ContractViolation(format!("the report lists the output `{}` twice", shown(name))));
-        }
-        if !on_disk.contains(name.as_str()) {
-            return Err(RunError::ContractViolation(format!(
-                "the report lists the output `{}`, which is not a file in the output folder",
-                shown(name)
-            )));
-        }
-    }
-    if let Some(unlisted) = on_disk.difference(&reported).next() {
-        return Err(RunError::ContractViolation(format!(
-            "the guest wrote `{}` but its report does not list it",
-            shown(unlisted)
-        )));
-    }
-    Ok(listed)
-}
-
-/// Refuses anything but a regular file (an unknown type is left to the stat).
-fn refuse_kind(
-    kind: rustix::fs::FileType,
-    name: &str,
-    refuse: &impl Fn(&str, &str) -> RunError,
-) -> Result<(), RunError> {
-    use rustix::fs::FileType as Kind;
-    match kind {
-        Kind::RegularFile | Kind::Unknown => Ok(()),
-        Kind::Symlink => Err(refuse(name, "a symbolic link (it was not followed)")),
-        Kind::Directory => Err(refuse(name, "a folder")),
-        _ => Err(refuse(name, "a special file")),
-    }
-}
-
-/// An output that passed the checks, as it was listed. No descriptor is held:
-/// delivery opens it and checks on the handle that it is still this file.
-#[derive(Debug, Clone)]
-pub(crate) struct Listed {
-    pub(crate) file: OutputFile,
-    /// Device and inode.
-    identity: (u64, u64),
-}
-
-/// Which file `stat` is: its device and inode.
-// Not the same type on every target (`u32` fields on some).
-#[allow(clippy::useless_conversion)]
-fn identity(stat: &rustix::fs::Stat) -> (u64, u64) {
-    (u64::from(stat.st_dev), u64::from(stat.st_ino))
-}
-
-impl Listed {
-    /// Opens the output `self` names in `dir` for reading, without following
-    /// links, and checks on the handle that it is the file that was listed:
-    /// what is checked is what is delivered. No guest runs any more, so a
-    /// mismatch means someone else changed the sandbox: an error, not data.
-    fn open_in(&self, dir: impl rustix::fd::AsFd) -> io::Result<File> {
-        // NONBLOCK and NOCTTY: opening is harmless whatever the name turned out to be.
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
-        let fd = rustix::fs::openat(dir, self.file.name.as_str(), flags, Mode::empty())?;
-        let stat = rustix::fs::fstat(&fd)?;
-        let same = rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile
-            && identity(&stat) == self.identity
-            && stat.st_nlink == 1
-            && u64::try_from(stat.st_size).ok() == Some(self.file.bytes);
-        if !same {
-            return Err(io::Error::other(format!(
-                "`{}` was changed or replaced after it was checked",
-                shown(&self.file.name)
-            )));
-        }
-        Ok(File::from(fd))
-    }
 }
 
 /// Reads exactly the size an output was checked at, hashing it on the way.
@@ -356,11 +175,12 @@ pub fn check_destination(destination: &Destination) -> Result<(), RunError> {
 ///
 /// [`RunError::Delivery`] with the reason; nothing is left at the destination.
 pub(crate) fn deliver(
-    files: Vec<Listed>,
+    collected: Collected,
     out: &Dir,
     destination: &Destination,
     cancel: &Cancel,
 ) -> Result<(Delivered, Vec<OutputFile>), RunError> {
+    let Collected { files, folders } = collected;
     match destination {
         Destination::Memory => {
             let mut delivered = Vec::with_capacity(files.len());
@@ -375,12 +195,10 @@ pub(crate) fn deliver(
             }
             Ok((Delivered::Memory(delivered), hashed))
         }
-        Destination::Folder { path, force } => {
-            deliver_to_folder(&files, out, path, *force, cancel).map(|hashed| (Delivered::Folder(path.clone()), hashed))
-        }
-        Destination::Tar { path, force } => {
-            deliver_to_tar(&files, out, path, *force, cancel).map(|hashed| (Delivered::Tar(path.clone()), hashed))
-        }
+        Destination::Folder { path, force } => deliver_to_folder(&files, &folders, out, path, *force, cancel)
+            .map(|hashed| (Delivered::Folder(path.clone()), hashed)),
+        Destination::Tar { path, force } => deliver_to_tar(&files, &folders, out, path, *force, cancel)
+            .map(|hashed| (Delivered::Tar(path.clone()), hashed)),
     }
 }
 
@@ -435,6 +253,7 @@ fn existing_destination(parent: &Dir, name: &str, path: &Path, force: bool) -> R
 
 fn deliver_to_folder(
     files: &[Listed],
+    folders: &[String],
     out: &Dir,
     path: &Path,
     force: bool,
@@ -450,7 +269,7 @@ fn deliver_to_folder(
         fail(io::Error::new(io::Error::from(err).kind(), format!("cannot create a staging folder beside it: {err}")))
     })?;
 
-    let staged = stage_files(files, out, &parent, &staging, cancel).and_then(|hashed| {
+    let staged = stage_files(files, folders, out, &parent, &staging, cancel).and_then(|hashed| {
         match existing {
             // rename(2) replaces a missing or empty folder atomically.
             None | Some(true) => rustix::fs::renameat(&parent, staging.as_str(), &parent, name)?,
@@ -488,6 +307,7 @@ fn deliver_to_folder(
 /// each thread with one output open at a time.
 fn stage_files(
     files: &[Listed],
+    folders: &[String],
     out: &Dir,
     parent: &Dir,
     staging: &str,
@@ -495,6 +315,11 @@ fn stage_files(
 ) -> io::Result<Vec<OutputFile>> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let staging_dir = rustix::fs::openat(parent, staging, flags, Mode::empty())?;
+    // Each folder after its parent (collection lists them breadth first).
+    for folder in folders {
+        cancel.check()?;
+        rustix::fs::mkdirat(&staging_dir, folder.as_str(), Mode::from_raw_mode(PRIVATE_DIR))?;
+    }
     let largest = files.iter().map(|listed| listed.file.bytes).max().unwrap_or(0);
     let mut buffer = read_buffer(largest);
     let staged = files
@@ -515,6 +340,9 @@ fn stage_files(
         flush_and_hash(&staged, &staging_dir, largest, cancel)?;
     }
     // The folder's entries, once every file in it is flushed.
+    for folder in folders {
+        rustix::fs::fsync(open_beneath(&staging_dir, folder, OFlags::RDONLY | OFlags::DIRECTORY)?)?;
+    }
     rustix::fs::fsync(&staging_dir)?;
     staged
         .into_iter()
@@ -665,6 +493,7 @@ fn check_tar_destination(parent: &Dir, name: &str, path: &Path, force: bool) -> 
 /// the host's time.
 fn deliver_to_tar(
     files: &[Listed],
+    folders: &[String],
     out: &Dir,
     path: &Path,
     force: bool,
@@ -679,6 +508,15 @@ fn deliver_to_tar(
         let mut archive = AtomicFile::create(&parent, &format!(".{name}.staging-"))?;
         let mut builder = tar::Builder::new(BufWriter::with_capacity(BUFFER_BYTES as usize, archive.file()?));
         let mut hashed = Vec::with_capacity(files.len());
+        for folder in folders {
+            cancel.check()?;
+            let mut header = tar::Header::new_ustar();
+            header.set_size(0);
+            header.set_mode(PRIVATE_DIR);
+            header.set_mtime(mtime);
+            header.set_entry_type(tar::EntryType::Directory);
+            builder.append_data(&mut header, folder, io::empty())?;
+        }
         for listed in files {
             cancel.check()?;
             let source = listed.open_in(out)?;
@@ -704,18 +542,6 @@ fn deliver_to_tar(
 mod tests {
     use super::*;
 
-    #[test]
-    fn plain_names_pass_and_dangerous_ones_are_named() {
-        for name in ["north_orders.csv", "summary.csv", "a b.csv", "été.csv", &"a".repeat(255)] {
-            assert_eq!(check_output_name(name), Ok(()), "{name}");
-        }
-        for name in ["", ".", "..", ".hidden", "-rf", "a/b", "new\nline", "tab\t", &"a".repeat(256)] {
-            let err = check_output_name(name).expect_err(name);
-            assert!(err.starts_with("the output name"), "{err}");
-            assert!(!err.chars().any(crate::text::acts_on_terminal), "{err}");
-        }
-    }
-
     fn listed(name: &str, bytes: u64) -> Listed {
         Listed { file: OutputFile { name: name.into(), bytes, sha256: String::new() }, identity: (0, 0) }
     }
@@ -738,31 +564,5 @@ mod tests {
         assert!(short.to_string().contains("5 bytes short"), "{short}");
         let grown = read_checked(b"abcdefghij", 8).expect_err("longer than checked");
         assert!(grown.to_string().contains("grew"), "{grown}");
-    }
-
-    #[test]
-    fn an_output_replaced_after_it_was_listed_is_not_opened() {
-        let path = std::env::temp_dir().join(format!("outputs-unit-{}", random_hex().expect("random")));
-        std::fs::create_dir(&path).expect("mkdir");
-        let dir = Dir::open_ambient_dir(&path, cap_std::ambient_authority()).expect("open");
-        dir.write("a.csv", "one\n").expect("write");
-        let report = Report {
-            rows: 0,
-            accepted: 0,
-            cancelled: 0,
-            rejected: 0,
-            reasons: vec![],
-            regions: vec![],
-            outputs: vec!["a.csv".into()],
-        };
-        let [listed] =
-            <[Listed; 1]>::try_from(collect(&dir, &report, ByteSize(1 << 20)).expect("collected")).expect("one output");
-        assert!(listed.open_in(&dir).is_ok());
-        // Same name and size, another file (the first kept, so its inode is not reused).
-        dir.rename("a.csv", &dir, "old.csv").expect("rename");
-        dir.write("a.csv", "two\n").expect("write");
-        let err = listed.open_in(&dir).expect_err("another file");
-        assert!(err.to_string().contains("replaced"), "{err}");
-        std::fs::remove_dir_all(&path).expect("clean up");
     }
 }
