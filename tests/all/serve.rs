@@ -56,7 +56,8 @@ impl Server {
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).expect("the server prints its address");
-        let base = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected: {line:?}")).to_owned();
+        let base =
+            line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected: {line:?}")).to_owned();
         Self { child, base, config: config.to_owned(), client: reqwest::Client::new() }
     }
 
@@ -169,7 +170,8 @@ async fn a_missing_or_wrong_token_is_401_and_another_tenants_job_is_404_like_a_m
     let job = json(server.post(ACME, "?wait=30", seven_rows()).await).await;
     let id = id_of(&job);
     let missing = "0123456789abcdef0123456789abcdef";
-    for path in [format!("/v1/jobs/{id}"), format!("/v1/jobs/{id}/outputs/summary.csv"), format!("/v1/jobs/{id}/outputs.tar")]
+    for path in
+        [format!("/v1/jobs/{id}"), format!("/v1/jobs/{id}/outputs/summary.csv"), format!("/v1/jobs/{id}/outputs.tar")]
     {
         let theirs = server.get(BETA, &path).await;
         let absent = server.get(BETA, &path.replace(&id, missing)).await;
@@ -313,7 +315,8 @@ async fn a_body_over_max_input_is_413_while_streaming_and_nothing_stays_on_disk(
     let scratch = Scratch::new("serve-413");
     let server = Server::start(&scratch, &tenant("acme", ACME, "max_input = \"4MiB\""));
     let base = server.base.clone();
-    let (answer, sent) = tokio::task::spawn_blocking(move || chunked_upload(&base, ACME, 64 << 20)).await.expect("task");
+    let (answer, sent) =
+        tokio::task::spawn_blocking(move || chunked_upload(&base, ACME, 64 << 20)).await.expect("task");
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(sent < 16 << 20, "answered as the limit was crossed, after {sent} bytes");
     assert!(job_files(&scratch).is_empty(), "{:?}", job_files(&scratch));
@@ -388,7 +391,7 @@ async fn past_max_stored_a_tenant_gets_429_storage_full() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotency_key_names_one_job() {
     let scratch = Scratch::new("serve-idem");
-    let server = Server::start(&scratch, &tenant("acme", ACME, "") + &tenant("beta", BETA, ""));
+    let server = Server::start(&scratch, &(tenant("acme", ACME, "") + &tenant("beta", BETA, "")));
     let post = |token: &'static str, key: &'static str, body: Vec<u8>| {
         server.client.post(server.url("/v1/jobs")).bearer_auth(token).header("Idempotency-Key", key).body(body).send()
     };
@@ -489,7 +492,12 @@ async fn fifty_generated_inputs_over_two_tenants_each_match_their_own_native_res
                 .as_array()
                 .expect("outputs")
                 .iter()
-                .map(|o| (o["name"].as_str().unwrap_or_default().to_owned(), o["sha256"].as_str().unwrap_or_default().to_owned()))
+                .map(|o| {
+                    (
+                        o["name"].as_str().unwrap_or_default().to_owned(),
+                        o["sha256"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
                 .collect();
             assert_eq!(got, expected, "input {n}");
         }));
@@ -540,10 +548,21 @@ async fn sigterm_drains_running_jobs_and_leaves_the_rest_queued_for_the_next_sta
     server.running(ACME, &short).await;
     let waiting = id_of(&json(server.post(ACME, "", seven_rows()).await).await);
     server.signal("-TERM");
-    let ready = server.client.get(server.url("/readyz")).send().await;
-    if let Ok(ready) = ready {
-        assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE, "not ready while draining");
+    // The signal arrives on its own time: ask until the server says it is
+    // draining (the running job keeps it up for a second).
+    let mut draining = false;
+    for _ in 0..500 {
+        match server.client.get(server.url("/readyz")).send().await.map(|ready| ready.status()) {
+            Ok(StatusCode::SERVICE_UNAVAILABLE) => {
+                draining = true;
+                break;
+            }
+            Ok(status) => assert_eq!(status, StatusCode::OK, "ready until the signal arrives"),
+            Err(err) => panic!("the server answers while it drains: {err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    assert!(draining, "readyz says 503 while the server drains");
     assert!(server.wait().success(), "exits 0 after the drain");
     drop(server);
 
@@ -623,7 +642,8 @@ fn host_token_prints_a_token_and_the_config_line_of_its_hash() {
 #[test]
 fn an_unknown_config_key_stops_the_server_with_its_name_and_line() {
     let scratch = Scratch::new("serve-badconfig");
-    let path = scratch.write("service.toml", format!("max_queued = 3\n{}\ntimout = \"1s\"\n", tenant("acme", ACME, "")));
+    let path =
+        scratch.write("service.toml", format!("max_queued = 3\n{}\ntimout = \"1s\"\n", tenant("acme", ACME, "")));
     let output = Command::new(env!("CARGO_BIN_EXE_host"))
         .args(["serve", "--config"])
         .arg(&path)
@@ -632,5 +652,5 @@ fn an_unknown_config_key_stops_the_server_with_its_name_and_line() {
         .expect("host serve");
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("timout") && stderr.contains("line 5"), "{stderr}");
+    assert!(stderr.contains("timout") && stderr.contains("line 6"), "{stderr}");
 }

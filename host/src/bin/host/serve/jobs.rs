@@ -502,10 +502,14 @@ impl Service {
             },
         };
         let name = ending.outcome.clone().unwrap_or_default();
-        let keep: &[&str] = if result.is_ok() { &[OUTPUT_FOLDER] } else { &[] };
         if self.store.finish(id.to_owned(), ending).await? {
-            // The result is committed: the input is no longer needed.
-            clear_job_folder(&self.job_dir(id), keep).await;
+            // The result is committed: the input is no longer needed, and a
+            // failed job has nothing else to keep.
+            if result.is_ok() {
+                clear_job_folder(&self.job_dir(id), &[OUTPUT_FOLDER]).await;
+            } else {
+                self.remove_files(id).await;
+            }
         } else {
             // Deleted while it ran: nothing of it stays.
             self.remove_files(id).await;
