@@ -4,7 +4,8 @@
 //! `tests/programs/artifacts/`). `limits` has one test per limit of the
 //! README's table; `hostile`, `accounting`, `delivery` and `isolation` are
 //! attacks; `cli`, `roots` and `crash` run the `host` binary
-//! (`CARGO_BIN_EXE_host`, so the `cli` feature is required); `embedding`
+//! (`CARGO_BIN_EXE_host`, so the `cli` feature is required), and `serve`
+//! runs `host serve` as a process and talks to it over loopback; `embedding`
 //! the library as a service would; `util` holds the fixtures, and
 //! `TestHost::assert_recovers` runs the bundled pipeline and the polite
 //! `well_behaved` guest after each attack.
@@ -23,4 +24,5 @@ mod limits;
 mod pipeline;
 mod removal;
 mod roots;
+mod serve;
 mod util;

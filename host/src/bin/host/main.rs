@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 mod exec;
 mod render;
 mod run;
+mod serve;
 
 #[derive(Parser, Debug)]
 #[command(name = "host", version, about = "Runs order-pipeline components in a private, throw-away sandbox.")]
@@ -43,6 +44,14 @@ enum Command {
         #[command(flatten)]
         root: RootArgs,
     },
+    /// Runs jobs for tenants over HTTP: `host serve --config service.toml`.
+    ///
+    /// Each tenant authenticates with its bearer token and runs under its
+    /// own limits; jobs and results are kept in the data folder.
+    Serve(serve::ServeArgs),
+    /// Prints a new random bearer token, then its `token_sha256 = "..."`
+    /// line for a tenant of the service's config.
+    Token,
 }
 
 #[derive(Args, Debug)]
@@ -60,10 +69,23 @@ struct RootArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // A server's requests and jobs are worth a line each; a run's are not.
+    init_logging(if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" });
     match cli.command {
         Command::Run(args) => run::command(&args),
         Command::Exec(args) => exec::command(&args),
+        Command::Serve(args) => serve::command(&args),
+        Command::Token => match serve::config::new_token() {
+            Ok((token, line)) => {
+                println!("{token}");
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("host: {err:#}");
+                ExitCode::from(render::exit_code(orders_host::Outcome::HostError))
+            }
+        },
         Command::Sweep { root } => match sweep_command(&root) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
@@ -74,9 +96,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| render::LogWriter).init();
 }
 

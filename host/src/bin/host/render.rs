@@ -71,11 +71,24 @@ pub fn exit_code_table() -> String {
     table
 }
 
+/// Who reads a message, so its remedy names what they can change: the
+/// command's flags, or the keys of a tenant in the service's config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    CommandLine,
+    Service,
+}
+
 /// The error as one line for stderr: what was wrong, and what to do with
 /// this command's flags.
 pub fn message(err: &RunError) -> String {
+    message_for(err, Audience::CommandLine)
+}
+
+/// The error as one line, its remedy worded for `audience`.
+pub fn message_for(err: &RunError, audience: Audience) -> String {
     match err.remedy() {
-        Some(remedy) => format!("{}; {}", with_flags(&err.summary()), remedy_text(remedy)),
+        Some(remedy) => format!("{}; {}", with_flags(&err.summary()), remedy_text(remedy, audience)),
         None => with_flags(&err.summary()),
     }
 }
@@ -106,19 +119,49 @@ impl std::io::Write for LogWriter {
     }
 }
 
-fn remedy_text(remedy: Remedy) -> String {
-    match remedy {
-        Remedy::Raise(LimitName::Timeout) => "raise --timeout if the input needs longer".into(),
-        Remedy::Raise(LimitName::Memory) => "raise --memory if the input needs more".into(),
-        Remedy::Raise(LimitName::Fuel) => "raise --fuel if the input needs more".into(),
-        Remedy::Raise(LimitName::DiskQuota) => "raise --disk-quota if the outputs need more room".into(),
-        Remedy::Raise(LimitName::MaxFiles) => "raise --max-files if the outputs need more".into(),
-        Remedy::Raise(LimitName::MaxFolders) => "raise --max-folders if the outputs need more".into(),
-        Remedy::Raise(LimitName::MaxOutput) => "raise --max-output to accept them".into(),
-        Remedy::ReplaceOrChooseAnother => "pass --force to replace it, or choose another --out".into(),
-        Remedy::ChooseAnother => "choose another --out".into(),
-        Remedy::Sweep => "run `host sweep` once no host is running".into(),
-        other => other.to_string(),
+/// A job's `"error"`: the outcome's name as its kind, the message, the limit.
+pub fn job_error_json(err: &RunError) -> serde_json::Value {
+    serde_json::json!({
+        "kind": err.outcome(),
+        "message": message_for(err, Audience::Service),
+        "limit": err.limit_hit().map(limit_json),
+    })
+}
+
+/// The flag (`--max-files`) or config key (`max_files`) of a limit.
+fn limit_key(limit: LimitName) -> Option<&'static str> {
+    Some(match limit {
+        LimitName::Timeout => "timeout",
+        LimitName::Memory => "memory",
+        LimitName::Fuel => "fuel",
+        LimitName::DiskQuota => "disk_quota",
+        LimitName::MaxFiles => "max_files",
+        LimitName::MaxFolders => "max_folders",
+        LimitName::MaxOutput => "max_output",
+        _ => return None,
+    })
+}
+
+fn remedy_text(remedy: Remedy, audience: Audience) -> String {
+    let named = |key: &str| match audience {
+        Audience::CommandLine => format!("--{}", key.replace('_', "-")),
+        Audience::Service => format!("the tenant's `{key}` in the service's config"),
+    };
+    let raise = |limit: LimitName, why: &str| format!("raise {} {why}", named(limit_key(limit).unwrap_or_default()));
+    match (remedy, audience) {
+        (Remedy::Raise(limit @ LimitName::Timeout), _) => raise(limit, "if the input needs longer"),
+        (Remedy::Raise(limit @ (LimitName::Memory | LimitName::Fuel)), _) => raise(limit, "if the input needs more"),
+        (Remedy::Raise(limit @ LimitName::DiskQuota), _) => raise(limit, "if the outputs need more room"),
+        (Remedy::Raise(limit @ (LimitName::MaxFiles | LimitName::MaxFolders)), _) => {
+            raise(limit, "if the outputs need more")
+        }
+        (Remedy::Raise(limit @ LimitName::MaxOutput), _) => raise(limit, "to accept them"),
+        (Remedy::ReplaceOrChooseAnother, Audience::CommandLine) => {
+            "pass --force to replace it, or choose another --out".into()
+        }
+        (Remedy::ChooseAnother, Audience::CommandLine) => "choose another --out".into(),
+        (Remedy::Sweep, Audience::CommandLine) => "run `host sweep` once no host is running".into(),
+        (other, _) => other.to_string(),
     }
 }
 
@@ -353,5 +396,20 @@ mod tests {
             message(&err),
             "the guest ran out of time: it was stopped after 2s; raise --timeout if the input needs longer"
         );
+        let err = RunError::FileLimit { limit: 5, guest: None, peak: orders_host::SandboxUsage::default() };
+        assert!(message(&err).ends_with("raise --max-files if the outputs need more"), "{}", message(&err));
+        let err = RunError::MemoryLimit { limit: orders_host::ByteSize(1), requested: 2 };
+        assert!(message(&err).ends_with("raise --memory if the input needs more"), "{}", message(&err));
+    }
+
+    #[test]
+    fn a_jobs_error_names_the_tenants_config_key_and_the_limit() {
+        let err = RunError::Timeout { limit: Duration::from_secs(2) };
+        let json = job_error_json(&err);
+        assert_eq!(json["kind"], "timeout");
+        assert_eq!(json["limit"], serde_json::json!({ "timeout_ms": 2000 }));
+        let message = json["message"].as_str().expect("a message");
+        assert!(message.ends_with("raise the tenant's `timeout` in the service's config if the input needs longer"));
+        assert!(!message.contains("--"), "{message}");
     }
 }

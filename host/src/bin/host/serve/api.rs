@@ -1,0 +1,339 @@
+//! The HTTP API: routes, bearer authentication, error bodies, and the
+//! layers every request goes through (request id, tracing span, body read
+//! timeout, status counting). Handlers only translate HTTP to the service.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+
+use super::jobs::{ChannelWriter, MAX_WAIT, Service, job_json, write_tar};
+use super::metrics::CodeLabels;
+
+/// A client that sends nothing of its body for this long is cut.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+const DEFAULT_LIST_LIMIT: u32 = 100;
+const MAX_LIST_LIMIT: u32 = 1000;
+
+/// An error answer: `{"error": {"kind", "message"}}` with its status.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self { status, kind, message: message.into(), retry_after: None }
+    }
+
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", "there is no such job")
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad-request", message)
+    }
+
+    pub fn too_large(max_input: u64) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "input-too-large",
+            format!("the body is larger than this tenant's max_input of {max_input} bytes; split the export"),
+        )
+    }
+
+    pub fn draining() -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "draining", "the server is stopping; send the job to it again later")
+            .retry_after(5)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send `Authorization: Bearer TOKEN` with a token of this server's config",
+        )
+    }
+}
+
+/// The server's own failures are logged in full and answered plainly.
+impl From<anyhow::Error> for ApiError {
+    fn from(err: anyhow::Error) -> Self {
+        tracing::error!("{err:#}");
+        Self::internal("the server failed; its log says why")
+    }
+}
+
+impl From<std::io::Error> for ApiError {
+    fn from(err: std::io::Error) -> Self {
+        Self::from(anyhow::Error::from(err))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": { "kind": self.kind, "message": self.message } });
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+type Shared = State<Arc<Service>>;
+
+pub fn router(service: Arc<Service>) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .route("/v1/jobs", get(list_jobs).post(create_job))
+        .route("/v1/jobs/{id}", get(show_job).delete(delete_job))
+        .route("/v1/jobs/{id}/outputs.tar", get(output_tar))
+        .route("/v1/jobs/{id}/outputs/{name}", get(output_file))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not-found", "no such route; see /openapi.json") })
+        .layer(RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&service), count_status))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+                    tracing::info_span!(
+                        "request",
+                        method = %request.method(),
+                        path = %request.uri().path(),
+                        request_id = %id,
+                        tenant = tracing::field::Empty,
+                        job = tracing::field::Empty,
+                    )
+                })
+                // A 503 while draining or a 500 is the server's to say, not an
+                // error of its log: those are logged where they happen.
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(service)
+}
+
+async fn count_status(State(service): Shared, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    service.metrics.requests.get_or_create(&CodeLabels { code: response.status().as_u16() }).inc();
+    response
+}
+
+/// The tenant of the request's bearer token.
+fn tenant(service: &Service, headers: &HeaderMap) -> Result<String, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(ApiError::unauthorized)?;
+    let tenant = service.authenticate(token).ok_or_else(ApiError::unauthorized)?;
+    tracing::Span::current().record("tenant", tenant.as_str());
+    Ok(tenant)
+}
+
+fn record_job(id: &str) {
+    tracing::Span::current().record("job", id);
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateQuery {
+    component: Option<String>,
+    wait: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitQuery {
+    wait: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    limit: Option<u32>,
+}
+
+fn wait_of(seconds: Option<f64>) -> Result<Option<Duration>, ApiError> {
+    seconds
+        .map(|seconds| {
+            Duration::try_from_secs_f64(seconds)
+                .map(|wait| wait.min(MAX_WAIT))
+                .map_err(|_| ApiError::bad_request("`wait` is a number of seconds, 0 or more"))
+        })
+        .transpose()
+}
+
+/// The query string through axum's own parser, so a bad one gets our error body.
+fn query<T: serde::de::DeserializeOwned>(raw: Option<&str>) -> Result<T, ApiError> {
+    let raw = raw.unwrap_or_default();
+    let uri: axum::http::Uri =
+        format!("/?{raw}").parse().map_err(|err| ApiError::bad_request(format!("bad query `{raw}`: {err}")))?;
+    Query::<T>::try_from_uri(&uri)
+        .map(|Query(value)| value)
+        .map_err(|err| ApiError::bad_request(format!("bad query `{raw}`: {}", err.body_text())))
+}
+
+fn job_response(status: StatusCode, job: &super::store::JobRecord) -> Response {
+    let location = format!("/v1/jobs/{}", job.id);
+    let mut response = (status, Json(job_json(job))).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+async fn create_job(State(service): Shared, request: Request) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let tenant = tenant(&service, &parts.headers)?;
+    let params: CreateQuery = query(parts.uri.query())?;
+    let wait = wait_of(params.wait)?;
+    let key = match parts.headers.get("idempotency-key") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .filter(|key| (1..=255).contains(&key.len()))
+                .ok_or_else(|| ApiError::bad_request("Idempotency-Key is 1 to 255 visible ASCII characters"))?
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    let accepted = service.accept(&tenant, params.component, key, length, body).await?;
+    record_job(&accepted.job.id);
+    let job = match wait {
+        Some(wait) => service.wait_for(&tenant, &accepted.job.id, wait).await?,
+        None => accepted.job,
+    };
+    let status = if wait.is_some() && job.state.ended() { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok(job_response(status, &job))
+}
+
+async fn show_job(State(service): Shared, Path(id): Path<String>, request: Request) -> Result<Response, ApiError> {
+    let tenant = tenant(&service, request.headers())?;
+    record_job(&id);
+    let params: WaitQuery = query(request.uri().query())?;
+    let job = match wait_of(params.wait)? {
+        Some(wait) => service.wait_for(&tenant, &id, wait).await?,
+        None => service.job(&tenant, &id).await?,
+    };
+    Ok(job_response(StatusCode::OK, &job))
+}
+
+async fn list_jobs(State(service): Shared, request: Request) -> Result<Response, ApiError> {
+    let tenant = tenant(&service, request.headers())?;
+    let params: ListQuery = query(request.uri().query())?;
+    let limit = params.limit.unwrap_or(DEFAULT_LIST_LIMIT).clamp(1, MAX_LIST_LIMIT);
+    let jobs = service.list(&tenant, limit).await?;
+    let jobs: Vec<serde_json::Value> = jobs.iter().map(job_json).collect();
+    Ok(Json(serde_json::json!({ "jobs": jobs })).into_response())
+}
+
+async fn delete_job(State(service): Shared, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let tenant = tenant(&service, &headers)?;
+    record_job(&id);
+    service.delete(&tenant, &id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn output_file(
+    State(service): Shared,
+    Path((id, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let tenant = tenant(&service, &headers)?;
+    record_job(&id);
+    let path = service.output_path(&tenant, &id, &name).await?;
+    // Removed by DELETE or expiry since the record was read: not found.
+    let file = tokio::fs::File::open(&path).await.map_err(|_| ApiError::not_found())?;
+    let length = file.metadata().await?.len();
+    let stream = futures_util::stream::unfold(file, |mut file| async move {
+        let mut buffer = vec![0u8; 64 << 10];
+        match tokio::io::AsyncReadExt::read(&mut file, &mut buffer).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buffer.truncate(n);
+                Some((Ok::<_, std::io::Error>(Bytes::from(buffer)), file))
+            }
+            Err(err) => Some((Err(err), file)),
+        }
+    });
+    let mut response = Body::from_stream(stream).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
+    response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    Ok(response)
+}
+
+async fn output_tar(State(service): Shared, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let tenant = tenant(&service, &headers)?;
+    record_job(&id);
+    let files = service.outputs(&tenant, &id).await?;
+    // Open them all first, so a job deleted meanwhile is a 404, not a cut tar.
+    for (_, path) in &files {
+        tokio::fs::metadata(path).await.map_err(|_| ApiError::not_found())?;
+    }
+    let (sender, mut receiver) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || {
+        let failure = sender.clone();
+        if let Err(err) = write_tar(&files, ChannelWriter(sender)) {
+            // Ends the body with an error: the client sees a cut transfer, not a short tar.
+            let _ = failure.blocking_send(Err(err));
+        }
+    });
+    let stream = futures_util::stream::poll_fn(move |context| receiver.poll_recv(context));
+    let mut response = Body::from_stream(stream).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
+    Ok(response)
+}
+
+async fn readyz(State(service): Shared) -> Response {
+    if service.is_draining() { ApiError::draining().into_response() } else { "ready\n".into_response() }
+}
+
+async fn metrics(State(service): Shared) -> Result<Response, ApiError> {
+    let text =
+        service.metrics.encode().map_err(|err| ApiError::internal(format!("cannot encode the metrics: {err}")))?;
+    let mut response = text.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    Ok(response)
+}

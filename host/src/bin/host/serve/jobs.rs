@@ -1,0 +1,761 @@
+//! The service: accepting a job (its body streamed to memory or to its
+//! private file), running it on the shared runner under its tenant's
+//! limits, answering for it, cancelling and deleting it, and expiring it.
+//! The HTTP handlers of `api.rs` are thin over this.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use futures_util::StreamExt as _;
+use orders_host::{Component, Destination, Input, Invocation, RunError, RunOutcome, Runner};
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+use tokio::io::AsyncWriteExt as _;
+use tokio::sync::{oneshot, watch};
+
+use super::api::ApiError;
+use super::config::{BUNDLED, Config, TenantConfig, hex, token_hash};
+use super::metrics::Metrics;
+use super::queue::{Refusal, Scheduler};
+use super::store::{Ending, JobRecord, NewJob, State, Store};
+use crate::render;
+
+/// Bodies up to this size are kept in memory while they arrive, then in
+/// the job's record; larger ones go to the job's file from the first byte
+/// past it (the runner's spool threshold: such inputs also run in memory).
+pub const SPOOL_THRESHOLD: usize = 1 << 20;
+
+/// The longest `?wait=` honoured, so a request does not hold its
+/// connection for ever.
+pub const MAX_WAIT: Duration = Duration::from_secs(300);
+
+const INPUT_FILE: &str = "input.csv";
+const OUTPUT_FOLDER: &str = "out";
+
+/// Why a running job is stopped.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    /// `DELETE`: the job ends `cancelled` and its files go.
+    Delete,
+    /// The server is stopping: the job goes back to the queue.
+    Drain,
+}
+
+#[derive(Debug)]
+pub struct Service {
+    pub config: Config,
+    runner: Runner,
+    components: HashMap<String, Component>,
+    pub store: Store,
+    scheduler: Arc<Scheduler>,
+    pub metrics: Metrics,
+    jobs_dir: PathBuf,
+    running: Mutex<HashMap<String, oneshot::Sender<Stop>>>,
+    /// Bumped whenever a job changes state, for `?wait=` and `DELETE`.
+    changes: watch::Sender<u64>,
+    draining: AtomicBool,
+}
+
+/// A job just accepted, or the one its idempotency key names.
+#[derive(Debug)]
+pub struct Accepted {
+    pub job: JobRecord,
+}
+
+impl Service {
+    pub fn new(
+        config: Config,
+        runner: Runner,
+        components: HashMap<String, Component>,
+        store: Store,
+        jobs_dir: PathBuf,
+    ) -> Arc<Self> {
+        let lanes = config.tenants.iter().map(|(name, t)| (name.clone(), t.max_concurrent, t.max_queued));
+        let scheduler = Arc::new(Scheduler::new(config.max_concurrent, config.max_queued, lanes));
+        Arc::new(Self {
+            config,
+            runner,
+            components,
+            store,
+            scheduler,
+            metrics: Metrics::new(),
+            jobs_dir,
+            running: Mutex::default(),
+            changes: watch::Sender::new(0),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// The tenant whose token this is: every tenant's hash is compared, in
+    /// constant time, so the answer's timing says nothing about the tokens.
+    pub fn authenticate(&self, token: &str) -> Option<String> {
+        let hash = token_hash(token);
+        let mut found = None;
+        for (name, tenant) in &self.config.tenants {
+            if bool::from(tenant.token_sha256.ct_eq(&hash)) {
+                found = Some(name.clone());
+            }
+        }
+        found
+    }
+
+    fn tenant(&self, tenant: &str) -> Result<&TenantConfig, ApiError> {
+        self.config.tenants.get(tenant).ok_or_else(|| ApiError::internal("the tenant is not configured"))
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    fn job_dir(&self, id: &str) -> PathBuf {
+        self.jobs_dir.join(id)
+    }
+
+    /// Accepts a body as a new job of `tenant`, or answers with the job its
+    /// idempotency key already names.
+    pub async fn accept(
+        &self,
+        tenant: &str,
+        component: Option<String>,
+        key: Option<String>,
+        declared_length: Option<u64>,
+        body: Body,
+    ) -> Result<Accepted, ApiError> {
+        let settings = self.tenant(tenant)?;
+        let component = component.unwrap_or_else(|| BUNDLED.to_owned());
+        if !self.components.contains_key(&component) {
+            let mut names: Vec<&str> = self.components.keys().map(String::as_str).collect();
+            names.sort_unstable();
+            return Err(ApiError::bad_request(format!(
+                "there is no component `{component}`; this server has: {}",
+                names.join(", ")
+            )));
+        }
+        if declared_length.is_some_and(|length| length > settings.max_input) {
+            return Err(ApiError::too_large(settings.max_input));
+        }
+        let existing = match &key {
+            Some(key) => self.store.keyed(tenant.to_owned(), key.clone()).await.map_err(ApiError::from)?,
+            None => None,
+        };
+        if let Some(existing) = existing {
+            // A retry: the same body under the same key names the same job.
+            let received = self.receive(settings, None, body).await?;
+            return self.same_request(tenant, &existing, &component, &received.sha256).await;
+        }
+        let reservation = self.scheduler.admit(tenant).map_err(|refusal| self.refused(refusal))?;
+        self.check_storage(tenant, settings, 0).await?;
+
+        let id = new_job_id().map_err(ApiError::from)?;
+        let mut folder = FolderGuard { path: self.job_dir(&id), keep: false };
+        let received = self.receive(settings, Some(&folder.path), body).await?;
+        self.check_storage(tenant, settings, received.bytes).await?;
+        let now = now_ms();
+        let job = NewJob {
+            id: id.clone(),
+            tenant: tenant.to_owned(),
+            component: component.clone(),
+            input_bytes: received.bytes,
+            input: received.memory,
+            input_sha256: received.sha256.clone(),
+            created_at: now,
+        };
+        if let Some(existing) = self.store.insert(job, key).await.map_err(ApiError::from)? {
+            // A concurrent request with the same key was recorded first.
+            return self.same_request(tenant, &existing, &component, &received.sha256).await;
+        }
+        folder.keep = true;
+        reservation.commit(id.clone());
+        self.metrics.set_queued(tenant, self.scheduler.queued(tenant));
+        tracing::info!(job = %id, bytes = received.bytes, "accepted");
+        let job = self.job(tenant, &id).await?;
+        Ok(Accepted { job })
+    }
+
+    async fn same_request(
+        &self,
+        tenant: &str,
+        existing: &super::store::KeyedJob,
+        component: &str,
+        sha256: &str,
+    ) -> Result<Accepted, ApiError> {
+        if existing.input_sha256 != sha256 || existing.component != component {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "idempotency-conflict",
+                "this Idempotency-Key was used for another body or component; use a new key for a new job",
+            ));
+        }
+        let job = self.job(tenant, &existing.job_id).await?;
+        Ok(Accepted { job })
+    }
+
+    fn refused(&self, refusal: Refusal) -> ApiError {
+        let retry_after = self.scheduler.retry_after();
+        match refusal {
+            Refusal::Tenant => ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "too-many-queued",
+                "this tenant has max_queued jobs waiting; retry after the time in Retry-After",
+            )
+            .retry_after(retry_after),
+            Refusal::Server => ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "server-busy",
+                "the server has max_queued jobs waiting over all tenants; retry after the time in Retry-After",
+            )
+            .retry_after(retry_after),
+            Refusal::Draining => ApiError::draining(),
+        }
+    }
+
+    async fn check_storage(&self, tenant: &str, settings: &TenantConfig, adding: u64) -> Result<(), ApiError> {
+        let stored = self.store.stored_bytes(tenant.to_owned()).await.map_err(ApiError::from)?;
+        if stored.saturating_add(adding) > settings.max_stored || (adding == 0 && stored >= settings.max_stored) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "storage-full",
+                format!(
+                    "this tenant keeps {stored} bytes of inputs and results, its max_stored is {}; \
+                     DELETE finished jobs or wait for their results to expire",
+                    settings.max_stored
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads the body, hashing it: in memory up to the spool threshold,
+    /// then into `folder/input.csv` (0600 from its creation), synced before
+    /// this returns. Past `max_input` it stops at once with 413. Without a
+    /// folder the body is only hashed (an idempotent retry).
+    async fn receive(&self, settings: &TenantConfig, folder: Option<&Path>, body: Body) -> Result<Received, ApiError> {
+        let mut stream = body.into_data_stream();
+        let mut hasher = Sha256::new();
+        let mut memory = Vec::new();
+        let mut file: Option<tokio::fs::File> = None;
+        let mut total: u64 = 0;
+        while let Some(chunk) = stream.next().await {
+            let chunk: Bytes = chunk.map_err(|err| {
+                ApiError::bad_request(format!("the request body could not be read: {err}; send it again"))
+            })?;
+            total = total.saturating_add(chunk.len() as u64);
+            if total > settings.max_input {
+                return Err(ApiError::too_large(settings.max_input));
+            }
+            hasher.update(&chunk);
+            let Some(folder) = folder else { continue };
+            match &mut file {
+                Some(file) => file.write_all(&chunk).await.map_err(ApiError::from)?,
+                None if memory.len() + chunk.len() <= SPOOL_THRESHOLD => memory.extend_from_slice(&chunk),
+                None => {
+                    let mut opened = create_input_file(folder).await.map_err(ApiError::from)?;
+                    opened.write_all(&memory).await.map_err(ApiError::from)?;
+                    opened.write_all(&chunk).await.map_err(ApiError::from)?;
+                    memory = Vec::new();
+                    file = Some(opened);
+                }
+            }
+        }
+        if let (Some(mut file), Some(folder)) = (file.take(), folder) {
+            file.flush().await.map_err(ApiError::from)?;
+            file.sync_all().await.map_err(ApiError::from)?;
+            // The file's name is durable once its folder, and the folder's, are.
+            let dirs = [folder.to_owned(), self.jobs_dir.clone()];
+            tokio::task::spawn_blocking(move || dirs.iter().try_for_each(|dir| std::fs::File::open(dir)?.sync_all()))
+                .await
+                .map_err(|err| ApiError::internal(format!("the sync task failed: {err}")))?
+                .map_err(ApiError::from)?;
+            return Ok(Received { memory: None, bytes: total, sha256: hex(&hasher.finalize()) });
+        }
+        Ok(Received { memory: Some(memory), bytes: total, sha256: hex(&hasher.finalize()) })
+    }
+
+    /// The job, if it is `tenant`'s; 404 otherwise, whoever's it is.
+    pub async fn job(&self, tenant: &str, id: &str) -> Result<JobRecord, ApiError> {
+        if !is_job_id(id) {
+            return Err(ApiError::not_found());
+        }
+        self.store.get(tenant.to_owned(), id.to_owned()).await.map_err(ApiError::from)?.ok_or_else(ApiError::not_found)
+    }
+
+    /// The job once it has ended, or as it is when `wait` is over.
+    pub async fn wait_for(&self, tenant: &str, id: &str, wait: Duration) -> Result<JobRecord, ApiError> {
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+        let mut changes = self.changes.subscribe();
+        loop {
+            // Marked seen before reading, so a change after the read wakes us.
+            changes.borrow_and_update();
+            let job = self.job(tenant, id).await?;
+            if job.state.ended() || tokio::time::Instant::now() >= deadline {
+                return Ok(job);
+            }
+            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+                return self.job(tenant, id).await;
+            }
+        }
+    }
+
+    pub async fn list(&self, tenant: &str, limit: u32) -> Result<Vec<JobRecord>, ApiError> {
+        self.store.list(tenant.to_owned(), limit).await.map_err(ApiError::from)
+    }
+
+    /// The file of output `name` of a succeeded job.
+    pub async fn output_path(&self, tenant: &str, id: &str, name: &str) -> Result<PathBuf, ApiError> {
+        let job = self.job(tenant, id).await?;
+        let listed = job.outputs.iter().any(|output| output["name"].as_str() == Some(name));
+        if !listed {
+            return Err(ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "not-found",
+                format!("job {id} has no output of that name; its job lists its outputs"),
+            ));
+        }
+        Ok(self.job_dir(id).join(OUTPUT_FOLDER).join(name))
+    }
+
+    /// The names and files of a succeeded job's outputs, for its tar.
+    pub async fn outputs(&self, tenant: &str, id: &str) -> Result<Vec<(String, PathBuf)>, ApiError> {
+        let job = self.job(tenant, id).await?;
+        if job.state != State::Succeeded {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "not-finished",
+                format!("job {id} is {}: only a succeeded job has outputs", job.state.name()),
+            ));
+        }
+        let folder = self.job_dir(id).join(OUTPUT_FOLDER);
+        Ok(job
+            .outputs
+            .iter()
+            .filter_map(|output| output["name"].as_str())
+            .map(|name| (name.to_owned(), folder.join(name)))
+            .collect())
+    }
+
+    /// `DELETE`: a queued job is cancelled, a running one stopped (its
+    /// sandbox removed) and cancelled, an ended one forgotten; its files go
+    /// at once in every case.
+    pub async fn delete(&self, tenant: &str, id: &str) -> Result<(), ApiError> {
+        let job = self.job(tenant, id).await?;
+        let mut state = job.state;
+        if state == State::Queued && self.scheduler.remove(tenant, id) {
+            self.store.cancel(id.to_owned(), now_ms()).await.map_err(ApiError::from)?;
+            self.metrics.set_queued(tenant, self.scheduler.queued(tenant));
+            self.remove_files(id).await;
+            self.changed();
+            return Ok(());
+        }
+        if matches!(state, State::Queued | State::Running) {
+            // Running (or starting): stop it, and wait for its task to say so.
+            let mut changes = self.changes.subscribe();
+            let stop = self.running.lock().unwrap_or_else(PoisonError::into_inner).remove(id);
+            if let Some(stop) = stop {
+                let _ = stop.send(Stop::Delete);
+            }
+            loop {
+                changes.borrow_and_update();
+                state = self.job(tenant, id).await?.state;
+                if state.ended() {
+                    break;
+                }
+                if tokio::time::timeout(Duration::from_secs(1), changes.changed()).await.is_err() {
+                    // A job between the queue and its start: stop it once it is registered.
+                    let stop = self.running.lock().unwrap_or_else(PoisonError::into_inner).remove(id);
+                    if let Some(stop) = stop {
+                        let _ = stop.send(Stop::Delete);
+                    }
+                }
+            }
+            if state == State::Cancelled {
+                return Ok(());
+            }
+        }
+        self.store.delete(id.to_owned()).await.map_err(ApiError::from)?;
+        self.remove_files(id).await;
+        self.changed();
+        Ok(())
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    async fn remove_files(&self, id: &str) {
+        let folder = self.job_dir(id);
+        let result = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&folder) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
+            _ => Ok(()),
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!(job = id, "cannot remove the job's files: {err}"),
+            Err(err) => tracing::error!(job = id, "the removal task failed: {err}"),
+        }
+    }
+
+    /// Starts queued jobs as slots free up, until the server drains.
+    pub async fn dispatch(self: Arc<Self>) {
+        loop {
+            let changed = self.scheduler.changed();
+            while let Some((tenant, id)) = self.scheduler.next() {
+                self.metrics.running.set(i64::try_from(self.scheduler.running()).unwrap_or(i64::MAX));
+                self.metrics.set_queued(&tenant, self.scheduler.queued(&tenant));
+                tokio::spawn(Arc::clone(&self).run(tenant, id));
+            }
+            if self.is_draining() && self.scheduler.running() == 0 {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    async fn run(self: Arc<Self>, tenant: String, id: String) {
+        let started = Instant::now();
+        let span = tracing::info_span!("job", tenant = %tenant, job = %id);
+        let outcome = tracing::Instrument::instrument(self.run_job(&tenant, &id), span).await;
+        let seconds = started.elapsed().as_secs_f64();
+        match outcome {
+            Ok(Some(outcome)) => self.metrics.job_ended(&tenant, &outcome, seconds),
+            Ok(None) => {}
+            Err(err) => tracing::error!(tenant, job = id, "the job could not be recorded: {err:#}"),
+        }
+        self.running.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+        self.scheduler.done(&tenant, seconds);
+        self.metrics.running.set(i64::try_from(self.scheduler.running()).unwrap_or(i64::MAX));
+        self.changed();
+    }
+
+    /// Runs one job to its recorded end; the outcome's name, or `None` when
+    /// it did not end (deleted before it started, or put back by a drain).
+    async fn run_job(&self, tenant: &str, id: &str) -> anyhow::Result<Option<String>> {
+        let (stop_sender, stop) = oneshot::channel();
+        self.running.lock().unwrap_or_else(PoisonError::into_inner).insert(id.to_owned(), stop_sender);
+        let Some(record) = self.store.get(tenant.to_owned(), id.to_owned()).await? else { return Ok(None) };
+        let Some(stored_input) = self.store.start(id.to_owned(), now_ms()).await? else { return Ok(None) };
+        self.changed();
+        let folder = self.job_dir(id);
+        let input = match stored_input {
+            Some(bytes) => Input::Bytes(bytes),
+            None => Input::Path(folder.join(INPUT_FILE)),
+        };
+        // A rerun after a crash starts from its input alone.
+        clear_job_folder(&folder, &[INPUT_FILE]).await;
+        make_job_folder(&folder).await?;
+        let result = match self.components.get(&record.component) {
+            Some(component) => {
+                let invocation = Invocation::new(component.clone(), input)
+                    .tenant(tenant)
+                    .destination(Destination::Folder { path: folder.join(OUTPUT_FOLDER), force: true });
+                tokio::select! {
+                    result = self.runner.invoke(invocation) => Ok(result),
+                    // Dropping the invocation removes its sandbox.
+                    Ok(stop) = stop => Err(stop),
+                }
+            }
+            None => Ok(Err(RunError::Host(format!(
+                "the component `{}` is no longer in the server's config",
+                record.component
+            )))),
+        };
+        match result {
+            Ok(result) => self.record_end(id, result).await.map(Some),
+            Err(Stop::Delete) => {
+                self.store.cancel(id.to_owned(), now_ms()).await?;
+                self.remove_files(id).await;
+                Ok(Some("cancelled".to_owned()))
+            }
+            Err(Stop::Drain) => {
+                self.store.requeue(id.to_owned()).await?;
+                clear_job_folder(&folder, &[INPUT_FILE]).await;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn record_end(&self, id: &str, result: Result<RunOutcome, RunError>) -> anyhow::Result<String> {
+        let ending = match &result {
+            Ok(outcome) => Ending {
+                state: State::Succeeded,
+                outcome: Some(orders_host::Outcome::Success.name().to_owned()),
+                report: Some(serde_json::to_value(&outcome.report)?),
+                outputs: outcome.outputs.iter().map(serde_json::to_value).collect::<Result<_, _>>()?,
+                error: None,
+                stored_bytes: outcome.outputs.iter().map(|output| output.bytes).sum(),
+                finished_at: now_ms(),
+            },
+            Err(err) => Ending {
+                state: State::Failed,
+                outcome: Some(err.outcome().name().to_owned()),
+                report: None,
+                outputs: Vec::new(),
+                error: Some(render::job_error_json(err)),
+                stored_bytes: 0,
+                finished_at: now_ms(),
+            },
+        };
+        let name = ending.outcome.clone().unwrap_or_default();
+        if self.store.finish(id.to_owned(), ending).await? {
+            // The result is committed: the input is no longer needed, and a
+            // failed job has nothing else to keep.
+            if result.is_ok() {
+                clear_job_folder(&self.job_dir(id), &[OUTPUT_FOLDER]).await;
+            } else {
+                self.remove_files(id).await;
+            }
+        } else {
+            // Deleted while it ran: nothing of it stays.
+            self.remove_files(id).await;
+        }
+        Ok(name)
+    }
+
+    /// At start: queued and interrupted jobs back in their lanes, job
+    /// folders without a record (an upload cut by the crash) removed, and
+    /// what ended jobs no longer need.
+    pub async fn recover(&self) -> anyhow::Result<usize> {
+        let queued = self.store.recover().await?;
+        let count = queued.len();
+        for (id, tenant) in queued {
+            if !self.scheduler.requeue(&tenant, id.clone()) {
+                let err = RunError::Host(format!("tenant {tenant} is no longer in the server's config"));
+                self.store.start(id.clone(), now_ms()).await?;
+                self.record_end(&id, Err(err)).await?;
+            }
+        }
+        let jobs_dir = self.jobs_dir.clone();
+        let names: Vec<String> = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<String>> {
+            std::fs::read_dir(jobs_dir)?
+                .map(|entry| entry.map(|entry| entry.file_name().to_string_lossy().into_owned()))
+                .collect()
+        })
+        .await??;
+        for name in names {
+            match self.store.exists(name.clone()).await? {
+                None | Some(State::Failed | State::Cancelled) => self.remove_files(&name).await,
+                Some(State::Queued | State::Running) => clear_job_folder(&self.job_dir(&name), &[INPUT_FILE]).await,
+                Some(State::Succeeded) => clear_job_folder(&self.job_dir(&name), &[OUTPUT_FOLDER]).await,
+            }
+        }
+        for tenant in self.config.tenants.keys() {
+            self.metrics.set_queued(tenant, self.scheduler.queued(tenant));
+        }
+        Ok(count)
+    }
+
+    /// Deletes the results older than `result_ttl`, now and then, for ever.
+    pub async fn expire(self: Arc<Self>) {
+        let ttl = self.config.result_ttl;
+        let period = (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        let mut ticker = tokio::time::interval(period);
+        loop {
+            ticker.tick().await;
+            let before = now_ms().saturating_sub(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+            let expired = match self.store.ended_before(before).await {
+                Ok(expired) => expired,
+                Err(err) => {
+                    tracing::error!("cannot list expired jobs: {err:#}");
+                    continue;
+                }
+            };
+            for id in expired {
+                self.remove_files(&id).await;
+                if let Err(err) = self.store.delete(id.clone()).await {
+                    tracing::error!(job = id, "cannot delete an expired job: {err:#}");
+                }
+            }
+        }
+    }
+
+    /// Stops admitting; running jobs get `timeout` to end, then are stopped
+    /// and put back in the queue for the next start.
+    pub async fn drain(&self, timeout: Duration) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.scheduler.drain();
+        let mut changes = self.changes.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.scheduler.running() > 0 {
+            changes.borrow_and_update();
+            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+                break;
+            }
+        }
+        let stops: Vec<_> = self.running.lock().unwrap_or_else(PoisonError::into_inner).drain().collect();
+        if !stops.is_empty() {
+            tracing::warn!("stopping {} job(s) still running; they will run again at the next start", stops.len());
+        }
+        for (_, stop) in stops {
+            let _ = stop.send(Stop::Drain);
+        }
+        while self.scheduler.running() > 0 {
+            changes.borrow_and_update();
+            if changes.changed().await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Received {
+    memory: Option<Vec<u8>>,
+    bytes: u64,
+    sha256: String,
+}
+
+/// Removes a job folder that was never recorded (413, a cut upload, an
+/// error): nothing of a refused body stays on disk.
+struct FolderGuard {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for FolderGuard {
+    fn drop(&mut self) {
+        if !self.keep {
+            match std::fs::remove_dir_all(&self.path) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::error!(folder = %self.path.display(), "cannot remove a refused upload: {err}");
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The job's folder, owner-only (0700); it may exist (it holds a large input).
+async fn make_job_folder(folder: &Path) -> std::io::Result<()> {
+    let folder = folder.to_owned();
+    tokio::task::spawn_blocking(move || match std::fs::DirBuilder::new().mode(0o700).create(&folder) {
+        Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => Err(err),
+        _ => Ok(()),
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+async fn create_input_file(folder: &Path) -> std::io::Result<tokio::fs::File> {
+    let path = folder.join(INPUT_FILE);
+    make_job_folder(folder).await?;
+    // Owner-only from the first byte.
+    let file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    Ok(tokio::fs::File::from_std(file))
+}
+
+/// Removes everything in a job's folder but the names in `keep`.
+async fn clear_job_folder(folder: &Path, keep: &[&str]) {
+    let folder = folder.to_owned();
+    let keep: Vec<String> = keep.iter().map(|name| (*name).to_owned()).collect();
+    let result = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let entries = match std::fs::read_dir(&folder) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            entries => entries?,
+        };
+        for entry in entries {
+            let entry = entry?;
+            if keep.iter().any(|name| entry.file_name() == name.as_str()) {
+                continue;
+            }
+            if entry.file_type()?.is_dir() {
+                std::fs::remove_dir_all(entry.path())?;
+            } else {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(())
+    })
+    .await;
+    if let Ok(Err(err)) | Err(err) = result.map_err(std::io::Error::other) {
+        tracing::error!("cannot clear a job folder: {err}");
+    }
+}
+
+/// 128 bits from the OS RNG, as 32 hex digits.
+fn new_job_id() -> std::io::Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|err| std::io::Error::other(format!("the OS RNG failed: {err}")))?;
+    Ok(hex(&bytes))
+}
+
+/// Whether `id` has the form of a job id (so it is safe as a folder name).
+pub fn is_job_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// RFC 3339, in UTC, to the millisecond.
+pub fn timestamp(ms: i64) -> String {
+    let time = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+/// The job as the API shows it; the names and shapes of `outcome`,
+/// `report` and `error` are those of `host run --json`.
+pub fn job_json(job: &JobRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": job.id,
+        "tenant": job.tenant,
+        "state": job.state.name(),
+        "outcome": job.outcome,
+        "report": job.report,
+        "outputs": job.outputs,
+        "error": job.error,
+        "created_at": timestamp(job.created_at),
+        "started_at": job.started_at.map(timestamp),
+        "finished_at": job.finished_at.map(timestamp),
+    })
+}
+
+/// A blocking writer that sends what it is given to an async body, so a
+/// tar is streamed as it is built, never held whole.
+pub struct ChannelWriter(pub tokio::sync::mpsc::Sender<std::io::Result<Bytes>>);
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes a tar of `files` (0600 entries, as the library's tar delivery).
+pub fn write_tar(files: &[(String, PathBuf)], writer: ChannelWriter) -> std::io::Result<()> {
+    let mut builder = tar::Builder::new(std::io::BufWriter::with_capacity(64 << 10, writer));
+    for (name, path) in files {
+        let mut file = std::fs::File::open(path)?;
+        builder.append_file(name, &mut file)?;
+    }
+    builder.into_inner()?.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_ids_are_128_random_bits_in_hex() {
+        let (a, b) = (new_job_id().expect("rng"), new_job_id().expect("rng"));
+        assert!(is_job_id(&a) && is_job_id(&b) && a != b);
+        assert!(!is_job_id("../etc") && !is_job_id(&a.to_uppercase()) && !is_job_id(&a[1..]));
+    }
+
+    #[test]
+    fn timestamps_are_rfc_3339_utc() {
+        assert_eq!(timestamp(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+}

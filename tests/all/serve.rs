@@ -1,0 +1,656 @@
+//! `host serve` over real HTTP on loopback: the server is a process (its
+//! signals and crashes matter), with its data folder and sandbox roots in
+//! the test's scratch folder, killed when the test ends.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+use test_programs_artifacts as programs;
+
+use crate::util::{Scratch, seven_rows};
+
+const ACME: &str = "acme-token-0123456789";
+const BETA: &str = "beta-token-9876543210";
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `[tenants.NAME]` with its token's hash and `extra` lines.
+fn tenant(name: &str, token: &str, extra: &str) -> String {
+    format!("[tenants.{name}]\ntoken_sha256 = \"{}\"\n{extra}\n", sha256_hex(token.as_bytes()))
+}
+
+/// A `host serve` process and its address.
+struct Server {
+    child: Child,
+    base: String,
+    config: PathBuf,
+    client: reqwest::Client,
+}
+
+impl Server {
+    /// Writes `config` (the data folder is the scratch's `data`) and starts the server on a free port.
+    fn start(scratch: &Scratch, config: &str) -> Self {
+        let path = scratch.write("service.toml", format!("data_dir = {:?}\n{config}", scratch.join("data")));
+        Self::start_with(scratch, &path, &[])
+    }
+
+    fn start_with(scratch: &Scratch, config: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_host"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(scratch.root_args())
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("host serve starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("the server prints its address");
+        let base =
+            line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected: {line:?}")).to_owned();
+        Self { child, base, config: config.to_owned(), client: reqwest::Client::new() }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn post(&self, token: &str, query: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/v1/jobs{query}")))
+            .bearer_auth(token)
+            .body(body)
+            .send()
+            .await
+            .expect("POST answered")
+    }
+
+    async fn get(&self, token: &str, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).bearer_auth(token).send().await.expect("GET answered")
+    }
+
+    async fn delete(&self, token: &str, id: &str) -> reqwest::Response {
+        self.client.delete(self.url(&format!("/v1/jobs/{id}"))).bearer_auth(token).send().await.expect("answered")
+    }
+
+    /// The job once it has ended (each wait is bounded by the server).
+    async fn finished(&self, token: &str, id: &str) -> Value {
+        for _ in 0..20 {
+            let job: Value = self.get(token, &format!("/v1/jobs/{id}?wait=30")).await.json().await.expect("a job");
+            if ["succeeded", "failed", "cancelled"].contains(&job["state"].as_str().unwrap_or_default()) {
+                return job;
+            }
+        }
+        panic!("job {id} never ended");
+    }
+
+    /// Waits until the job is running.
+    async fn running(&self, token: &str, id: &str) {
+        for _ in 0..6000 {
+            let job: Value = self.get(token, &format!("/v1/jobs/{id}")).await.json().await.expect("a job");
+            if job["state"] == "running" {
+                return;
+            }
+            assert_eq!(job["state"], "queued", "{job}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("job {id} never started");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().expect("kill runs");
+        assert!(status.success());
+    }
+
+    fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("the server exits")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn json(response: reqwest::Response) -> Value {
+    response.json().await.expect("a JSON body")
+}
+
+fn id_of(job: &Value) -> String {
+    job["id"].as_str().expect("an id").to_owned()
+}
+
+/// Every file and folder under the data folder's `jobs/`.
+fn job_files(scratch: &Scratch) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![scratch.join("data/jobs")];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                pending.push(path.clone());
+            }
+            found.push(path.display().to_string());
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Sandboxes left in the roots (tenant folders may stay, empty).
+fn sandboxes(scratch: &Scratch) -> Vec<String> {
+    scratch.leftovers().into_iter().filter(|path| path.contains("sbx-")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_wrong_token_is_401_and_another_tenants_job_is_404_like_a_missing_one() {
+    let scratch = Scratch::new("serve-auth");
+    let server = Server::start(&scratch, &(tenant("acme", ACME, "") + &tenant("beta", BETA, "")));
+    let anonymous = server.client.get(server.url("/v1/jobs")).send().await.expect("answered");
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(anonymous.headers()["www-authenticate"], "Bearer");
+    assert_eq!(json(anonymous).await["error"]["kind"], "unauthorized");
+    let wrong = server.post("not-a-token", "", seven_rows()).await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert!(job_files(&scratch).is_empty(), "nothing of an unauthenticated body is kept");
+
+    let job = json(server.post(ACME, "?wait=30", seven_rows()).await).await;
+    let id = id_of(&job);
+    let missing = "0123456789abcdef0123456789abcdef";
+    for path in
+        [format!("/v1/jobs/{id}"), format!("/v1/jobs/{id}/outputs/summary.csv"), format!("/v1/jobs/{id}/outputs.tar")]
+    {
+        let theirs = server.get(BETA, &path).await;
+        let absent = server.get(BETA, &path.replace(&id, missing)).await;
+        assert_eq!((theirs.status(), absent.status()), (StatusCode::NOT_FOUND, StatusCode::NOT_FOUND), "{path}");
+        assert_eq!(json(theirs).await, json(absent).await, "{path}: the same answer as a missing job");
+    }
+    assert_eq!(server.delete(BETA, &id).await.status(), StatusCode::NOT_FOUND);
+    let listed = json(server.get(BETA, "/v1/jobs").await).await;
+    assert_eq!(listed["jobs"], serde_json::json!([]));
+    assert_eq!(server.get(ACME, &format!("/v1/jobs/{id}")).await.status(), StatusCode::OK, "still there for its owner");
+    assert_eq!(id.len(), 32, "128 bits in hex");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seven_row_example_runs_with_the_outputs_and_report_of_host_run() {
+    let scratch = Scratch::new("serve-seven");
+    let server = Server::start(&scratch, &tenant("acme", ACME, ""));
+    let response = server.post(ACME, "?wait=30", seven_rows()).await;
+    assert_eq!(response.status(), StatusCode::OK, "finished within the wait");
+    let id_header = response.headers()["location"].to_str().expect("ascii").to_owned();
+    let job = json(response).await;
+    let id = id_of(&job);
+    assert_eq!(id_header, format!("/v1/jobs/{id}"));
+    assert_eq!((job["state"].as_str(), job["outcome"].as_str()), (Some("succeeded"), Some("success")));
+    assert_eq!(job["tenant"], "acme");
+    assert_eq!(job["error"], Value::Null);
+    for stamp in ["created_at", "started_at", "finished_at"] {
+        assert!(job[stamp].as_str().is_some_and(|s| s.ends_with('Z')), "{stamp}: {job}");
+    }
+
+    // The same report and outputs as `host run --json` on the same input.
+    let input = scratch.write("orders.csv", seven_rows());
+    let run = Command::new(env!("CARGO_BIN_EXE_host"))
+        .arg("run")
+        .arg(&input)
+        .args(["--json", "--out"])
+        .arg(scratch.join("cli.out"))
+        .args(scratch.root_args())
+        .output()
+        .expect("host run");
+    let cli: Value = serde_json::from_slice(&run.stdout).expect("host run --json");
+    assert_eq!(job["report"], cli["report"]);
+    assert_eq!(job["outputs"], cli["outputs"]);
+
+    let outputs = job["outputs"].as_array().expect("outputs");
+    assert_eq!(outputs.len(), 5);
+    let mut expected = std::collections::BTreeMap::new();
+    for output in outputs {
+        let name = output["name"].as_str().expect("name");
+        let response = server.get(ACME, &format!("/v1/jobs/{id}/outputs/{name}")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.headers()["content-type"].to_str().expect("ascii").starts_with("text/csv"));
+        let bytes = response.bytes().await.expect("body").to_vec();
+        assert_eq!(sha256_hex(&bytes), output["sha256"].as_str().expect("sha"), "{name}");
+        assert_eq!(bytes.len() as u64, output["bytes"].as_u64().expect("bytes"));
+        expected.insert(name.to_owned(), bytes);
+    }
+    let missing = server.get(ACME, &format!("/v1/jobs/{id}/outputs/nope.csv")).await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+
+    let tar = server.get(ACME, &format!("/v1/jobs/{id}/outputs.tar")).await;
+    assert_eq!(tar.status(), StatusCode::OK);
+    let tar = tar.bytes().await.expect("tar").to_vec();
+    let mut archive = tar::Archive::new(tar.as_slice());
+    let mut found = std::collections::BTreeMap::new();
+    for entry in archive.entries().expect("a tar") {
+        let mut entry = entry.expect("entry");
+        assert_eq!(entry.header().mode().expect("mode") & 0o777, 0o600);
+        let name = entry.path().expect("path").display().to_string();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).expect("read");
+        found.insert(name, bytes);
+    }
+    assert_eq!(found, expected);
+
+    // Kept owner-only beside the database.
+    let mode = |path: &Path| std::fs::metadata(path).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&scratch.join("data")), 0o700);
+    assert_eq!(mode(&scratch.join("data/jobs.db")), 0o600);
+    for file in job_files(&scratch) {
+        let path = Path::new(&file);
+        assert_eq!(mode(path), if path.is_dir() { 0o700 } else { 0o600 }, "{file}");
+    }
+    let listed = json(server.get(ACME, "/v1/jobs?limit=5").await).await;
+    assert_eq!(listed["jobs"][0]["id"], id.as_str());
+    assert!(sandboxes(&scratch).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_column_fails_as_invalid_input() {
+    let scratch = Scratch::new("serve-invalid");
+    let server = Server::start(&scratch, &tenant("acme", ACME, ""));
+    let job = json(server.post(ACME, "?wait=30", "order_id,region,amount\n1,north,5\n").await).await;
+    assert_eq!((job["state"].as_str(), job["outcome"].as_str()), (Some("failed"), Some("invalid-input")), "{job}");
+    assert_eq!(job["error"]["kind"], "invalid-input");
+    assert_eq!(job["error"]["limit"], Value::Null);
+    assert!(job["error"]["message"].as_str().is_some_and(|m| m.contains("status")), "{job}");
+    assert_eq!((job["report"].clone(), job["outputs"].clone()), (Value::Null, serde_json::json!([])));
+    assert!(job_files(&scratch).is_empty(), "a failed job keeps no files: {:?}", job_files(&scratch));
+}
+
+/// Sends a chunked body of `total` bytes over a raw connection, 64 KiB at
+/// a time, until the server answers; returns its status line and how much was sent.
+fn chunked_upload(base: &str, token: &str, total: usize) -> (String, usize) {
+    let address = base.strip_prefix("http://").expect("http");
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+    write!(
+        stream,
+        "POST /v1/jobs HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
+         Transfer-Encoding: chunked\r\n\r\n"
+    )
+    .expect("headers");
+    let chunk = vec![b'x'; 64 << 10];
+    let mut sent = 0;
+    while sent < total {
+        let written = write!(stream, "{:x}\r\n", chunk.len())
+            .and_then(|()| stream.write_all(&chunk))
+            .and_then(|()| stream.write_all(b"\r\n"));
+        if written.is_err() {
+            break; // The server answered and closed.
+        }
+        sent += chunk.len();
+        // Let the answer arrive before all is sent, when it comes early.
+        stream.set_nonblocking(true).expect("nonblocking");
+        let mut peek = [0u8; 1];
+        let answered = matches!(stream.peek(&mut peek), Ok(n) if n > 0);
+        stream.set_nonblocking(false).expect("blocking");
+        if answered {
+            break;
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n");
+    let mut answer = String::new();
+    let _ = BufReader::new(&stream).read_line(&mut answer);
+    (answer, sent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_max_input_is_413_while_streaming_and_nothing_stays_on_disk() {
+    let scratch = Scratch::new("serve-413");
+    let server = Server::start(&scratch, &tenant("acme", ACME, "max_input = \"4MiB\""));
+    let base = server.base.clone();
+    let (answer, sent) =
+        tokio::task::spawn_blocking(move || chunked_upload(&base, ACME, 64 << 20)).await.expect("task");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(sent < 16 << 20, "answered as the limit was crossed, after {sent} bytes");
+    assert!(job_files(&scratch).is_empty(), "{:?}", job_files(&scratch));
+    // A declared length over the limit is refused before any byte is read.
+    let big = vec![b'x'; (4 << 20) + 1];
+    let declared = server.client.post(server.url("/v1/jobs")).bearer_auth(ACME).body(big).send().await;
+    if let Ok(response) = declared {
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(json(response).await["error"]["kind"], "input-too-large");
+    }
+    assert!(job_files(&scratch).is_empty());
+    // Under the limit but over the spool threshold: kept in the job's file, and run.
+    let mut rows = b"order_id,region,amount,status\n".to_vec();
+    for n in 0..60_000 {
+        rows.extend_from_slice(format!("{n},north,1.00,completed\n").as_bytes());
+    }
+    let job = json(server.post(ACME, "?wait=60", rows).await).await;
+    assert_eq!(job["outcome"], "success", "{job}");
+    assert_eq!(job["report"]["accepted"], 60_000);
+    assert!(job_files(&scratch).iter().all(|file| !file.ends_with("input.csv")), "the input goes once the job ends");
+}
+
+fn sleep_config(server_extra: &str, tenants: &str) -> String {
+    format!("{server_extra}\n[components]\nsleep = {:?}\n{tenants}", programs::SLEEP)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_queued_a_tenant_gets_429_and_the_server_503_with_retry_after() {
+    let scratch = Scratch::new("serve-429");
+    let config = sleep_config(
+        "max_concurrent = 1\nmax_queued = 2",
+        &(tenant("acme", ACME, "max_concurrent = 1\nmax_queued = 1") + &tenant("beta", BETA, "max_queued = 5")),
+    );
+    let server = Server::start(&scratch, &config);
+    let running = id_of(&json(server.post(ACME, "?component=sleep", "60000").await).await);
+    server.running(ACME, &running).await;
+    let queued = server.post(ACME, "?component=sleep", "60000").await;
+    assert_eq!(queued.status(), StatusCode::ACCEPTED);
+    let queued = id_of(&json(queued).await);
+    let refused = server.post(ACME, "?component=sleep", "60000").await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers()["retry-after"].to_str().expect("ascii").parse::<u64>().is_ok_and(|s| s >= 1));
+    assert_eq!(json(refused).await["error"]["kind"], "too-many-queued");
+
+    let other = server.post(BETA, "?component=sleep", "1").await;
+    assert_eq!(other.status(), StatusCode::ACCEPTED, "beta has its own bound");
+    let other = id_of(&json(other).await);
+    let busy = server.post(BETA, "?component=sleep", "1").await;
+    assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE, "the server's max_queued is reached");
+    assert!(busy.headers().contains_key("retry-after"));
+    assert_eq!(json(busy).await["error"]["kind"], "server-busy");
+
+    for id in [&running, &queued] {
+        assert_eq!(server.delete(ACME, id).await.status(), StatusCode::NO_CONTENT);
+    }
+    assert_eq!(server.finished(BETA, &other).await["outcome"], "success");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_stored_a_tenant_gets_429_storage_full() {
+    let scratch = Scratch::new("serve-stored");
+    let server = Server::start(&scratch, &tenant("acme", ACME, "max_stored = \"300B\""));
+    let first = json(server.post(ACME, "?wait=30", seven_rows()).await).await;
+    assert_eq!(first["outcome"], "success", "{first}");
+    let full = server.post(ACME, "", seven_rows()).await;
+    assert_eq!(full.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(json(full).await["error"]["kind"], "storage-full");
+    assert_eq!(server.delete(ACME, &id_of(&first)).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(server.post(ACME, "", seven_rows()).await.status(), StatusCode::ACCEPTED, "room again after DELETE");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_names_one_job() {
+    let scratch = Scratch::new("serve-idem");
+    let server = Server::start(&scratch, &(tenant("acme", ACME, "") + &tenant("beta", BETA, "")));
+    let post = |token: &'static str, key: &'static str, body: Vec<u8>| {
+        server.client.post(server.url("/v1/jobs")).bearer_auth(token).header("Idempotency-Key", key).body(body).send()
+    };
+    let first = post(ACME, "k1", seven_rows()).await.expect("answered");
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first = id_of(&json(first).await);
+    let again = id_of(&json(post(ACME, "k1", seven_rows()).await.expect("answered")).await);
+    assert_eq!(again, first, "a retry names the same job");
+    let conflict = post(ACME, "k1", b"order_id,region,amount,status\n".to_vec()).await.expect("answered");
+    assert_eq!(conflict.status(), StatusCode::CONFLICT);
+    assert_eq!(json(conflict).await["error"]["kind"], "idempotency-conflict");
+    let other = id_of(&json(post(ACME, "k2", seven_rows()).await.expect("answered")).await);
+    assert_ne!(other, first);
+    let theirs = id_of(&json(post(BETA, "k1", seven_rows()).await.expect("answered")).await);
+    assert_ne!(theirs, first, "keys are per tenant");
+    let listed = json(server.get(ACME, "/v1/jobs").await).await;
+    assert_eq!(listed["jobs"].as_array().map(Vec::len), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_cancels_a_running_job_and_removes_every_file() {
+    let scratch = Scratch::new("serve-delete");
+    let config = sleep_config("max_concurrent = 1", &tenant("acme", ACME, "max_concurrent = 1"));
+    let server = Server::start(&scratch, &config);
+    let running = id_of(&json(server.post(ACME, "?component=sleep", "3600000").await).await);
+    server.running(ACME, &running).await;
+    let mut large = b"1".to_vec();
+    large.resize(2 << 20, b' ');
+    let queued = id_of(&json(server.post(ACME, "?component=sleep", large).await).await);
+    assert!(job_files(&scratch).iter().any(|f| f.ends_with(&format!("{queued}/input.csv"))), "a large input is a file");
+
+    assert_eq!(server.delete(ACME, &running).await.status(), StatusCode::NO_CONTENT);
+    let cancelled = json(server.get(ACME, &format!("/v1/jobs/{running}")).await).await;
+    assert_eq!(cancelled["state"], "cancelled");
+    assert_eq!(server.delete(ACME, &queued).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(json(server.get(ACME, &format!("/v1/jobs/{queued}")).await).await["state"], "cancelled");
+    assert!(job_files(&scratch).is_empty(), "{:?}", job_files(&scratch));
+    assert!(sandboxes(&scratch).is_empty(), "the running job's sandbox is gone: {:?}", sandboxes(&scratch));
+
+    let done = json(server.post(ACME, "?wait=30", seven_rows()).await).await;
+    let done = id_of(&done);
+    assert!(!job_files(&scratch).is_empty());
+    assert_eq!(server.delete(ACME, &done).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(server.get(ACME, &format!("/v1/jobs/{done}")).await.status(), StatusCode::NOT_FOUND);
+    assert!(job_files(&scratch).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_components_fail_with_their_limit_under_the_tenants_limits_and_the_server_stays_healthy() {
+    let scratch = Scratch::new("serve-hostile");
+    let config = format!(
+        "[components]\nspin = {:?}\nmemory_bomb = {:?}\nwrite_4gib = {:?}\n{}",
+        programs::SPIN,
+        programs::MEMORY_BOMB,
+        programs::WRITE_4GIB,
+        tenant("acme", ACME, "timeout = \"2s\"\nmemory = \"64MiB\"\ndisk_quota = \"8MiB\"")
+    );
+    let server = Server::start(&scratch, &config);
+    for (component, outcome, limit) in [
+        ("spin", "timeout", serde_json::json!({ "timeout_ms": 2000 })),
+        ("memory_bomb", "memory-limit", Value::Null),
+        ("write_4gib", "disk-quota", serde_json::json!({ "disk_quota_bytes": 8 << 20 })),
+    ] {
+        let job = json(server.post(ACME, &format!("?component={component}&wait=60"), "").await).await;
+        assert_eq!((job["state"].as_str(), job["outcome"].as_str()), (Some("failed"), Some(outcome)), "{job}");
+        assert_eq!(job["error"]["kind"], outcome);
+        if !limit.is_null() {
+            assert_eq!(job["error"]["limit"], limit);
+        }
+    }
+    assert!(sandboxes(&scratch).is_empty());
+    assert_eq!(server.client.get(server.url("/healthz")).send().await.expect("answered").status(), StatusCode::OK);
+    let job = json(server.post(ACME, "?wait=30", seven_rows()).await).await;
+    assert_eq!(job["outcome"], "success");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_generated_inputs_over_two_tenants_each_match_their_own_native_result() {
+    let scratch = Scratch::new("serve-fifty");
+    let server = std::sync::Arc::new(Server::start(
+        &scratch,
+        &format!("max_concurrent = 2\n{}{}", tenant("acme", ACME, ""), tenant("beta", BETA, "")),
+    ));
+    let host = crate::util::TestHost::new("serve-fifty-native");
+    let pipeline = host.bundled();
+    let mut tasks = Vec::new();
+    for n in 0..50u32 {
+        let input = crate::util::gen_orders(&["--rows", &(20 + n * 7).to_string(), "--seed", &n.to_string()]);
+        let native = host.run_bytes(&pipeline, &input).await.expect("native run");
+        let expected: Vec<(String, String)> =
+            native.outputs.iter().map(|file| (file.name.clone(), file.sha256.clone())).collect();
+        let server = std::sync::Arc::clone(&server);
+        let token = if n % 2 == 0 { ACME } else { BETA };
+        tasks.push(tokio::spawn(async move {
+            let job = json(server.post(token, "?wait=120", input).await).await;
+            let job = server.finished(token, &id_of(&job)).await;
+            let got: Vec<(String, String)> = job["outputs"]
+                .as_array()
+                .expect("outputs")
+                .iter()
+                .map(|o| {
+                    (
+                        o["name"].as_str().unwrap_or_default().to_owned(),
+                        o["sha256"].as_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect();
+            assert_eq!(got, expected, "input {n}");
+        }));
+    }
+    for task in tasks {
+        task.await.expect("a job matched");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_sigkill_every_accepted_job_ends_and_the_roots_are_swept() {
+    let scratch = Scratch::new("serve-kill");
+    let config = sleep_config("max_concurrent = 1", &tenant("acme", ACME, ""));
+    let mut server = Server::start(&scratch, &config);
+    let sleeper = id_of(&json(server.post(ACME, "?component=sleep", "1500").await).await);
+    server.running(ACME, &sleeper).await;
+    let mut large = b"order_id,region,amount,status\n".to_vec();
+    while large.len() < 2 << 20 {
+        large.extend_from_slice(b"1,north,1.00,completed\n");
+    }
+    let mut accepted = vec![sleeper];
+    for body in [seven_rows(), large] {
+        let response = server.post(ACME, "", body).await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        accepted.push(id_of(&json(response).await));
+    }
+    server.signal("-KILL");
+    server.wait();
+    assert!(!sandboxes(&scratch).is_empty(), "the running job's sandbox was left by the kill");
+
+    let config_path = server.config.clone();
+    drop(server);
+    let server = Server::start_with(&scratch, &config_path, &[]);
+    for id in &accepted {
+        let job = server.finished(ACME, id).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+    }
+    assert!(sandboxes(&scratch).is_empty(), "{:?}", sandboxes(&scratch));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_running_jobs_and_leaves_the_rest_queued_for_the_next_start() {
+    let scratch = Scratch::new("serve-term");
+    let config = sleep_config("max_concurrent = 1", &tenant("acme", ACME, ""));
+    let path = scratch.write("service.toml", format!("data_dir = {:?}\n{config}", scratch.join("data")));
+    let mut server = Server::start_with(&scratch, &path, &["--drain-timeout", "60s"]);
+    let short = id_of(&json(server.post(ACME, "?component=sleep", "1000").await).await);
+    server.running(ACME, &short).await;
+    let waiting = id_of(&json(server.post(ACME, "", seven_rows()).await).await);
+    server.signal("-TERM");
+    // The signal arrives on its own time: ask until the server says it is
+    // draining (the running job keeps it up for a second).
+    let mut draining = false;
+    for _ in 0..500 {
+        match server.client.get(server.url("/readyz")).send().await.map(|ready| ready.status()) {
+            Ok(StatusCode::SERVICE_UNAVAILABLE) => {
+                draining = true;
+                break;
+            }
+            Ok(status) => assert_eq!(status, StatusCode::OK, "ready until the signal arrives"),
+            Err(err) => panic!("the server answers while it drains: {err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(draining, "readyz says 503 while the server drains");
+    assert!(server.wait().success(), "exits 0 after the drain");
+    drop(server);
+
+    // A job that outlives the drain timeout is stopped and run again later.
+    let mut server = Server::start_with(&scratch, &path, &["--drain-timeout", "200ms"]);
+    let finished = server.finished(ACME, &short).await;
+    assert_eq!(finished["state"], "succeeded", "the running job finished within the drain: {finished}");
+    assert_eq!(server.finished(ACME, &waiting).await["state"], "succeeded", "the queued job ran at the next start");
+    let long = id_of(&json(server.post(ACME, "?component=sleep", "3600000").await).await);
+    server.running(ACME, &long).await;
+    server.signal("-TERM");
+    assert!(server.wait().success());
+    assert!(sandboxes(&scratch).is_empty(), "the stopped job's sandbox is gone: {:?}", sandboxes(&scratch));
+    drop(server);
+    let server = Server::start_with(&scratch, &path, &[]);
+    let job = json(server.get(ACME, &format!("/v1/jobs/{long}")).await).await;
+    assert!(["queued", "running"].contains(&job["state"].as_str().unwrap_or_default()), "{job}");
+    assert_eq!(server.delete(ACME, &long).await.status(), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_past_result_ttl_are_deleted_by_the_server() {
+    let scratch = Scratch::new("serve-ttl");
+    let server = Server::start(&scratch, &format!("result_ttl = \"1s\"\n{}", tenant("acme", ACME, "")));
+    let id = id_of(&json(server.post(ACME, "?wait=30", seven_rows()).await).await);
+    assert!(!job_files(&scratch).is_empty());
+    let mut gone = false;
+    for _ in 0..600 {
+        if server.get(ACME, &format!("/v1/jobs/{id}")).await.status() == StatusCode::NOT_FOUND {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "the job expired");
+    assert!(job_files(&scratch).is_empty(), "{:?}", job_files(&scratch));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_have_the_named_series_and_count() {
+    let scratch = Scratch::new("serve-metrics");
+    let server = Server::start(&scratch, &tenant("acme", ACME, ""));
+    for _ in 0..2 {
+        assert_eq!(json(server.post(ACME, "?wait=30", seven_rows()).await).await["outcome"], "success");
+    }
+    json(server.post(ACME, "?wait=30", "x\n").await).await;
+    let _ = server.client.get(server.url("/v1/jobs")).send().await;
+    let text = server.client.get(server.url("/metrics")).send().await.expect("answered").text().await.expect("text");
+    for line in [
+        "orders_host_jobs_total{tenant=\"acme\",outcome=\"success\"} 2",
+        "orders_host_jobs_total{tenant=\"acme\",outcome=\"invalid-input\"} 1",
+        "orders_host_job_duration_seconds_count 3",
+        "orders_host_jobs_running 0",
+        "orders_host_jobs_queued{tenant=\"acme\"} 0",
+        "orders_host_http_requests_total{code=\"200\"} 3",
+        "orders_host_http_requests_total{code=\"401\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
+    let ready = server.client.get(server.url("/readyz")).send().await.expect("answered");
+    assert_eq!(ready.status(), StatusCode::OK);
+    assert!(ready.headers().contains_key("x-request-id"));
+}
+
+#[test]
+fn host_token_prints_a_token_and_the_config_line_of_its_hash() {
+    let output = Command::new(env!("CARGO_BIN_EXE_host")).arg("token").output().expect("host token");
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).expect("utf-8");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[1], format!("token_sha256 = \"{}\"", sha256_hex(lines[0].as_bytes())));
+    let again = Command::new(env!("CARGO_BIN_EXE_host")).arg("token").output().expect("host token");
+    assert_ne!(again.stdout, text.as_bytes(), "a new token each time");
+}
+
+#[test]
+fn an_unknown_config_key_stops_the_server_with_its_name_and_line() {
+    let scratch = Scratch::new("serve-badconfig");
+    let path =
+        scratch.write("service.toml", format!("max_queued = 3\n{}\ntimout = \"1s\"\n", tenant("acme", ACME, "")));
+    let output = Command::new(env!("CARGO_BIN_EXE_host"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .args(scratch.root_args())
+        .output()
+        .expect("host serve");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("timout") && stderr.contains("line 6"), "{stderr}");
+}
