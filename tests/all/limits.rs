@@ -15,7 +15,8 @@ use crate::util::{TestHost, figure, files, limits, peak_rss_kib, seven_rows, sta
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_limit_stops_a_memory_bomb() {
     let host = TestHost::new("membomb");
-    let limits = Limits { memory: ByteSize(64 << 20), ..limits() };
+    // Time enough to reach the limit on a loaded machine: this is not the timeout's test.
+    let limits = Limits { memory: ByteSize(64 << 20), timeout: Duration::from_secs(60), ..limits() };
     let err = host.run_with(&host.component(programs::MEMORY_BOMB), b"", &limits).await.expect_err("stopped");
     assert_eq!(err.outcome(), Outcome::MemoryLimit, "{err}");
     assert!(err.to_string().contains("64MiB"), "{err}");
