@@ -627,6 +627,95 @@ async fn metrics_have_the_named_series_and_count() {
     assert!(ready.headers().contains_key("x-request-id"));
 }
 
+/// What a `$ref` of the description points to, or the value itself.
+fn resolved<'d>(doc: &'d Value, value: &'d Value) -> &'d Value {
+    match value["$ref"].as_str() {
+        Some(target) => target
+            .strip_prefix('#')
+            .and_then(|pointer| doc.pointer(pointer))
+            .unwrap_or_else(|| panic!("{target} does not resolve")),
+        None => value,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_json_describes_every_route_and_the_running_server_answers_as_it_says() {
+    let scratch = Scratch::new("serve-openapi");
+    let server = Server::start(&scratch, &tenant("acme", ACME, ""));
+    let response = server.client.get(server.url("/openapi.json")).send().await.expect("answered");
+    assert_eq!(response.status(), StatusCode::OK, "no token needed");
+    assert!(response.headers()["content-type"].to_str().expect("ascii").starts_with("application/json"));
+    let doc = json(response).await;
+    assert!(doc["openapi"].as_str().is_some_and(|version| version.starts_with("3.1.")), "{}", doc["openapi"]);
+
+    // The API as the issue lists it: each route documented, and nothing else.
+    let routes = [
+        ("post", "/v1/jobs"),
+        ("get", "/v1/jobs"),
+        ("get", "/v1/jobs/{id}"),
+        ("delete", "/v1/jobs/{id}"),
+        ("get", "/v1/jobs/{id}/outputs/{name}"),
+        ("get", "/v1/jobs/{id}/outputs.tar"),
+        ("get", "/healthz"),
+        ("get", "/readyz"),
+        ("get", "/metrics"),
+        ("get", "/openapi.json"),
+    ];
+    let mut operations = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("a path item") {
+            operations.push((method.as_str(), path.as_str(), operation));
+        }
+    }
+    for (method, path) in routes {
+        assert!(operations.iter().any(|(m, p, _)| (*m, *p) == (method, path)), "{method} {path} is documented");
+    }
+    assert_eq!(operations.len(), routes.len(), "only the API's routes are documented");
+
+    // Each documented operation is routed: without a token, the job routes
+    // answer 401, which they document, and the others a status they document.
+    let missing = "0123456789abcdef0123456789abcdef";
+    for (method, path, operation) in &operations {
+        let url = server.url(&path.replace("{id}", missing).replace("{name}", "summary.csv"));
+        let verb = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).expect("a method");
+        let response = server.client.request(verb, url).send().await.expect("answered");
+        let status = response.status();
+        let needs_token = operation["security"].as_array().is_some_and(|requirements| !requirements.is_empty());
+        if needs_token {
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path} without a token");
+            assert_eq!(response.headers()["www-authenticate"], "Bearer", "{method} {path}");
+            assert_eq!(json(response).await["error"]["kind"], "unauthorized", "{method} {path}");
+        }
+        let documented = &operation["responses"][status.as_str()];
+        assert!(documented.is_object(), "{method} {path} answered {status}, documented: {}", operation["responses"]);
+        if matches!(*path, "/healthz" | "/readyz") {
+            assert_eq!(status, StatusCode::OK, "{path}");
+        }
+    }
+
+    // The example's job has every property that the operation's documented
+    // `Job` schema requires, and a state among the schema's.
+    let response = server.post(ACME, "?wait=30", seven_rows()).await;
+    let status = response.status();
+    assert_eq!(status, StatusCode::OK, "finished within the wait");
+    let documented = resolved(&doc, &doc["paths"]["/v1/jobs"]["post"]["responses"][status.as_str()]);
+    let schema = resolved(&doc, &documented["content"]["application/json"]["schema"]);
+    let job = json(response).await;
+    let required = schema["required"].as_array().expect("the job schema's required properties");
+    assert!(required.len() >= 10, "every property of a job is always sent: {required:?}");
+    for property in required {
+        let property = property.as_str().expect("a name");
+        assert!(job.get(property).is_some(), "{property} is in {job}");
+    }
+    let properties = schema["properties"].as_object().expect("the job schema's properties");
+    for property in job.as_object().expect("a job").keys() {
+        assert!(properties.contains_key(property), "{property} is documented");
+    }
+    let states = resolved(&doc, &properties["state"])["enum"].as_array().expect("the states");
+    assert!(states.contains(&job["state"]), "{} is one of {states:?}", job["state"]);
+    assert_eq!(job["state"], "succeeded");
+}
+
 #[test]
 fn host_token_prints_a_token_and_the_config_line_of_its_hash() {
     let output = Command::new(env!("CARGO_BIN_EXE_host")).arg("token").output().expect("host token");

@@ -12,13 +12,15 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use utoipa::{IntoParams, ToSchema};
 
-use super::jobs::{ChannelWriter, MAX_WAIT, Service, job_json, write_tar};
+use super::jobs::{ChannelWriter, Job, JobList, MAX_WAIT, Service, write_tar};
 use super::metrics::CodeLabels;
+use super::openapi::{self, BadRequest, InternalError, NotFound, ServerBusy, TooLarge, TooManyQueued, Unauthorized};
 
 /// A client that sends nothing of its body for this long is cut.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -93,9 +95,28 @@ impl From<std::io::Error> for ApiError {
     }
 }
 
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// What went wrong, for programs: `bad-request`, `unauthorized`,
+    /// `not-found`, `idempotency-conflict`, `not-finished`,
+    /// `input-too-large`, `too-many-queued`, `storage-full`, `server-busy`,
+    /// `draining` or `internal`.
+    #[schema(example = "not-found")]
+    pub kind: &'static str,
+    /// What went wrong and what to do about it, for people.
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": { "kind": self.kind, "message": self.message } });
+        let body = ErrorBody { error: ErrorDetail { kind: self.kind, message: self.message } };
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -116,9 +137,10 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/jobs/{id}", get(show_job).delete(delete_job))
         .route("/v1/jobs/{id}/outputs.tar", get(output_tar))
         .route("/v1/jobs/{id}/outputs/{name}", get(output_file))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not-found", "no such route; see /openapi.json") })
         .layer(RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&service), count_status))
@@ -167,22 +189,33 @@ fn record_job(id: &str) {
     tracing::Span::current().record("job", id);
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct CreateQuery {
+#[into_params(parameter_in = Query)]
+pub(super) struct CreateQuery {
+    /// The component to run: one of the server's config, else its bundled pipeline.
     component: Option<String>,
+    /// Seconds to wait for the job to end before answering (at most 300):
+    /// 200 with the ended job, else 202 as without it.
+    #[param(minimum = 0, maximum = 300)]
     wait: Option<f64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct WaitQuery {
+#[into_params(parameter_in = Query)]
+pub(super) struct WaitQuery {
+    /// Seconds to wait for the job to end before answering (at most 300).
+    #[param(minimum = 0, maximum = 300)]
     wait: Option<f64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+#[into_params(parameter_in = Query)]
+pub(super) struct ListQuery {
+    /// How many jobs, newest first (1 to 1000, 100 if not given).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
@@ -206,16 +239,44 @@ fn query<T: serde::de::DeserializeOwned>(raw: Option<&str>) -> Result<T, ApiErro
         .map_err(|err| ApiError::bad_request(format!("bad query `{raw}`: {}", err.body_text())))
 }
 
-fn job_response(status: StatusCode, job: &super::store::JobRecord) -> Response {
+fn job_response(status: StatusCode, job: &super::store::JobRecord) -> Result<Response, ApiError> {
     let location = format!("/v1/jobs/{}", job.id);
-    let mut response = (status, Json(job_json(job))).into_response();
+    let mut response = (status, Json(Job::of(job)?)).into_response();
     if let Ok(value) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, value);
     }
-    response
+    Ok(response)
 }
 
-async fn create_job(State(service): Shared, request: Request) -> Result<Response, ApiError> {
+/// Sends a CSV export to be run as a job.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs",
+    tag = "jobs",
+    params(
+        CreateQuery,
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255,
+            description = "1 to 255 visible ASCII characters: a retry with the same key, body and component \
+                           names the same job instead of a new one"),
+    ),
+    request_body(content = String, content_type = "text/csv",
+        description = "The orders export, at most the tenant's `max_input` bytes"),
+    responses(
+        (status = 200, description = "The job, ended within `wait`", body = Job,
+            headers(("Location" = String, description = "The job's URL"))),
+        (status = 202, description = "The job, accepted and not yet ended", body = Job,
+            headers(("Location" = String, description = "The job's URL"))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 409, description = "The `Idempotency-Key` was used for another body or component", body = ErrorBody),
+        (status = 413, response = TooLarge),
+        (status = 429, response = TooManyQueued),
+        (status = 500, response = InternalError),
+        (status = 503, response = ServerBusy),
+    ),
+    security(("bearer" = [])),
+)]
+pub(super) async fn create_job(State(service): Shared, request: Request) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
     let tenant = tenant(&service, &parts.headers)?;
     let params: CreateQuery = query(parts.uri.query())?;
@@ -243,10 +304,30 @@ async fn create_job(State(service): Shared, request: Request) -> Result<Response
         None => accepted.job,
     };
     let status = if wait.is_some() && job.state.ended() { StatusCode::OK } else { StatusCode::ACCEPTED };
-    Ok(job_response(status, &job))
+    job_response(status, &job)
 }
 
-async fn show_job(State(service): Shared, Path(id): Path<String>, request: Request) -> Result<Response, ApiError> {
+/// One job of the tenant.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id"), WaitQuery),
+    responses(
+        (status = 200, description = "The job (once ended, or when `wait` is over)", body = Job,
+            headers(("Location" = String, description = "The job's URL"))),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 500, response = InternalError),
+    ),
+    security(("bearer" = [])),
+)]
+pub(super) async fn show_job(
+    State(service): Shared,
+    Path(id): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
     let tenant = tenant(&service, request.headers())?;
     record_job(&id);
     let params: WaitQuery = query(request.uri().query())?;
@@ -254,26 +335,75 @@ async fn show_job(State(service): Shared, Path(id): Path<String>, request: Reque
         Some(wait) => service.wait_for(&tenant, &id, wait).await?,
         None => service.job(&tenant, &id).await?,
     };
-    Ok(job_response(StatusCode::OK, &job))
+    job_response(StatusCode::OK, &job)
 }
 
-async fn list_jobs(State(service): Shared, request: Request) -> Result<Response, ApiError> {
+/// The tenant's jobs, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    tag = "jobs",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The tenant's jobs, newest first", body = JobList),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 500, response = InternalError),
+    ),
+    security(("bearer" = [])),
+)]
+pub(super) async fn list_jobs(State(service): Shared, request: Request) -> Result<Response, ApiError> {
     let tenant = tenant(&service, request.headers())?;
     let params: ListQuery = query(request.uri().query())?;
     let limit = params.limit.unwrap_or(DEFAULT_LIST_LIMIT).clamp(1, MAX_LIST_LIMIT);
     let jobs = service.list(&tenant, limit).await?;
-    let jobs: Vec<serde_json::Value> = jobs.iter().map(job_json).collect();
-    Ok(Json(serde_json::json!({ "jobs": jobs })).into_response())
+    let jobs = jobs.iter().map(Job::of).collect::<anyhow::Result<_>>()?;
+    Ok(Json(JobList { jobs }).into_response())
 }
 
-async fn delete_job(State(service): Shared, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// Cancels a queued or running job, or forgets an ended one; its files go at once.
+#[utoipa::path(
+    delete,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 204, description = "Cancelled or forgotten"),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 500, response = InternalError),
+    ),
+    security(("bearer" = [])),
+)]
+pub(super) async fn delete_job(
+    State(service): Shared,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let tenant = tenant(&service, &headers)?;
     record_job(&id);
     service.delete(&tenant, &id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn output_file(
+/// One output file of a succeeded job.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/outputs/{name}",
+    tag = "outputs",
+    params(
+        ("id" = String, Path, description = "The job's id"),
+        ("name" = String, Path, description = "The output's name, as the job's `outputs` list it"),
+    ),
+    responses(
+        (status = 200, description = "The file's bytes", body = String, content_type = "text/csv"),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 500, response = InternalError),
+    ),
+    security(("bearer" = [])),
+)]
+pub(super) async fn output_file(
     State(service): Shared,
     Path((id, name)): Path<(String, String)>,
     headers: HeaderMap,
@@ -301,7 +431,27 @@ async fn output_file(
     Ok(response)
 }
 
-async fn output_tar(State(service): Shared, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// Every output of a succeeded job, as one tar.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/outputs.tar",
+    tag = "outputs",
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "A tar of the outputs, streamed as it is built",
+            content_type = "application/x-tar"),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 409, description = "The job has not succeeded: only a succeeded job has outputs", body = ErrorBody),
+        (status = 500, response = InternalError),
+    ),
+    security(("bearer" = [])),
+)]
+pub(super) async fn output_tar(
+    State(service): Shared,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let tenant = tenant(&service, &headers)?;
     record_job(&id);
     let files = service.outputs(&tenant, &id).await?;
@@ -323,11 +473,44 @@ async fn output_tar(State(service): Shared, Path(id): Path<String>, headers: Hea
     Ok(response)
 }
 
-async fn readyz(State(service): Shared) -> Response {
+/// Whether the process is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "service",
+    responses((status = 200, description = "Up", body = String, content_type = "text/plain")),
+)]
+pub(super) async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Whether the server takes jobs: not while it drains to stop.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "service",
+    responses(
+        (status = 200, description = "Ready", body = String, content_type = "text/plain"),
+        (status = 503, description = "Draining: the server is stopping", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before asking again"))),
+    ),
+)]
+pub(super) async fn readyz(State(service): Shared) -> Response {
     if service.is_draining() { ApiError::draining().into_response() } else { "ready\n".into_response() }
 }
 
-async fn metrics(State(service): Shared) -> Result<Response, ApiError> {
+/// The server's metrics (jobs by outcome, durations, queue, requests by status).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "service",
+    responses(
+        (status = 200, description = "Prometheus text (the OpenMetrics format)", body = String,
+            content_type = "application/openmetrics-text"),
+        (status = 500, response = InternalError),
+    ),
+)]
+pub(super) async fn metrics(State(service): Shared) -> Result<Response, ApiError> {
     let text =
         service.metrics.encode().map_err(|err| ApiError::internal(format!("cannot encode the metrics: {err}")))?;
     let mut response = text.into_response();

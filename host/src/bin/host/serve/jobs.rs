@@ -11,13 +11,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use anyhow::Context as _;
 use axum::body::{Body, Bytes};
 use futures_util::StreamExt as _;
 use orders_host::{Component, Destination, Input, Invocation, RunError, RunOutcome, Runner};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::{oneshot, watch};
+use utoipa::ToSchema;
 
 use super::api::ApiError;
 use super::config::{BUNDLED, Config, TenantConfig, hex, token_hash};
@@ -699,21 +702,128 @@ pub fn timestamp(ms: i64) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
 
-/// The job as the API shows it; the names and shapes of `outcome`,
-/// `report` and `error` are those of `host run --json`.
-pub fn job_json(job: &JobRecord) -> serde_json::Value {
-    serde_json::json!({
-        "id": job.id,
-        "tenant": job.tenant,
-        "state": job.state.name(),
-        "outcome": job.outcome,
-        "report": job.report,
-        "outputs": job.outputs,
-        "error": job.error,
-        "created_at": timestamp(job.created_at),
-        "started_at": job.started_at.map(timestamp),
-        "finished_at": job.finished_at.map(timestamp),
-    })
+/// A job's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl From<State> for JobState {
+    fn from(state: State) -> Self {
+        match state {
+            State::Queued => Self::Queued,
+            State::Running => Self::Running,
+            State::Succeeded => Self::Succeeded,
+            State::Failed => Self::Failed,
+            State::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+/// A job as the API shows it; `outcome`, `report`, `outputs` and `error`
+/// have the names and shapes of `host run --json`. Every field is sent,
+/// null when it has no value yet.
+//
+// Fields in alphabetical order, the order of the `serde_json` map this
+// replaced, so that the bytes clients got did not change.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Job {
+    /// When it was accepted: RFC 3339, UTC, to the millisecond.
+    #[schema(format = DateTime, example = "2025-01-31T09:30:00.000Z")]
+    pub created_at: String,
+    /// Why it failed; null unless `state` is `failed`.
+    #[schema(required = true)]
+    pub error: Option<JobError>,
+    /// When it ended; null until then.
+    #[schema(required = true, format = DateTime)]
+    pub finished_at: Option<String>,
+    /// 128 random bits in hex.
+    #[schema(pattern = "^[0-9a-f]{32}$", example = "3f0c6a1e9b2d4c7f8a5e1d0b6c3a9f72")]
+    pub id: String,
+    /// How it ended, as `host run --json` names it (`success`,
+    /// `invalid-input`, `timeout`, …); null until it ends.
+    #[schema(required = true, example = "success")]
+    pub outcome: Option<String>,
+    /// The files it delivered (a succeeded job's only).
+    pub outputs: Vec<JobOutput>,
+    /// The pipeline's report, as `host run --json` gives it; null unless it succeeded.
+    #[schema(required = true, value_type = Option<Object>)]
+    pub report: Option<serde_json::Value>,
+    /// When it started running; null until then.
+    #[schema(required = true, format = DateTime)]
+    pub started_at: Option<String>,
+    pub state: JobState,
+    /// The tenant of the token that sent it.
+    pub tenant: String,
+}
+
+/// One file a job delivered, at `/v1/jobs/{id}/outputs/{name}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobOutput {
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Its file name.
+    #[schema(example = "summary.csv")]
+    pub name: String,
+    /// The hex SHA-256 of its contents.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    pub sha256: String,
+}
+
+/// Why a job failed, as in `host run --json`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobError {
+    /// The outcome's name (`invalid-input`, `timeout`, `memory-limit`, …).
+    #[schema(example = "timeout")]
+    pub kind: String,
+    /// The limit that stopped it and its figure (`{"timeout_ms": 2000}`),
+    /// or null when no limit did.
+    #[schema(required = true, value_type = Option<Object>)]
+    pub limit: Option<serde_json::Value>,
+    /// What happened and what to do about it.
+    pub message: String,
+}
+
+/// `GET /v1/jobs`: the tenant's jobs, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<Job>,
+}
+
+impl Job {
+    /// The job of a record. The record keeps outputs and error as the JSON
+    /// they were stored as, so a record this cannot read is a server fault.
+    pub fn of(record: &JobRecord) -> anyhow::Result<Self> {
+        let outputs = record
+            .outputs
+            .iter()
+            .map(JobOutput::deserialize)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("job {}: a stored output is not one", record.id))?;
+        let error = record
+            .error
+            .as_ref()
+            .map(JobError::deserialize)
+            .transpose()
+            .with_context(|| format!("job {}: its stored error is not one", record.id))?;
+        Ok(Self {
+            created_at: timestamp(record.created_at),
+            error,
+            finished_at: record.finished_at.map(timestamp),
+            id: record.id.clone(),
+            outcome: record.outcome.clone(),
+            outputs,
+            report: record.report.clone(),
+            started_at: record.started_at.map(timestamp),
+            state: record.state.into(),
+            tenant: record.tenant.clone(),
+        })
+    }
 }
 
 /// A blocking writer that sends what it is given to an async body, so a
@@ -752,6 +862,70 @@ mod tests {
         let (a, b) = (new_job_id().expect("rng"), new_job_id().expect("rng"));
         assert!(is_job_id(&a) && is_job_id(&b) && a != b);
         assert!(!is_job_id("../etc") && !is_job_id(&a.to_uppercase()) && !is_job_id(&a[1..]));
+    }
+
+    /// The hand-built map that the typed `Job` replaced.
+    fn untyped(job: &JobRecord) -> serde_json::Value {
+        serde_json::json!({
+            "id": job.id,
+            "tenant": job.tenant,
+            "state": job.state.name(),
+            "outcome": job.outcome,
+            "report": job.report,
+            "outputs": job.outputs,
+            "error": job.error,
+            "created_at": timestamp(job.created_at),
+            "started_at": job.started_at.map(timestamp),
+            "finished_at": job.finished_at.map(timestamp),
+        })
+    }
+
+    fn record(state: State) -> JobRecord {
+        JobRecord {
+            id: "0123456789abcdef0123456789abcdef".to_owned(),
+            tenant: "acme".to_owned(),
+            component: BUNDLED.to_owned(),
+            state,
+            outcome: None,
+            report: None,
+            outputs: Vec::new(),
+            error: None,
+            created_at: 1_700_000_000_123,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn the_typed_job_sends_the_bytes_of_the_untyped_one() {
+        let queued = record(State::Queued);
+        let succeeded = JobRecord {
+            outcome: Some("success".to_owned()),
+            report: Some(serde_json::json!({ "accepted": 7, "regions": { "north": 2 } })),
+            outputs: vec![serde_json::json!({ "name": "summary.csv", "bytes": 12, "sha256": "ab" })],
+            started_at: Some(1_700_000_000_200),
+            finished_at: Some(1_700_000_000_300),
+            ..record(State::Succeeded)
+        };
+        let failed = JobRecord {
+            outcome: Some("timeout".to_owned()),
+            error: Some(serde_json::json!({ "kind": "timeout", "message": "m", "limit": { "timeout_ms": 2000 } })),
+            ..record(State::Failed)
+        };
+        let unlimited = JobRecord {
+            error: Some(serde_json::json!({ "kind": "invalid-input", "message": "m", "limit": null })),
+            ..record(State::Failed)
+        };
+        for job in [queued, succeeded, failed, unlimited, record(State::Running), record(State::Cancelled)] {
+            let typed = serde_json::to_string(&Job::of(&job).expect("a readable record")).expect("serializes");
+            assert_eq!(typed, untyped(&job).to_string());
+        }
+    }
+
+    #[test]
+    fn a_stored_output_of_another_shape_is_a_server_fault() {
+        let job = JobRecord { outputs: vec![serde_json::json!({ "name": 1 })], ..record(State::Succeeded) };
+        assert!(Job::of(&job).is_err());
     }
 
     #[test]

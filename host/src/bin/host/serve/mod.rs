@@ -23,6 +23,7 @@ mod api;
 pub mod config;
 mod jobs;
 mod metrics;
+mod openapi;
 mod queue;
 mod store;
 
