@@ -28,7 +28,7 @@ use crate::deliver::{self, Delivered, Destination};
 use crate::error::RunError;
 use crate::fs::{PRIVATE_FILE, private_dir_builder};
 use crate::guest::{CappedOutput, GuestRun, StoreSetup, finish, new_store};
-use crate::invocation::Admission;
+use crate::invocation::{Admit, admit_builders};
 use crate::invoke::{Admitted, Stages, removal_budget};
 use crate::ledger::{Kind, Observed};
 use crate::limits::Limits;
@@ -110,17 +110,15 @@ pub struct Exec {
     args: Vec<String>,
     env: Vec<(String, String)>,
     seed: Option<PathBuf>,
-    tenant: Option<String>,
-    limits: Option<Limits>,
+    admit: Admit,
     destination: Option<Destination>,
-    admission: Admission,
-    queue_timeout: Option<Duration>,
-    deadline: Option<Duration>,
     stdout: OutputSink,
     stderr: OutputSink,
 }
 
 impl Exec {
+    admit_builders!();
+
     /// A run of `command` with no arguments, no environment, an empty
     /// folder, stdout and stderr kept, and nothing delivered.
     #[must_use]
@@ -130,12 +128,8 @@ impl Exec {
             args: Vec::new(),
             env: Vec::new(),
             seed: None,
-            tenant: None,
-            limits: None,
+            admit: Admit::default(),
             destination: None,
-            admission: Admission::Wait,
-            queue_timeout: None,
-            deadline: None,
             stdout: OutputSink::Keep,
             stderr: OutputSink::Keep,
         }
@@ -164,45 +158,10 @@ impl Exec {
         self
     }
 
-    /// Runs for `tenant` (see [`crate::Invocation::tenant`]).
-    #[must_use]
-    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
-        self.tenant = Some(tenant.into());
-        self
-    }
-
-    /// Runs under `limits`, instead of the tenant's profile or the defaults.
-    #[must_use]
-    pub fn limits(mut self, limits: Limits) -> Self {
-        self.limits = Some(limits);
-        self
-    }
-
     /// Delivers what the program leaves in its folder, when it exits 0.
     #[must_use]
     pub fn destination(mut self, destination: Destination) -> Self {
         self.destination = Some(destination);
-        self
-    }
-
-    /// Fails at once with [`RunError::Busy`] when no slot is free.
-    #[must_use]
-    pub fn fail_fast(mut self) -> Self {
-        self.admission = Admission::FailFast;
-        self
-    }
-
-    /// Waits at most `timeout` for a slot (see [`crate::Invocation::queue_timeout`]).
-    #[must_use]
-    pub fn queue_timeout(mut self, timeout: Duration) -> Self {
-        self.queue_timeout = Some(timeout);
-        self
-    }
-
-    /// Bounds the whole run once it has its slot (see [`crate::Invocation::deadline`]).
-    #[must_use]
-    pub fn deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = Some(deadline);
         self
     }
 
@@ -373,12 +332,8 @@ impl Runner {
             args,
             env,
             seed,
-            tenant,
-            limits,
+            admit: Admit { tenant, limits, admission, queue_timeout, deadline },
             destination,
-            admission,
-            queue_timeout,
-            deadline,
             stdout,
             stderr,
         } = exec;

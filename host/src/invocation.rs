@@ -44,6 +44,74 @@ pub(crate) enum Admission {
     FailFast,
 }
 
+/// What every kind of invocation (a pipeline's [`Invocation`], a program's
+/// [`crate::Exec`]) is given for admission: for whom, under which limits,
+/// how long it may wait for a slot and how long it may take once it has one.
+#[derive(Debug, Default)]
+pub(crate) struct Admit {
+    pub(crate) tenant: Option<String>,
+    pub(crate) limits: Option<Limits>,
+    pub(crate) admission: Admission,
+    pub(crate) queue_timeout: Option<Duration>,
+    pub(crate) deadline: Option<Duration>,
+}
+
+/// The builder methods of [`Admit`], for a type with an `admit` field: one
+/// text of each for both kinds of invocation.
+macro_rules! admit_builders {
+    () => {
+        /// Runs for `tenant`: its own sandbox folder, concurrency bound and
+        /// limit profile (`[A-Za-z0-9_-]{1,64}`).
+        #[must_use]
+        pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+            self.admit.tenant = Some(tenant.into());
+            self
+        }
+
+        /// Runs under `limits`, instead of the tenant's profile or the defaults.
+        #[must_use]
+        pub fn limits(mut self, limits: $crate::Limits) -> Self {
+            self.admit.limits = Some(limits);
+            self
+        }
+
+        /// Fails at once with [`crate::RunError::Busy`] when no slot is free.
+        #[must_use]
+        pub fn fail_fast(mut self) -> Self {
+            self.admit.admission = $crate::invocation::Admission::FailFast;
+            self
+        }
+
+        /// Waits at most `timeout` for a slot, then fails with
+        /// [`crate::RunError::Busy`].
+        #[must_use]
+        pub fn queue_timeout(mut self, timeout: std::time::Duration) -> Self {
+            self.admit.queue_timeout = Some(timeout);
+            self
+        }
+
+        /// Bounds the whole invocation once it has its slot, from making the
+        /// sandbox to removing it: past `deadline` it stops where it is
+        /// (copying the input or the seed, the guest, the delivery) with
+        /// [`crate::RunError::DeadlineExceeded`], and its sandbox is removed.
+        /// Removal, on success too, takes at most what is left of the
+        /// deadline or the removal budget (50 ms), whichever is less, yet
+        /// always makes one step; what it cannot finish goes on in the
+        /// background. A stage stopped by the deadline is given up to 250 ms
+        /// to notice it (a step of any stage takes far less) before the
+        /// invocation returns; an [`crate::Input::Reader`] blocked inside one
+        /// `read` cannot be stopped, and its invocation then keeps its slot
+        /// until that `read` returns. The guest's own
+        /// [`crate::Limits::timeout`] applies within the deadline.
+        #[must_use]
+        pub fn deadline(mut self, deadline: std::time::Duration) -> Self {
+            self.admit.deadline = Some(deadline);
+            self
+        }
+    };
+}
+pub(crate) use admit_builders;
+
 /// One invocation: what to run, on what, for whom, under which limits, and
 /// where the outputs go. Built with its methods; run with
 /// [`crate::Runner::invoke`].
@@ -63,84 +131,24 @@ pub(crate) enum Admission {
 pub struct Invocation {
     pub(crate) component: Component,
     pub(crate) input: Input,
-    pub(crate) tenant: Option<String>,
-    pub(crate) limits: Option<Limits>,
+    pub(crate) admit: Admit,
     pub(crate) destination: Destination,
-    pub(crate) admission: Admission,
-    pub(crate) queue_timeout: Option<Duration>,
-    pub(crate) deadline: Option<Duration>,
     pub(crate) progress: Option<Arc<Progress>>,
 }
 
 impl Invocation {
+    admit_builders!();
+
     /// An invocation of `component` on `input`, with outputs in memory.
     #[must_use]
     pub fn new(component: Component, input: Input) -> Self {
-        Self {
-            component,
-            input,
-            tenant: None,
-            limits: None,
-            destination: Destination::Memory,
-            admission: Admission::Wait,
-            queue_timeout: None,
-            deadline: None,
-            progress: None,
-        }
-    }
-
-    /// Runs for `tenant`: its own sandbox folder, concurrency bound and
-    /// limit profile (`[A-Za-z0-9_-]{1,64}`).
-    #[must_use]
-    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
-        self.tenant = Some(tenant.into());
-        self
-    }
-
-    /// Runs under `limits`, instead of the tenant's profile or the defaults.
-    #[must_use]
-    pub fn limits(mut self, limits: Limits) -> Self {
-        self.limits = Some(limits);
-        self
+        Self { component, input, admit: Admit::default(), destination: Destination::Memory, progress: None }
     }
 
     /// Delivers the outputs to `destination` (default: in memory).
     #[must_use]
     pub fn destination(mut self, destination: Destination) -> Self {
         self.destination = destination;
-        self
-    }
-
-    /// Fails at once with [`crate::RunError::Busy`] when no slot is free.
-    #[must_use]
-    pub fn fail_fast(mut self) -> Self {
-        self.admission = Admission::FailFast;
-        self
-    }
-
-    /// Waits at most `timeout` for a slot, then fails with
-    /// [`crate::RunError::Busy`].
-    #[must_use]
-    pub fn queue_timeout(mut self, timeout: Duration) -> Self {
-        self.queue_timeout = Some(timeout);
-        self
-    }
-
-    /// Bounds the whole invocation once it has its slot, from making the
-    /// sandbox to removing it: past `deadline` it stops where it is (copying
-    /// the input, the guest, the delivery) with
-    /// [`crate::RunError::DeadlineExceeded`], and its sandbox is removed.
-    /// Removal, on success too, takes at most what is left of the deadline
-    /// or the removal budget (50 ms), whichever is less, yet always makes one
-    /// step; what it cannot finish goes on in the background. A stage
-    /// stopped by the deadline is given up to 250 ms to notice it (a step of
-    /// any stage takes far less) before the invocation returns; a
-    /// [`Input::Reader`] blocked inside one `read` cannot be stopped, and its
-    /// invocation then keeps its slot until that `read` returns. The guest's
-    /// own [`Limits::timeout`] applies within the deadline.
-    #[must_use]
-    pub fn deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = Some(deadline);
         self
     }
 

@@ -35,7 +35,7 @@ use crate::error::RunError;
 use crate::guest::run_pipeline;
 use crate::housekeeper::REMOVAL_BUDGET;
 use crate::input::{copy_input, stage_input};
-use crate::invocation::{Admission, Invocation};
+use crate::invocation::{Admission, Admit, Invocation};
 use crate::limits::Limits;
 use crate::outcome::classify;
 use crate::report::Report;
@@ -110,8 +110,13 @@ impl Runner {
     /// A [`RunError`] naming the failure class; nothing is delivered then.
     pub async fn invoke(&self, invocation: Invocation) -> Result<RunOutcome, RunError> {
         let started = Instant::now();
-        let Invocation { component, input, tenant, limits, destination, admission, queue_timeout, deadline, progress } =
-            invocation;
+        let Invocation {
+            component,
+            input,
+            admit: Admit { tenant, limits, admission, queue_timeout, deadline },
+            destination,
+            progress,
+        } = invocation;
 
         let Admitted { slots, limits } = self.admit(tenant.as_deref(), limits, admission, queue_timeout).await?;
         let mut timings = Timings { queued: started.elapsed(), ..Timings::default() };

@@ -27,7 +27,7 @@
 //!
 //! **Caching.** The encoding is deterministic (a test encodes the same module
 //! repeatedly and compares), so the component bytes of a module can key the
-//! code cache ([`crate::CodeCache`] keys by the bytes it is given) like any
+//! code cache (the compiled-code cache keys by the bytes it is given) like any
 //! component's.
 
 use std::fmt;

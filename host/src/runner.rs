@@ -93,7 +93,7 @@ impl Default for RunnerConfig {
 /// - the guest's two preopens, duplicated from the sandbox's handles: 2;
 /// - collection: the listing of `out/`: 1 (`outputs.rs`);
 /// - delivery: the destination's parent and the staging folder (or the
-///   archive): 2; [`FLUSHERS`] + [`HASHERS`] threads with one output open
+///   archive): 2; `FLUSHERS` + `HASHERS` (deliver.rs) threads with one output open
 ///   each; an output copied across filesystems, source and copy: 2.
 pub const HOST_DESCRIPTORS_PER_INVOCATION: u64 = 3 + 2 + 2 + 2 + 1 + 2 + (FLUSHERS + HASHERS) as u64 + 2;
 
