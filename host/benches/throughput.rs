@@ -18,12 +18,26 @@
 //!    component) with a warm cache, beside the same program under wasmtime's
 //!    CLI when one is on `PATH` or named by `WASMTIME` (skipped, saying so,
 //!    otherwise): p50 wall times and their ratio.
+//! 5. **The service**: `host serve` as a process (`max_concurrent = 2`, two
+//!    tenants, data folder, sandbox root and code cache in the scratch folder,
+//!    memory root on `/dev/shm`), over loopback HTTP from this bench's tokio
+//!    runtime: (1) the seven-row example posted with `?wait=30` from 16
+//!    connections after a warm-up: jobs/s, p50/p99 request latency, and the
+//!    ratio to section 2's 2-worker library rate (sandboxes made inside
+//!    `run`, as the service's runner makes them); (2) fairness: tenant b's
+//!    tiny jobs one at a time, p50/p99 alone and while tenant a floods from
+//!    14 connections; (3) a ~100 MB export (`gen_orders.py --rows 2300000
+//!    --seed 7`) posted once, streamed from its file, and the server's
+//!    `VmHWM` before and after.
 //!
 //! Run it with `cargo bench -p orders-host --bench throughput`. Environment:
 //! `BENCH_ROWS` (rows of the big export, default 1000000), `BENCH_TINY`
-//! (library invocations per mode, default 5000), `ORDERS_SHARED_DIR` (the
-//! folder holding `tools/gen_orders.py`, default `../shared` beside the
-//! checkout).
+//! (library invocations per mode, default 5000), `BENCH_SERVICE_JOBS` (timed
+//! tiny jobs through the service, default 2000), `BENCH_FAIRNESS_JOBS`
+//! (tenant b's jobs, alone and under the flood, default 300),
+//! `BENCH_BODY_ROWS` (rows of the ~100 MB body, default 2300000),
+//! `ORDERS_SHARED_DIR` (the folder holding `tools/gen_orders.py`, default
+//! `../shared` beside the checkout).
 //!
 //! Peak RSS is read from `VmHWM` in `/proc/<pid>/status`, polled every 5 ms
 //! while the child runs: rustix (the workspace's safe syscall layer) has no
@@ -36,12 +50,12 @@
 use std::error::Error;
 use std::fmt::Write as _;
 use std::fs;
-use std::io::Read as _;
+use std::io::{BufRead as _, Read as _};
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use orders_host::{Destination, Input, Invocation, Limits, RunError, Runner, RunnerConfig, Timings};
@@ -70,6 +84,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
     let rows: u64 = env_number("BENCH_ROWS", 1_000_000)?;
     let tiny: usize = env_number("BENCH_TINY", 5_000)?;
+    let sizes = ServiceSizes {
+        jobs: env_number("BENCH_SERVICE_JOBS", 2_000)?,
+        fairness_jobs: env_number("BENCH_FAIRNESS_JOBS", 300)?,
+        body_rows: env_number("BENCH_BODY_ROWS", 2_300_000)?,
+    };
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let shared = std::env::var_os("ORDERS_SHARED_DIR").map_or_else(|| repo.join("../shared"), PathBuf::from);
     let shared = fs::canonicalize(&shared).map_err(|err| format!("shared folder {}: {err}", shared.display()))?;
@@ -82,13 +101,18 @@ fn main() -> Result<(), Box<dyn Error>> {
     let has_cache = String::from_utf8_lossy(&help.stdout).contains("--cache-dir");
     println!("throughput bench: host {}, scratch {}", env!("CARGO_BIN_EXE_host"), scratch.path().display());
     big_export(&scratch, &shared, &example, rows, has_cache)?;
-    tiny_library(&scratch, &example, tiny, false)?;
+    // Sandboxes made and removed inside `run`: the runner settings of `host serve`.
+    let library_rate = tiny_library(&scratch, &example, tiny, false)?;
     tiny_library(&scratch, &example, tiny, true)?;
     tiny_process(&scratch, &example, has_cache)?;
     small_program(&scratch)?;
+    service(&scratch, &shared, &example, sizes, library_rate)?;
     println!(
         "\nreproduce: cargo bench -p orders-host --bench throughput   (env BENCH_ROWS={rows} BENCH_TINY={tiny} \
-         ORDERS_SHARED_DIR={})",
+         BENCH_SERVICE_JOBS={} BENCH_FAIRNESS_JOBS={} BENCH_BODY_ROWS={} ORDERS_SHARED_DIR={})",
+        sizes.jobs,
+        sizes.fairness_jobs,
+        sizes.body_rows,
         shared.display()
     );
     Ok(())
@@ -99,26 +123,8 @@ fn main() -> Result<(), Box<dyn Error>> {
 
 fn big_export(scratch: &Scratch, shared: &Path, example: &Path, rows: u64, has_cache: bool) -> BenchResult<()> {
     println!("\n== 1. Big export: {rows} rows, `host run` (wasm) vs orders_pipeline (native), best of {RUNS} ==");
-    let generator = shared.join("tools/gen_orders.py");
     let input = scratch.path().join("orders-big.csv");
-    let started = Instant::now();
-    let file = fs::File::create(&input).map_err(|err| format!("cannot create {}: {err}", input.display()))?;
-    let status = Command::new("python3")
-        .arg(&generator)
-        .args(["--rows", &rows.to_string(), "--seed", "7"])
-        .stdout(file)
-        .status()
-        .map_err(|err| format!("cannot start python3 {}: {err}", generator.display()))?;
-    if !status.success() {
-        return Err(format!("{} failed: {status}", generator.display()).into());
-    }
-    let input_bytes = fs::metadata(&input)?.len();
-    println!(
-        "input: {} ({:.1} MB), generated in {:.1} s",
-        input.display(),
-        mb(input_bytes),
-        started.elapsed().as_secs_f64()
-    );
+    generate_export(shared, rows, &input)?;
 
     let cache = has_cache.then(|| scratch.path().join("cache-big"));
     let host_run = |input: &Path| {
@@ -222,6 +228,31 @@ fn big_export(scratch: &Scratch, shared: &Path, example: &Path, rows: u64, has_c
     Ok(())
 }
 
+/// Writes a dirty export of `rows` rows (`gen_orders.py --rows ROWS --seed 7`)
+/// to `out`, says so, and returns its size in bytes.
+fn generate_export(shared: &Path, rows: u64, out: &Path) -> BenchResult<u64> {
+    let generator = shared.join("tools/gen_orders.py");
+    let started = Instant::now();
+    let file = fs::File::create(out).map_err(|err| format!("cannot create {}: {err}", out.display()))?;
+    let status = Command::new("python3")
+        .arg(&generator)
+        .args(["--rows", &rows.to_string(), "--seed", "7"])
+        .stdout(file)
+        .status()
+        .map_err(|err| format!("cannot start python3 {}: {err}", generator.display()))?;
+    if !status.success() {
+        return Err(format!("{} failed: {status}", generator.display()).into());
+    }
+    let bytes = fs::metadata(out).map_err(|err| format!("cannot read {}: {err}", out.display()))?.len();
+    println!(
+        "input: {} ({:.1} MB, {rows} rows), generated in {:.1} s",
+        out.display(),
+        mb(bytes),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(bytes)
+}
+
 /// What the native child prints on stdout, one `key=value` per field.
 #[derive(Debug)]
 struct NativeChild {
@@ -321,8 +352,8 @@ fn read_vmhwm_kib(pid: u32) -> Option<u64> {
 
 /// Runs section 2 with sandboxes made and removed inside `run`, or (with
 /// `background`) made ahead of time and removed after `run` returns, on the
-/// runner's housekeeping thread.
-fn tiny_library(scratch: &Scratch, example: &Path, n: usize, background: bool) -> BenchResult<()> {
+/// runner's housekeeping thread. Returns the 2-worker rate, invocations/s.
+fn tiny_library(scratch: &Scratch, example: &Path, n: usize, background: bool) -> BenchResult<f64> {
     let removal = if background {
         format!("{READY_SANDBOXES} sandboxes made ahead, background removal")
     } else {
@@ -397,11 +428,13 @@ fn tiny_library(scratch: &Scratch, example: &Path, n: usize, background: bool) -
 
     let mut table = Table::new(["workers", "p50", "p99", "invocations/s", "p50 target", "rate target"]);
     let timings = sequential.timings.clone();
+    let mut rate_2_workers = 0.0;
     for (workers, mut latencies, wall) in [(1, sequential.latencies, wall_1), (2, concurrent.latencies, wall_2)] {
         latencies.sort_unstable();
         let p50 = percentile(&latencies, 50.0);
         let per_second = latencies.len() as f64 / wall.as_secs_f64();
         let rate_target = if workers == 2 {
+            rate_2_workers = per_second;
             format!(">= {MIN_TINY_RATE_2_WORKERS:.0}/s {}", verdict(per_second >= MIN_TINY_RATE_2_WORKERS))
         } else {
             "(info)".into()
@@ -434,7 +467,7 @@ fn tiny_library(scratch: &Scratch, example: &Path, n: usize, background: bool) -
         steps.row([name.into(), mean(value), share(value)]);
     }
     steps.print();
-    Ok(())
+    Ok(rate_2_workers)
 }
 
 /// What a run of sequential invocations measured.
@@ -576,6 +609,403 @@ fn small_program(scratch: &Scratch) -> BenchResult<()> {
 }
 
 // ---------------------------------------------------------------------------
+// 5. The service
+
+/// Sizes of section 5, from the environment.
+#[derive(Debug, Clone, Copy)]
+struct ServiceSizes {
+    /// Tiny jobs timed through 16 connections (`BENCH_SERVICE_JOBS`).
+    jobs: usize,
+    /// Tenant B's tiny jobs, alone and under the flood (`BENCH_FAIRNESS_JOBS`).
+    fairness_jobs: usize,
+    /// Rows of the ~100 MB export (`BENCH_BODY_ROWS`).
+    body_rows: u64,
+}
+
+const SERVICE_CONNECTIONS: usize = 16;
+const SERVICE_WARM_UP: usize = 200;
+const SERVICE_MAX_CONCURRENT: usize = 2;
+/// Tenant A's connections while it floods the service.
+const FLOOD_CONNECTIONS: usize = 14;
+/// Tenant B's untimed jobs before its idle measurement.
+const FAIRNESS_WARM_UP: usize = 20;
+/// Chunks of the 100 MB body, as read from the file and sent.
+const BODY_CHUNK: usize = 256 << 10;
+const TOKEN_A: &str = "bench-tenant-a-0123456789abcdef";
+const TOKEN_B: &str = "bench-tenant-b-fedcba9876543210";
+
+// Targets.
+const MIN_SERVICE_LIBRARY_RATIO: f64 = 0.6;
+const MAX_SERVICE_P99: Duration = Duration::from_millis(20);
+const MAX_FAIRNESS_P99_RATIO: f64 = 3.0;
+const MAX_BODY_RSS_GROWTH: u64 = 32_000_000;
+
+/// Section 5: `host serve` as a process, driven over loopback HTTP by this
+/// bench's own tokio runtime (2 workers), beside the library's figure of
+/// section 2 (`library_rate`, 2 workers, sandboxes made and removed inside
+/// `run`: the runner settings of the service).
+fn service(
+    scratch: &Scratch,
+    shared: &Path,
+    example: &Path,
+    sizes: ServiceSizes,
+    library_rate: f64,
+) -> BenchResult<()> {
+    println!(
+        "\n== 5. The service: `host serve`, max_concurrent = {SERVICE_MAX_CONCURRENT}, two tenants, over loopback HTTP =="
+    );
+    // The memory root on tmpfs, as the library's default one in section 2.
+    let shm = Path::new("/dev/shm");
+    let memory_scratch = if shm.is_dir() { Some(Scratch::new_in(shm)?) } else { None };
+    let memory_root =
+        memory_scratch.as_ref().map_or_else(|| scratch.path().join("service-memory"), |s| s.path().join("memory"));
+    let config = scratch.path().join("service.toml");
+    let text = format!(
+        "max_concurrent = {SERVICE_MAX_CONCURRENT}\n{}{}",
+        tenant_config("a", TOKEN_A, ""),
+        tenant_config("b", TOKEN_B, "max_input = \"256MiB\"\ntimeout = \"600s\"\n")
+    );
+    fs::write(&config, text).map_err(|err| format!("cannot write {}: {err}", config.display()))?;
+    let server = Server::start(scratch, &config, &memory_root)?;
+    println!(
+        "server: pid {}, {}; data dir, sandbox root and code cache in the scratch folder, memory root {}; log {}",
+        server.child.id(),
+        server.base,
+        memory_root.display(),
+        server.log.display()
+    );
+    let example_bytes =
+        bytes::Bytes::from(fs::read(example).map_err(|err| format!("cannot read {}: {err}", example.display()))?);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let base: Arc<str> = server.base.as_str().into();
+
+    // 5.1 Tiny jobs through 16 connections.
+    let jobs = sizes.jobs;
+    println!(
+        "\n-- 5.1 Tiny jobs: {SERVICE_CONNECTIONS} connections (one client each) posting the seven-row example \
+         with ?wait=30 as tenant a; {SERVICE_WARM_UP} warm-up jobs, then {jobs} timed --"
+    );
+    let clients = (0..SERVICE_CONNECTIONS).map(|_| client()).collect::<Result<Vec<_>, _>>()?;
+    runtime.block_on(load(&clients, &base, TOKEN_A, &example_bytes, SERVICE_WARM_UP))?;
+    let (mut latencies, wall) = runtime.block_on(load(&clients, &base, TOKEN_A, &example_bytes, jobs))?;
+    latencies.sort_unstable();
+    let service_rate = latencies.len() as f64 / wall.as_secs_f64();
+    let ratio = service_rate / library_rate;
+    let p99 = percentile(&latencies, 99.0);
+    let mut table = Table::new(["figure", "value", "target", "verdict"]);
+    table.row(["service jobs/s (16 connections)".into(), format!("{service_rate:.0}/s"), String::new(), String::new()]);
+    table.row([
+        "library invocations/s, 2 workers (section 2)".into(),
+        format!("{library_rate:.0}/s"),
+        "(info)".into(),
+        String::new(),
+    ]);
+    table.row([
+        "ratio service / library".into(),
+        format!("{:.0}%", ratio * 100.0),
+        format!(">= {:.0}%", MIN_SERVICE_LIBRARY_RATIO * 100.0),
+        verdict(ratio >= MIN_SERVICE_LIBRARY_RATIO).into(),
+    ]);
+    table.row(["request latency p50".into(), millis(percentile(&latencies, 50.0)), String::new(), String::new()]);
+    table.row([
+        "request latency p99".into(),
+        millis(p99),
+        format!("< {}", millis(MAX_SERVICE_P99)),
+        verdict(p99 < MAX_SERVICE_P99).into(),
+    ]);
+    table.row([
+        "request latency max".into(),
+        millis(latencies.last().copied().unwrap_or_default()),
+        String::new(),
+        String::new(),
+    ]);
+    table.print();
+
+    // 5.2 Fairness: tenant B's jobs alone, then while tenant A floods.
+    let n = sizes.fairness_jobs;
+    println!(
+        "\n-- 5.2 Fairness: tenant b posts {n} tiny jobs one at a time (own thread and runtime), alone, then while \
+         tenant a floods with {FLOOD_CONNECTIONS} connections --"
+    );
+    let idle = one_at_a_time(&base, TOKEN_B, &example_bytes, FAIRNESS_WARM_UP, n)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooded = Arc::new(AtomicUsize::new(0));
+    let flood_started = Instant::now();
+    let flood: Vec<_> = clients[..FLOOD_CONNECTIONS]
+        .iter()
+        .map(|client| {
+            let (client, base, input) = (client.clone(), base.clone(), example_bytes.clone());
+            let (stop, flooded) = (stop.clone(), flooded.clone());
+            runtime.spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    post_job(&client, &base, TOKEN_A, input.clone().into(), None).await?;
+                    flooded.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok::<_, String>(())
+            })
+        })
+        .collect();
+    // Until the flood has both slots and a queue: a few jobs per connection done.
+    while flooded.load(Ordering::Relaxed) < 2 * FLOOD_CONNECTIONS && flood_started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (flood_before, measured_from) = (flooded.load(Ordering::Relaxed), Instant::now());
+    let busy = one_at_a_time(&base, TOKEN_B, &example_bytes, 0, n);
+    let flood_rate = (flooded.load(Ordering::Relaxed) - flood_before) as f64 / measured_from.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for task in flood {
+        runtime.block_on(task).map_err(|err| format!("a flood task failed: {err}"))??;
+    }
+    let busy = busy?;
+    let (idle_p99, busy_p99) = (percentile(&idle, 99.0), percentile(&busy, 99.0));
+    let fairness = busy_p99.as_secs_f64() / idle_p99.as_secs_f64();
+    let mut table = Table::new(["tenant b", "p50", "p99", "target", "verdict"]);
+    table.row(["alone".into(), millis(percentile(&idle, 50.0)), millis(idle_p99), String::new(), String::new()]);
+    table.row([
+        format!("under a's flood ({FLOOD_CONNECTIONS} connections)"),
+        millis(percentile(&busy, 50.0)),
+        millis(busy_p99),
+        String::new(),
+        String::new(),
+    ]);
+    table.row([
+        "ratio flood / alone".into(),
+        format!("{:.2}x", percentile(&busy, 50.0).as_secs_f64() / percentile(&idle, 50.0).as_secs_f64()),
+        format!("{fairness:.2}x"),
+        format!("p99 < {MAX_FAIRNESS_P99_RATIO:.0}x"),
+        verdict(fairness < MAX_FAIRNESS_P99_RATIO).into(),
+    ]);
+    table.print();
+    println!("tenant a's flood meanwhile: {flood_rate:.0} jobs/s");
+
+    // 5.3 A 100 MB body, streamed from its file.
+    println!(
+        "\n-- 5.3 A ~100 MB body: {} rows posted once as tenant b (max_input 256MiB), streamed from the file --",
+        sizes.body_rows
+    );
+    let input = scratch.path().join("orders-body.csv");
+    let length = generate_export(shared, sizes.body_rows, &input)?;
+    let pid = server.child.id();
+    let vmhwm = || read_vmhwm_kib(pid).map(|kib| kib * 1024).ok_or("cannot read the server's VmHWM (has it exited?)");
+    let before = vmhwm()?;
+    let started = Instant::now();
+    let job = runtime.block_on(async {
+        let file =
+            tokio::fs::File::open(&input).await.map_err(|err| format!("cannot open {}: {err}", input.display()))?;
+        let client = client()?;
+        post_job(&client, &base, TOKEN_B, file_body(file), Some(length)).await
+    })?;
+    let wall = started.elapsed();
+    let after = vmhwm()?;
+    let growth = after.saturating_sub(before);
+    let rows = job["report"]["rows"].as_u64().map_or_else(|| "?".into(), |rows| rows.to_string());
+    let mut table = Table::new(["figure", "value", "target", "verdict"]);
+    table.row(["body".into(), format!("{:.1} MB", mb(length)), String::new(), String::new()]);
+    table.row([
+        "POST to finished job (upload + run)".into(),
+        secs(wall),
+        format!("(report: {rows} rows)"),
+        String::new(),
+    ]);
+    table.row(["server peak RSS (VmHWM) before".into(), rss(before), String::new(), String::new()]);
+    table.row(["server peak RSS (VmHWM) after".into(), rss(after), String::new(), String::new()]);
+    table.row([
+        "growth".into(),
+        rss(growth),
+        format!("< {:.0} MB", mb(MAX_BODY_RSS_GROWTH)),
+        verdict(growth < MAX_BODY_RSS_GROWTH).into(),
+    ]);
+    table.print();
+    println!("(\"before\" is the high-water mark after 5.1 and 5.2; 1 MB = 10^6 bytes)");
+    drop(runtime);
+    drop(server);
+    drop(memory_scratch);
+    Ok(())
+}
+
+/// `[tenants.NAME]` with its token's SHA-256 and `extra` lines.
+fn tenant_config(name: &str, token: &str, extra: &str) -> String {
+    use sha2::Digest as _;
+    let hash: String = sha2::Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    format!("[tenants.{name}]\ntoken_sha256 = \"{hash}\"\n{extra}")
+}
+
+/// A `host serve` process on a free loopback port, killed on drop.
+#[derive(Debug)]
+struct Server {
+    child: Child,
+    /// `http://ADDR`, as the server printed it.
+    base: String,
+    /// Its stderr.
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts the server with `config`, its data folder, sandbox root and
+    /// code cache in `scratch`, and waits for its address.
+    fn start(scratch: &Scratch, config: &Path, memory_root: &Path) -> BenchResult<Self> {
+        let log = scratch.path().join("service.log");
+        let stderr = fs::File::create(&log).map_err(|err| format!("cannot create {}: {err}", log.display()))?;
+        let mut command = Command::new(env!("CARGO_BIN_EXE_host"));
+        command.args(["serve", "--config"]).arg(config).args(["--listen", "127.0.0.1:0", "--data-dir"]);
+        command.arg(scratch.path().join("service-data"));
+        command.arg("--sandbox-root").arg(scratch.path().join("service-sandboxes"));
+        command.arg("--memory-root").arg(memory_root);
+        // The code cache (`$XDG_CACHE_HOME/orders-host`), never `~/.cache`.
+        command.env("XDG_CACHE_HOME", scratch.path().join("service-cache"));
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr);
+        let child = command.spawn().map_err(|err| format!("cannot start {command:?}: {err}"))?;
+        let mut server = Self { child, base: String::new(), log };
+        let stdout = server.child.stdout.take().ok_or("the server's stdout is not piped")?;
+        let mut stdout = std::io::BufReader::new(stdout);
+        let mut line = String::new();
+        stdout.read_line(&mut line).map_err(|err| format!("cannot read the server's stdout: {err}"))?;
+        let Some(base) = line.trim().strip_prefix("listening on ") else {
+            let log = fs::read_to_string(&server.log).unwrap_or_default();
+            return Err(format!("`host serve` printed {line:?}, not its address; its stderr: {log}").into());
+        };
+        server.base = base.to_owned();
+        // Nothing more is expected on stdout; whatever comes is read, so the server never blocks on it.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        Ok(server)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Err(err) = self.child.kill().and_then(|()| self.child.wait().map(drop)) {
+            eprintln!("warning: cannot stop the server (pid {}): {err}", self.child.id());
+        }
+    }
+}
+
+/// A client of its own: one connection, reused.
+fn client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder().no_proxy().build().map_err(|err| format!("cannot build an HTTP client: {err}"))
+}
+
+/// `count` tiny jobs of `token`, spread over `clients` (one task each, one
+/// job in flight per task): each job's latency, and the wall time of all.
+async fn load(
+    clients: &[reqwest::Client],
+    base: &Arc<str>,
+    token: &'static str,
+    input: &bytes::Bytes,
+    count: usize,
+) -> Result<(Vec<Duration>, Duration), String> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = clients
+        .iter()
+        .map(|client| {
+            let (client, base, input, next) = (client.clone(), base.clone(), input.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(count / 8);
+                while next.fetch_add(1, Ordering::Relaxed) < count {
+                    let started = Instant::now();
+                    post_job(&client, &base, token, input.clone().into(), None).await?;
+                    latencies.push(started.elapsed());
+                }
+                Ok::<_, String>(latencies)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(count);
+    for task in tasks {
+        latencies.extend(task.await.map_err(|err| format!("a client task failed: {err}"))??);
+    }
+    Ok((latencies, started.elapsed()))
+}
+
+/// `count` tiny jobs of `token`, one after another after `warm_up` untimed
+/// ones, from a thread and a runtime of their own, so that other tasks of
+/// the bench never delay the timing: their latencies, sorted.
+fn one_at_a_time(
+    base: &Arc<str>,
+    token: &'static str,
+    input: &bytes::Bytes,
+    warm_up: usize,
+    count: usize,
+) -> BenchResult<Vec<Duration>> {
+    let (base, input) = (base.clone(), input.clone());
+    let thread = std::thread::spawn(move || -> Result<Vec<Duration>, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|err| format!("cannot start a runtime: {err}"))?;
+        runtime.block_on(async {
+            let client = client()?;
+            for _ in 0..warm_up {
+                post_job(&client, &base, token, input.clone().into(), None).await?;
+            }
+            let mut latencies = Vec::with_capacity(count);
+            for _ in 0..count {
+                let started = Instant::now();
+                post_job(&client, &base, token, input.clone().into(), None).await?;
+                latencies.push(started.elapsed());
+            }
+            latencies.sort_unstable();
+            Ok(latencies)
+        })
+    });
+    Ok(thread.join().map_err(|_| "the one-at-a-time thread panicked")??)
+}
+
+/// Posts a job (`?wait=30`) and follows it until it has ended; an error
+/// unless it succeeded.
+async fn post_job(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    body: reqwest::Body,
+    length: Option<u64>,
+) -> Result<serde_json::Value, String> {
+    let mut request = client.post(format!("{base}/v1/jobs?wait=30")).bearer_auth(token).body(body);
+    if let Some(length) = length {
+        request = request.header(reqwest::header::CONTENT_LENGTH, length);
+    }
+    let mut job = job_of(request.send().await, "POST /v1/jobs").await?;
+    for _ in 0..40 {
+        match job["state"].as_str() {
+            Some("succeeded") => return Ok(job),
+            Some("queued" | "running") => {}
+            _ => return Err(format!("the job did not succeed: {job}")),
+        }
+        let id = job["id"].as_str().ok_or_else(|| format!("a job without an id: {job}"))?;
+        let url = format!("{base}/v1/jobs/{id}?wait=30");
+        job = job_of(client.get(&url).bearer_auth(token).send().await, &url).await?;
+    }
+    Err(format!("the job has not ended after 20 minutes: {job}"))
+}
+
+/// The job in a 200 or 202 answer.
+async fn job_of(response: Result<reqwest::Response, reqwest::Error>, what: &str) -> Result<serde_json::Value, String> {
+    let response = response.map_err(|err| format!("{what}: {err}"))?;
+    let status = response.status();
+    let text = response.text().await.map_err(|err| format!("{what}: {status}, unreadable body: {err}"))?;
+    if status != reqwest::StatusCode::OK && status != reqwest::StatusCode::ACCEPTED {
+        return Err(format!("{what}: {status}: {text}"));
+    }
+    serde_json::from_str(&text).map_err(|err| format!("{what}: {status}, not a job ({err}): {text}"))
+}
+
+/// A request body read from `file` in [`BODY_CHUNK`]s as it is sent, never whole.
+fn file_body(file: tokio::fs::File) -> reqwest::Body {
+    use tokio::io::AsyncReadExt as _;
+    let chunks = futures_util::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut chunk = bytes::BytesMut::with_capacity(BODY_CHUNK);
+        match file.read_buf(&mut chunk).await {
+            Ok(0) => None,
+            Ok(_) => Some((Ok(hyper::body::Frame::data(chunk.freeze())), Some(file))),
+            // The error ends the body (and the request).
+            Err(err) => Some((Err(err), None)),
+        }
+    });
+    reqwest::Body::wrap(http_body_util::StreamBody::new(chunks))
+}
+
+// ---------------------------------------------------------------------------
 // Helpers
 
 /// A private scratch folder (0700), removed with everything in it on drop.
@@ -584,8 +1014,13 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new() -> BenchResult<Self> {
+        Self::new_in(&std::env::temp_dir())
+    }
+
+    /// A scratch folder inside `parent` (section 5 puts the service's memory root on `/dev/shm`).
+    fn new_in(parent: &Path) -> BenchResult<Self> {
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.subsec_nanos();
-        let path = std::env::temp_dir().join(format!("host-throughput-{}-{nanos:08x}", std::process::id()));
+        let path = parent.join(format!("host-throughput-{}-{nanos:08x}", std::process::id()));
         fs::DirBuilder::new()
             .mode(0o700)
             .create(&path)
