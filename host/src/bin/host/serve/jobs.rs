@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 use tokio::io::AsyncWriteExt as _;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{broadcast, oneshot, watch};
 use utoipa::ToSchema;
 
 use super::api::ApiError;
@@ -33,6 +33,9 @@ use crate::render;
 /// the job's record; larger ones go to the job's file from the first byte
 /// past it (the runner's spool threshold: such inputs also run in memory).
 pub const SPOOL_THRESHOLD: usize = 1 << 20;
+
+/// Job ends a slow waiter may miss before it reads its job again anyway.
+const ENDED_CAPACITY: usize = 1024;
 
 /// The longest `?wait=` honoured, so a request does not hold its
 /// connection for ever.
@@ -60,8 +63,13 @@ pub struct Service {
     pub metrics: Metrics,
     jobs_dir: PathBuf,
     running: Mutex<HashMap<String, oneshot::Sender<Stop>>>,
-    /// Bumped whenever a job changes state, for `?wait=` and `DELETE`.
+    /// Bumped whenever a job changes state, for `DELETE` and the drain.
     changes: watch::Sender<u64>,
+    /// The id of each job whose run ended (or that was cancelled before it
+    /// ran), for `?wait=`: a waiter reads its job again only when its own id
+    /// comes by, not on every other job's change, so many waiters do not
+    /// each query the store for every job that moves.
+    ended: broadcast::Sender<Arc<str>>,
     draining: AtomicBool,
 }
 
@@ -91,6 +99,7 @@ impl Service {
             jobs_dir,
             running: Mutex::default(),
             changes: watch::Sender::new(0),
+            ended: broadcast::Sender::new(ENDED_CAPACITY),
             draining: AtomicBool::new(false),
         })
     }
@@ -291,18 +300,19 @@ impl Service {
     /// The job once it has ended, or as it is when `wait` is over.
     pub async fn wait_for(&self, tenant: &str, id: &str, wait: Duration) -> Result<JobRecord, ApiError> {
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
-        let mut changes = self.changes.subscribe();
-        loop {
-            // Marked seen before reading, so a change after the read wakes us.
-            changes.borrow_and_update();
-            let job = self.job(tenant, id).await?;
-            if job.state.ended() || tokio::time::Instant::now() >= deadline {
-                return Ok(job);
-            }
-            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
-                return self.job(tenant, id).await;
+        // Subscribed before reading, so an end after the read is seen.
+        let mut ended = self.ended.subscribe();
+        let mut job = self.job(tenant, id).await?;
+        while !job.state.ended() {
+            match tokio::time::timeout_at(deadline, ended.recv()).await {
+                Err(_elapsed) => return self.job(tenant, id).await,
+                Ok(Ok(other)) if &*other != id => continue,
+                // Its own end, or ends were missed (lagged): read it again.
+                Ok(Ok(_) | Err(broadcast::error::RecvError::Lagged(_))) => job = self.job(tenant, id).await?,
+                Ok(Err(broadcast::error::RecvError::Closed)) => return Ok(job),
             }
         }
+        Ok(job)
     }
 
     pub async fn list(&self, tenant: &str, limit: u32) -> Result<Vec<JobRecord>, ApiError> {
@@ -353,6 +363,7 @@ impl Service {
             self.metrics.set_queued(tenant, self.scheduler.queued(tenant));
             self.remove_files(id).await;
             self.changed();
+            self.announce_end(id);
             return Ok(());
         }
         if matches!(state, State::Queued | State::Running) {
@@ -388,6 +399,11 @@ impl Service {
 
     fn changed(&self) {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Tells the waiters of job `id` to read it again (no receiver is fine).
+    fn announce_end(&self, id: &str) {
+        let _ = self.ended.send(Arc::from(id));
     }
 
     async fn remove_files(&self, id: &str) {
@@ -434,6 +450,7 @@ impl Service {
         self.scheduler.done(&tenant, seconds);
         self.metrics.running.set(i64::try_from(self.scheduler.running()).unwrap_or(i64::MAX));
         self.changed();
+        self.announce_end(&id);
     }
 
     /// Runs one job to its recorded end; the outcome's name, or `None` when
