@@ -9,9 +9,9 @@ use orders_host::{
     ByteSize, Destination, Exec, ExecError, ExecOutcome, Limits, OutputSink, RunError, Runner, RunnerConfig,
 };
 
-use crate::RootArgs;
 use crate::render;
 use crate::run::{LimitArgs, shutdown_signal, sweep_quietly};
+use crate::{CacheArgs, RootArgs};
 
 #[derive(Args, Debug)]
 pub struct ExecArgs {
@@ -50,13 +50,8 @@ pub struct ExecArgs {
     #[arg(long, value_name = "SIZE", default_value = "64MiB")]
     stdout_limit: ByteSize,
 
-    /// Folder of the compiled-code cache [default: ~/.cache/orders-host].
-    #[arg(long, value_name = "DIR")]
-    cache_dir: Option<PathBuf>,
-
-    /// Compile the program in memory only.
-    #[arg(long, conflicts_with = "cache_dir")]
-    no_cache: bool,
+    #[command(flatten)]
+    cache: CacheArgs,
 
     #[command(flatten)]
     root: RootArgs,
@@ -117,7 +112,7 @@ fn exec(args: &ExecArgs) -> Result<ExecOutcome, ExecError> {
         memory_root: args.root.memory_root.clone(),
         fuel_metering: limits.fuel.is_some(),
         max_concurrent: 1,
-        cache_dir: if args.no_cache { None } else { args.cache_dir.clone().or_else(orders_host::default_cache_dir) },
+        cache_dir: args.cache.dir(),
         ..RunnerConfig::default()
     };
     let runner = Runner::new(&config)?;

@@ -54,6 +54,25 @@ enum Command {
     Token,
 }
 
+/// Where compiled code is kept between processes.
+#[derive(Args, Debug)]
+struct CacheArgs {
+    /// Folder of the compiled-code cache [default: ~/.cache/orders-host].
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Compile in memory only.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
+}
+
+impl CacheArgs {
+    /// The cache folder to use, if any.
+    fn dir(&self) -> Option<PathBuf> {
+        if self.no_cache { None } else { self.cache_dir.clone().or_else(orders_host::default_cache_dir) }
+    }
+}
+
 #[derive(Args, Debug)]
 struct RootArgs {
     /// Folder that holds the sandboxes [default: orders-host-<uid> in the temp

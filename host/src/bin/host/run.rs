@@ -12,8 +12,8 @@ use orders_host::{
     ByteSize, Destination, Input, Invocation, Limits, Progress, RunError, RunOutcome, Runner, RunnerConfig,
 };
 
-use crate::RootArgs;
 use crate::render;
+use crate::{CacheArgs, RootArgs};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -39,13 +39,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", default_value = "1MiB")]
     spool_threshold: ByteSize,
 
-    /// Folder of the compiled-code cache [default: ~/.cache/orders-host].
-    #[arg(long, value_name = "DIR")]
-    cache_dir: Option<PathBuf>,
-
-    /// Compile the component in memory only.
-    #[arg(long, conflicts_with = "cache_dir")]
-    no_cache: bool,
+    #[command(flatten)]
+    cache: CacheArgs,
 
     #[command(flatten)]
     root: RootArgs,
@@ -149,7 +144,7 @@ fn run(args: &RunArgs) -> Result<RunOutcome, RunError> {
         spool_threshold: args.spool_threshold.bytes(),
         fuel_metering: limits.fuel.is_some(),
         max_concurrent: 1,
-        cache_dir: if args.no_cache { None } else { args.cache_dir.clone().or_else(orders_host::default_cache_dir) },
+        cache_dir: args.cache.dir(),
         ..RunnerConfig::default()
     };
     let runner = Runner::new(&config)?;

@@ -108,7 +108,7 @@ async fn serve(args: &ServeArgs, mut config: Config) -> anyhow::Result<()> {
         max_concurrent: config.max_concurrent,
         // Each tenant's own bound is the queue's; the runner's only caps it.
         max_concurrent_per_tenant: config.max_concurrent,
-        cache_dir: code_cache_dir(),
+        cache_dir: orders_host::default_cache_dir(),
         ..RunnerConfig::default()
     })?;
     // Sandboxes of a server that was killed.
@@ -198,12 +198,6 @@ async fn accept(
             None
         }
     }
-}
-
-/// The compiled-code cache's folder (kept in one place: the library's
-/// default may move).
-fn code_cache_dir() -> Option<PathBuf> {
-    orders_host::default_cache_dir()
 }
 
 /// The bundled pipeline and the config's components, compiled once.
