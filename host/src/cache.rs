@@ -1,27 +1,42 @@
 //! A persistent cache of precompiled components, so that a second `host`
-//! process loads machine code instead of compiling the same component again.
+//! process loads machine code instead of compiling the same component again
+//! (or, for a preview1 module, adapting it and compiling the result again).
 //!
 //! Layout of the cache folder (0700, owned by this user, checked on open):
 //!
 //! ```text
 //! <cache>/
-//!   <64 hex: sha256 of the component>-<16 hex: engine digest>.cwasm   0600
-//!   .tmp-<32 hex>                                                     0600, an entry being written
+//!   <64 hex: sha256 of the component>-<16 hex: engine digest>.cwasm                  0600, a component
+//!   <64 hex: sha256 of the module>-preview1-<16 hex: adaptation>-<16 hex: engine>.cwasm 0600, a preview1 module
+//!   .tmp-<32 hex>                                                                      0600, an entry being written
 //! ```
 //!
 //! An entry is a header followed by the payload, the artifact wasmtime
-//! produced for that component with that engine. All integers little-endian:
+//! produced for that source with that engine. All integers little-endian:
 //!
 //! ```text
 //! offset  size  field
 //!      0     8  magic "ORDHCWSM"
-//!      8     4  format version (1)
-//!     12    32  sha256 of the component's bytes          } the key: must equal
-//!     44    32  engine digest (sha256 of its settings)    } the expected one
-//!     76     8  payload length in bytes
-//!     84    32  sha256 of the payload
-//!    116     …  payload
+//!      8     4  format version (2)
+//!     12     4  kind: 1 a component, compiled as it is;   }
+//!                     2 a preview1 core module, adapted   }
+//!                     into a component, then compiled     } the key: must
+//!     16    32  sha256 of the source's bytes (the         } equal the
+//!               component's, or the module's)             } expected one
+//!     48    32  adaptation digest (kind 2), zeros (kind 1) }
+//!     80    32  engine digest (sha256 of its settings)    }
+//!    112     8  payload length in bytes
+//!    120    32  sha256 of the payload
+//!    152     …  payload
 //! ```
+//!
+//! A preview1 module is keyed by its own bytes and by the digest of the
+//! adaptation that turns it into a component ([`crate::program`]: the adapter
+//! and the changes made to it), not by the component's bytes: a hit then
+//! needs neither the adapter nor wit-component, whose work costs more than
+//! loading the compiled code. The kind keeps the two apart: an entry written
+//! for a component is never taken for a module's, whatever its bytes, nor the
+//! other way round (the names differ, and so do the headers).
 //!
 //! The engine digest is sha256 over wasmtime's
 //! [`Engine::precompile_compatibility_hash`] (target, compiler flags,
@@ -29,9 +44,10 @@
 //! engines with different settings never share an entry. An entry is used only
 //! when every header field checks out and the payload's sha256 matches; then
 //! wasmtime checks its own header and the engine's compatibility again while
-//! deserializing. Anything else (unreadable, truncated, corrupt, foreign, or
-//! refused by wasmtime) is compiled afresh and replaced, atomically (temp file,
-//! fsync, rename). Failing to write the cache never fails a load.
+//! deserializing. Anything else (unreadable, truncated, corrupt, foreign,
+//! written by format version 1, or refused by wasmtime) is compiled afresh and
+//! replaced, atomically (temp file, fsync, rename). Failing to write the cache
+//! never fails a load.
 
 // The one `unsafe` block of the crate, `Component::deserialize`, is below; the
 // crate root denies unsafe code everywhere else.
@@ -51,12 +67,15 @@ use wasmtime::component::Component;
 use crate::fs::{AtomicFile, hex, open_private_dir};
 
 const MAGIC: [u8; 8] = *b"ORDHCWSM";
-const FORMAT_VERSION: u32 = 1;
+/// 2: the kind and the adaptation digest joined the key.
+const FORMAT_VERSION: u32 = 2;
 const DIGEST_LEN: usize = 32;
-/// magic, version, component sha256, engine digest, payload length, payload sha256.
-const HEADER_LEN: usize = 8 + 4 + DIGEST_LEN + DIGEST_LEN + 8 + DIGEST_LEN;
-/// Hex digits of the engine digest in an entry's name (the header holds all of it).
-const ENGINE_NAME_HEX_DIGITS: usize = 16;
+/// magic, version, kind, source sha256, adaptation digest, engine digest,
+/// payload length, payload sha256.
+const HEADER_LEN: usize = 8 + 4 + 4 + DIGEST_LEN + DIGEST_LEN + DIGEST_LEN + 8 + DIGEST_LEN;
+/// Hex digits of the engine and adaptation digests in an entry's name (the
+/// header holds all of them).
+const NAME_HEX_DIGITS: usize = 16;
 const ENTRY_SUFFIX: &str = ".cwasm";
 const TEMP_PREFIX: &str = ".tmp-";
 
@@ -71,13 +90,24 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 /// How [`CodeCache::load_or_compile`] got its component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CacheStatus {
-    /// A valid entry was loaded: nothing was compiled.
+    /// A valid entry was loaded: nothing was compiled (nor adapted).
     Hit,
     /// There was no entry: the component was compiled and (best effort) stored.
     Miss,
     /// The entry was unreadable, corrupt or written for other engine settings:
     /// the component was compiled and (best effort) stored in its place.
     Rebuilt,
+}
+
+/// What the compiled code is made from: the source half of an entry's key.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Source<'a> {
+    /// A component's bytes, compiled as they are.
+    Component(&'a [u8]),
+    /// A preview1 core module's bytes, turned into a component by the
+    /// adaptation of this digest ([`crate::program::adaptation_digest`]),
+    /// then compiled.
+    Preview1Module { module: &'a [u8], adaptation: [u8; DIGEST_LEN] },
 }
 
 /// A folder of precompiled components, private to this user.
@@ -114,15 +144,22 @@ impl CodeCache {
         &self.path
     }
 
-    /// Loads the component compiled from `bytes` for `engine` from the cache,
-    /// or compiles it and stores it for the next process.
+    /// Loads the component compiled from `source` for `engine` from the
+    /// cache, or makes it with `compile` (called only then: a hit costs
+    /// neither the compile nor, for a module, the adaptation) and stores it
+    /// for the next process.
     ///
     /// # Errors
     ///
-    /// Only when `bytes` do not compile ([`Component::new`]'s error). Problems
-    /// with the cache itself are logged and end in a compile instead.
-    pub fn load_or_compile(&self, engine: &Engine, bytes: &[u8]) -> Result<(Component, CacheStatus), wasmtime::Error> {
-        let key = Key::new(engine, bytes);
+    /// Only `compile`'s, when it fails. Problems with the cache itself are
+    /// logged and end in a compile instead.
+    pub fn load_or_compile<E>(
+        &self,
+        engine: &Engine,
+        source: Source<'_>,
+        compile: impl FnOnce() -> Result<Component, E>,
+    ) -> Result<(Component, CacheStatus), E> {
+        let key = Key::new(engine, source);
         let name = key.file_name();
         let path = self.path.join(&name);
         let status = match self.dir.read(&name) {
@@ -142,7 +179,7 @@ impl CodeCache {
                 CacheStatus::Rebuilt
             }
         };
-        let component = Component::new(engine, bytes)?;
+        let component = compile()?;
         // `serialize` returns the artifact `Engine::precompile_component` would
         // produce, without compiling a second time.
         let stored = component
@@ -177,21 +214,54 @@ fn default_path_from(xdg_cache_home: Option<OsString>, home: Option<OsString>) -
     home.filter(|home| !home.is_empty()).map(|home| PathBuf::from(home).join(".cache").join("orders-host"))
 }
 
+/// The kind of source an entry was compiled from, as its header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+enum SourceKind {
+    Component = 1,
+    Preview1Module = 2,
+}
+
+/// What the kind field of a header says, for a message.
+fn kind_name(kind: u32) -> &'static str {
+    match kind {
+        k if k == SourceKind::Component as u32 => "a component",
+        k if k == SourceKind::Preview1Module as u32 => "a preview1 module",
+        _ => "a source of unknown kind",
+    }
+}
+
 /// What an entry must have been written for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Key {
-    component: [u8; DIGEST_LEN],
+    kind: SourceKind,
+    /// sha256 of the source's bytes: the component's, or the module's.
+    source: [u8; DIGEST_LEN],
+    /// The adaptation's digest for a module; zeros for a component.
+    adaptation: [u8; DIGEST_LEN],
     engine: [u8; DIGEST_LEN],
 }
 
 impl Key {
-    fn new(engine: &Engine, bytes: &[u8]) -> Self {
-        Self { component: Sha256::digest(bytes).into(), engine: engine_digest(engine) }
+    fn new(engine: &Engine, source: Source<'_>) -> Self {
+        let (kind, bytes, adaptation) = match source {
+            Source::Component(bytes) => (SourceKind::Component, bytes, [0; DIGEST_LEN]),
+            Source::Preview1Module { module, adaptation } => (SourceKind::Preview1Module, module, adaptation),
+        };
+        Self { kind, source: Sha256::digest(bytes).into(), adaptation, engine: engine_digest(engine) }
     }
 
     fn file_name(&self) -> String {
-        let engine = self.engine.get(..ENGINE_NAME_HEX_DIGITS / 2).unwrap_or(&self.engine);
-        format!("{}-{}{ENTRY_SUFFIX}", hex(&self.component), hex(engine))
+        let short = |digest: &[u8; DIGEST_LEN]| hex(digest.get(..NAME_HEX_DIGITS / 2).unwrap_or(digest));
+        match self.kind {
+            SourceKind::Component => format!("{}-{}{ENTRY_SUFFIX}", hex(&self.source), short(&self.engine)),
+            SourceKind::Preview1Module => format!(
+                "{}-preview1-{}-{}{ENTRY_SUFFIX}",
+                hex(&self.source),
+                short(&self.adaptation),
+                short(&self.engine)
+            ),
+        }
     }
 }
 
@@ -223,7 +293,9 @@ fn encode_header(key: &Key, payload: &[u8]) -> Vec<u8> {
     let mut header = Vec::with_capacity(HEADER_LEN);
     header.extend_from_slice(&MAGIC);
     header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    header.extend_from_slice(&key.component);
+    header.extend_from_slice(&(key.kind as u32).to_le_bytes());
+    header.extend_from_slice(&key.source);
+    header.extend_from_slice(&key.adaptation);
     header.extend_from_slice(&key.engine);
     header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     header.extend_from_slice(&Sha256::digest(payload));
@@ -244,9 +316,18 @@ fn check_entry<'a>(key: &Key, entry: &'a [u8]) -> Result<&'a [u8], String> {
     if version != FORMAT_VERSION {
         return Err(format!("format version {version}, expected {FORMAT_VERSION}"));
     }
-    let (component, rest) = rest.split_first_chunk::<DIGEST_LEN>().ok_or_else(truncated)?;
-    if *component != key.component {
-        return Err("written for another component".to_owned());
+    let (kind, rest) = rest.split_first_chunk::<4>().ok_or_else(truncated)?;
+    let kind = u32::from_le_bytes(*kind);
+    if kind != key.kind as u32 {
+        return Err(format!("written for {}, not for {}", kind_name(kind), kind_name(key.kind as u32)));
+    }
+    let (source, rest) = rest.split_first_chunk::<DIGEST_LEN>().ok_or_else(truncated)?;
+    if *source != key.source {
+        return Err("written for another component or module".to_owned());
+    }
+    let (adaptation, rest) = rest.split_first_chunk::<DIGEST_LEN>().ok_or_else(truncated)?;
+    if *adaptation != key.adaptation {
+        return Err("written by another preview1 adaptation".to_owned());
     }
     let (engine, rest) = rest.split_first_chunk::<DIGEST_LEN>().ok_or_else(truncated)?;
     if *engine != key.engine {
@@ -301,8 +382,14 @@ mod tests {
         Engine::new(&config).expect("engine")
     }
 
+    const PIPELINE: Source<'static> = Source::Component(BUNDLED_PIPELINE);
+
     fn entry_path(cache: &CodeCache, engine: &Engine) -> PathBuf {
-        cache.path().join(Key::new(engine, BUNDLED_PIPELINE).file_name())
+        source_path(cache, engine, PIPELINE)
+    }
+
+    fn source_path(cache: &CodeCache, engine: &Engine, source: Source<'_>) -> PathBuf {
+        cache.path().join(Key::new(engine, source).file_name())
     }
 
     fn names(path: &Path) -> Vec<String> {
@@ -320,9 +407,21 @@ mod tests {
     }
 
     fn load(cache: &CodeCache, engine: &Engine) -> CacheStatus {
-        let (component, status) = cache.load_or_compile(engine, BUNDLED_PIPELINE).expect("loads");
+        load_counting(cache, engine, PIPELINE).0
+    }
+
+    /// Loads `source` (compiled, if it comes to that, as the bundled
+    /// pipeline: the cache does not look at what it stores) and says whether
+    /// it was compiled.
+    fn load_counting(cache: &CodeCache, engine: &Engine, source: Source<'_>) -> (CacheStatus, bool) {
+        let mut compiled = false;
+        let compile = || {
+            compiled = true;
+            Component::new(engine, BUNDLED_PIPELINE)
+        };
+        let (component, status) = cache.load_or_compile(engine, source, compile).expect("loads");
         assert_usable(&component, engine);
-        status
+        (status, compiled)
     }
 
     #[test]
@@ -346,7 +445,7 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let name = entry.file_name().expect("name").to_string_lossy().into_owned();
         assert_eq!(names(cache.path()), vec![name.clone()], "no temp file left behind");
-        assert_eq!(name.len(), 64 + 1 + ENGINE_NAME_HEX_DIGITS + ENTRY_SUFFIX.len());
+        assert_eq!(name.len(), 64 + 1 + NAME_HEX_DIGITS + ENTRY_SUFFIX.len());
 
         // Another handle on the same folder (as another process would have)
         // with an identically configured engine hits too.
@@ -370,13 +469,16 @@ mod tests {
         flipped_header[HEADER_LEN - 1] ^= 0x80;
         let mut longer = good.clone();
         longer.push(0);
-        let corruptions: [(&str, &[u8]); 6] = [
+        let mut version_1 = good.clone();
+        version_1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let corruptions: [(&str, &[u8]); 7] = [
             ("a byte flipped in the payload", &flipped_payload),
             ("a byte flipped in the header", &flipped_header),
             ("truncated in the payload", &good[..good.len() / 2]),
             ("truncated in the header", &good[..HEADER_LEN / 2]),
             ("empty", &[]),
             ("a byte appended", &longer),
+            ("written by format version 1", &version_1),
         ];
         for (what, bytes) in corruptions {
             std::fs::write(&entry, bytes).expect("corrupt");
@@ -411,7 +513,7 @@ mod tests {
         // tell, and it does.
         let fuel_bytes = std::fs::read(&fuel_entry).expect("read");
         let payload = &fuel_bytes[HEADER_LEN..];
-        let key = Key::new(&plain, BUNDLED_PIPELINE);
+        let key = Key::new(&plain, PIPELINE);
         let mut forged = encode_header(&key, payload);
         forged.extend_from_slice(payload);
         assert_eq!(check_entry(&key, &forged).expect("the header checks out"), payload);
@@ -420,8 +522,91 @@ mod tests {
         assert_eq!(load(&cache, &plain), CacheStatus::Hit);
 
         // Same bytes under another component's key: refused by the header.
-        let other = Key { component: Sha256::digest(b"another component").into(), ..key };
+        let other = Key { source: Sha256::digest(b"another component").into(), ..key };
         assert!(check_entry(&other, &std::fs::read(&plain_entry).expect("read")).is_err());
+        std::fs::remove_dir_all(base).expect("cleanup");
+    }
+
+    /// Stands in for a preview1 module: the cache hashes it, never parses it.
+    const MODULE: &[u8] = b"\0asm\x01\0\0\0 a preview1 module";
+
+    fn module(adaptation: u8) -> Source<'static> {
+        Source::Preview1Module { module: MODULE, adaptation: [adaptation; DIGEST_LEN] }
+    }
+
+    #[test]
+    fn a_module_is_hit_by_its_own_key_without_compiling_and_rebuilt_when_corrupt() {
+        let base = scratch();
+        let cache = CodeCache::open(&base.join("cache")).expect("open");
+        let engine = new_engine(false);
+        assert_eq!(load_counting(&cache, &engine, module(1)), (CacheStatus::Miss, true));
+        // What a second `host exec` of the module does: `compile` (which
+        // would adapt the module first) is not called.
+        assert_eq!(load_counting(&cache, &engine, module(1)), (CacheStatus::Hit, false));
+        let again = CodeCache::open(cache.path()).expect("reopen");
+        assert_eq!(load_counting(&again, &new_engine(false), module(1)), (CacheStatus::Hit, false));
+
+        let entry = source_path(&cache, &engine, module(1));
+        let name = entry.file_name().expect("name").to_string_lossy().into_owned();
+        assert!(name.starts_with(&format!("{}-preview1-", hex(&Sha256::digest(MODULE)))), "{name}");
+        let good = std::fs::read(&entry).expect("read");
+        let mut flipped = good.clone();
+        *flipped.last_mut().expect("payload") ^= 0x01;
+        for (what, bytes) in [("a byte flipped in the payload", &flipped[..]), ("truncated", &good[..good.len() / 2])] {
+            std::fs::write(&entry, bytes).expect("corrupt");
+            assert_eq!(load_counting(&cache, &engine, module(1)), (CacheStatus::Rebuilt, true), "{what}");
+            assert_eq!(std::fs::read(&entry).expect("read"), good, "{what}: the entry is replaced");
+            assert_eq!(load_counting(&cache, &engine, module(1)), (CacheStatus::Hit, false), "{what}");
+        }
+
+        // Another adaptation of the same module is another entry; an entry
+        // of the other adaptation put in its place is refused by the header.
+        let other = source_path(&cache, &engine, module(2));
+        assert_ne!(entry, other, "the adaptation is part of the name");
+        assert_eq!(load_counting(&cache, &engine, module(2)), (CacheStatus::Miss, true));
+        std::fs::copy(&entry, &other).expect("copy");
+        assert_eq!(load_counting(&cache, &engine, module(2)), (CacheStatus::Rebuilt, true));
+        let err = check_entry(&Key::new(&engine, module(2)), &good).expect_err("another adaptation");
+        assert!(err.contains("another preview1 adaptation"), "{err}");
+        assert_eq!(names(cache.path()).len(), 2, "no temp file left behind");
+        std::fs::remove_dir_all(base).expect("cleanup");
+    }
+
+    #[test]
+    fn module_and_component_keys_never_collide() {
+        let base = scratch();
+        let cache = CodeCache::open(&base.join("cache")).expect("open");
+        let engine = new_engine(false);
+        // The same bytes as a component and as a module, the module's
+        // adaptation digest even equal to the zeros a component's key has.
+        let same = MODULE;
+        let as_component = Source::Component(same);
+        let as_module = Source::Preview1Module { module: same, adaptation: [0; DIGEST_LEN] };
+        let (component_key, module_key) = (Key::new(&engine, as_component), Key::new(&engine, as_module));
+        assert_eq!(component_key.source, module_key.source, "the same bytes");
+        assert_ne!(component_key, module_key);
+        let (component_entry, module_entry) =
+            (source_path(&cache, &engine, as_component), source_path(&cache, &engine, as_module));
+        assert_ne!(component_entry, module_entry, "the names differ");
+
+        assert_eq!(load_counting(&cache, &engine, as_component), (CacheStatus::Miss, true));
+        assert_eq!(load_counting(&cache, &engine, as_module), (CacheStatus::Miss, true), "not the component's entry");
+        assert_eq!(load_counting(&cache, &engine, as_component), (CacheStatus::Hit, false));
+        assert_eq!(load_counting(&cache, &engine, as_module), (CacheStatus::Hit, false));
+
+        // Each entry, under the other's name, is refused by its header's kind.
+        let component_bytes = std::fs::read(&component_entry).expect("read");
+        let module_bytes = std::fs::read(&module_entry).expect("read");
+        let err = check_entry(&module_key, &component_bytes).expect_err("a component's entry");
+        assert_eq!(err, "written for a component, not for a preview1 module");
+        let err = check_entry(&component_key, &module_bytes).expect_err("a module's entry");
+        assert_eq!(err, "written for a preview1 module, not for a component");
+        std::fs::write(&module_entry, &component_bytes).expect("swap");
+        std::fs::write(&component_entry, &module_bytes).expect("swap");
+        assert_eq!(load_counting(&cache, &engine, as_module), (CacheStatus::Rebuilt, true));
+        assert_eq!(load_counting(&cache, &engine, as_component), (CacheStatus::Rebuilt, true));
+        assert_eq!(load_counting(&cache, &engine, as_module), (CacheStatus::Hit, false));
+        assert_eq!(load_counting(&cache, &engine, as_component), (CacheStatus::Hit, false));
         std::fs::remove_dir_all(base).expect("cleanup");
     }
 

@@ -304,7 +304,7 @@ impl Runner {
         let program = Program::load(bytes).map_err(|err| invalid(err.to_string()))?;
         let kind = program.kind();
         let engine = self.engine();
-        let component = engine.compile(name, program.component_bytes()).map_err(|err| invalid(format!("{err:#}")))?;
+        let (component, _) = engine.compile_program(name, &program).map_err(|err| invalid(err.to_string()))?;
         let instance_pre = engine
             .linker
             .instantiate_pre(&component)

@@ -25,13 +25,24 @@
 //! reference to `proc_exit` in its code renumbered; in the adapter the same
 //! check is one new function in a binary that is the same for every program.
 //!
-//! **Caching.** The encoding is deterministic (a test encodes the same module
-//! repeatedly and compares), so the component bytes of a module can key the
-//! code cache (the compiled-code cache keys by the bytes it is given) like any
-//! component's.
+//! **Caching.** [`Program::load`] only tells what the file is and checks it;
+//! the module is turned into a component by [`Program::component_bytes`],
+//! which the host calls only when the code cache has no compiled code for it.
+//! The cache keys a module's code by the module's own bytes and
+//! [`adaptation_digest`] (the stock adapter's bytes and
+//! [`ADAPTATION_VERSION`]), which together determine the component: the
+//! encoding is deterministic (a test encodes the same module repeatedly and
+//! compares), and a test pins the component one fixed module becomes, so that
+//! a change of the encoding (the `proc_exit` change here, wit-component, the
+//! encoder) cannot go unnoticed with the digest left as it was. A warm start
+//! then costs a parse of the module's sections, not wit-component's work
+//! (about 25 ms for a 2.6 MB debug build).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::LazyLock;
+
+use sha2::{Digest as _, Sha256};
 
 use wasi_preview1_component_adapter_provider::{
     WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
@@ -50,6 +61,15 @@ const RUN_EXPORT_PREFIX: &str = "wasi:cli/run@0.2.";
 
 /// Codes `proc_exit` passes on as they are; any other nonzero code arrives as 1.
 pub const PRESERVED_EXIT_CODES: std::ops::RangeInclusive<u32> = 0..=255;
+
+/// The version of the adaptation besides the stock adapter's bytes, part of
+/// [`adaptation_digest`]: bump it whenever the component a module becomes can
+/// change while the stock adapter stays the same, i.e. a change to
+/// `keep_exit_codes` or to how the module is encoded (wit-component's version
+/// or options, the adapter's name). The test
+/// `the_adaptation_of_a_fixed_module_is_pinned` fails on such a change until
+/// it is bumped; a cache entry of the old version is then not used.
+pub const ADAPTATION_VERSION: u32 = 1;
 
 /// What a program file is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,44 +174,44 @@ fn list_or_nothing(names: &[String]) -> String {
     }
 }
 
-/// A WASI program, ready to compile: the bytes of a `wasi:cli/command`
-/// component, and what the file was.
+/// A WASI program, checked: the file's bytes (a `wasi:cli/command`
+/// component, or a preview1 core module whose imports and exports suit the
+/// adapter), and what the file was. A module is turned into a component only
+/// when asked ([`Program::component_bytes`]).
 #[derive(Clone)]
 pub struct Program {
     kind: ProgramKind,
-    component: Vec<u8>,
+    bytes: Vec<u8>,
 }
 
 impl fmt::Debug for Program {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Program").field("kind", &self.kind).field("component_bytes", &self.component.len()).finish()
+        f.debug_struct("Program").field("kind", &self.kind).field("bytes", &self.bytes.len()).finish()
     }
 }
 
 impl Program {
-    /// Tells what `bytes` are and, for a preview1 core module, turns it into a
-    /// component. A component is kept as it is (no copy).
+    /// Tells what `bytes` are and checks them: a component must be a
+    /// command, a core module must import only preview1 functions and export
+    /// `_start` and `memory`. Reads the sections, not the function bodies;
+    /// keeps the bytes as they are (no copy), a module not yet adapted.
     ///
     /// # Errors
     ///
     /// A [`ProgramError`] saying what the file is when it is neither kind, is
     /// malformed, is a component that is not a command, or is a core module
-    /// that imports anything but preview1 functions or has no `_start`.
-    ///
-    /// Function bodies are checked when the component is compiled (wasmtime
-    /// validates all of it), not here: see `encode_preview1`.
+    /// that imports anything but preview1 functions or lacks `_start` or
+    /// `memory`. A module the adapter cannot serve (an import preview1 does
+    /// not have, say) passes here and is refused by
+    /// [`Program::component_bytes`]; function bodies are checked when the
+    /// component is compiled (wasmtime validates all of it).
     pub fn load(bytes: Vec<u8>) -> Result<Self, ProgramError> {
-        match kind_of(&bytes)? {
-            ProgramKind::Component => {
-                check_command_exports(&bytes)?;
-                Ok(Self { kind: ProgramKind::Component, component: bytes })
-            }
-            ProgramKind::Preview1Module => {
-                check_preview1_module(&bytes)?;
-                let component = encode_preview1(&bytes)?;
-                Ok(Self { kind: ProgramKind::Preview1Module, component })
-            }
+        let kind = kind_of(&bytes)?;
+        match kind {
+            ProgramKind::Component => check_command_exports(&bytes)?,
+            ProgramKind::Preview1Module => check_preview1_module(&bytes)?,
         }
+        Ok(Self { kind, bytes })
     }
 
     /// What the file was.
@@ -200,17 +220,61 @@ impl Program {
         self.kind
     }
 
-    /// The component to compile (and to key the code cache with).
+    /// The file's bytes, as given: the component, or the module. With the
+    /// kind (and, for a module, [`adaptation_digest`]) they determine the
+    /// compiled code, so they key the code cache.
     #[must_use]
-    pub fn component_bytes(&self) -> &[u8] {
-        &self.component
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
     }
 
-    /// The component to compile, owned.
-    #[must_use]
-    pub fn into_component_bytes(self) -> Vec<u8> {
-        self.component
+    /// The component to compile: a component's own bytes (borrowed), or the
+    /// module turned into a component with [`exit_code_adapter`], which runs
+    /// wit-component on every call (tens of milliseconds for a module of a
+    /// few MB: call it only when the compiled code is not cached).
+    ///
+    /// # Errors
+    ///
+    /// For a module only: [`ProgramError::Adapt`] when wit-component cannot
+    /// turn it into a component (it imports a function preview1 does not
+    /// have, or one with the wrong type), [`ProgramError::Adapter`] when the
+    /// adapter could not be prepared (a host bug).
+    pub fn component_bytes(&self) -> Result<Cow<'_, [u8]>, ProgramError> {
+        match self.kind {
+            ProgramKind::Component => Ok(Cow::Borrowed(&self.bytes)),
+            ProgramKind::Preview1Module => encode_preview1(&self.bytes).map(Cow::Owned),
+        }
     }
+
+    /// As [`Program::component_bytes`], owned (a component is not copied).
+    ///
+    /// # Errors
+    ///
+    /// As [`Program::component_bytes`].
+    pub fn into_component_bytes(self) -> Result<Vec<u8>, ProgramError> {
+        match self.kind {
+            ProgramKind::Component => Ok(self.bytes),
+            ProgramKind::Preview1Module => encode_preview1(&self.bytes),
+        }
+    }
+}
+
+/// sha256 of what, beside a module's own bytes, determines the component it
+/// becomes: [`ADAPTATION_VERSION`], the adapter's name and the stock
+/// adapter's bytes. The code cache keys a module's compiled code with it
+/// (see the module docs). Computed once per process (the adapter is 51 KB).
+#[must_use]
+pub fn adaptation_digest() -> [u8; 32] {
+    static DIGEST: LazyLock<[u8; 32]> = LazyLock::new(|| {
+        let mut digest = Sha256::new();
+        digest.update(b"orders-host preview1 adaptation\0");
+        digest.update(ADAPTATION_VERSION.to_le_bytes());
+        digest.update(WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME.as_bytes());
+        digest.update(b"\0");
+        digest.update(WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER);
+        digest.finalize().into()
+    });
+    *DIGEST
 }
 
 /// Tells a component from a core module by the 8-byte preamble alone.
@@ -361,9 +425,12 @@ fn entity_name(ty: TypeRef) -> &'static str {
 /// wit-component checks the module's sections, imports and exports, not its
 /// function bodies (`validate(true)` would): wasmtime validates the whole
 /// component before it compiles it, and the code cache holds only what it
-/// compiled, so validating here would do that work twice on every load, a
-/// cache hit included (for a 2.3 MB module: ~90 ms with it, ~6 ms without).
+/// compiled, so validating here would do that work twice on every cache miss
+/// (for a 2.3 MB module: ~90 ms with it, ~6 ms without). A cache hit does not
+/// call this at all.
 fn encode_preview1(module: &[u8]) -> Result<Vec<u8>, ProgramError> {
+    #[cfg(test)]
+    ADAPTATIONS.with(|count| count.set(count.get() + 1));
     let adapter = exit_code_adapter()?;
     let adapt = |err: anyhow::Error| ProgramError::Adapt { reason: one_line(&err) };
     wit_component::ComponentEncoder::default()
@@ -374,6 +441,13 @@ fn encode_preview1(module: &[u8]) -> Result<Vec<u8>, ProgramError> {
         .map_err(adapt)?
         .encode()
         .map_err(adapt)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Modules this thread has turned into components: tests count them to
+    /// show that a cache hit adapts nothing.
+    pub(crate) static ADAPTATIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// An error chain on one line.
@@ -579,7 +653,6 @@ impl Reencode for KeepExitCodes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sha2::Digest as _;
     use std::time::{Duration, Instant};
     use wasmtime::component::{Component, Linker, ResourceTable};
     use wasmtime::{Config, Engine, Store};
@@ -681,12 +754,17 @@ mod tests {
         Program::load(bytes).expect("loads")
     }
 
+    /// The component a program is compiled from.
+    fn adapted(bytes: Vec<u8>) -> Vec<u8> {
+        load(bytes).into_component_bytes().expect("adapts")
+    }
+
     #[tokio::test]
     async fn preview1_exit_codes_arrive_as_given() {
         for (exit, code) in [(Some(0), 0), (Some(33), 33), (Some(255), 255), (Some(1), 1), (None, 0)] {
             let program = load(preview1(exit));
             assert_eq!(program.kind(), ProgramKind::Preview1Module);
-            let ended = run(program.component_bytes()).await;
+            let ended = run(&program.component_bytes().expect("adapts")).await;
             assert_eq!(ended, Ended { code, stdout: GREETING.to_owned() }, "proc_exit({exit:?})");
         }
     }
@@ -695,7 +773,7 @@ mod tests {
     async fn preview1_codes_past_a_byte_are_failures_never_success() {
         // `exit-with-code` takes a u8; these go through the stock `proc_exit`.
         for exit in [256, 257, 512, 1000, u32::MAX] {
-            let ended = run(load(preview1(Some(exit))).component_bytes()).await;
+            let ended = run(&adapted(preview1(Some(exit)))).await;
             assert_eq!(ended, Ended { code: 1, stdout: GREETING.to_owned() }, "proc_exit({exit})");
         }
     }
@@ -771,18 +849,22 @@ mod tests {
             let bytes = command(body);
             let program = load(bytes.clone());
             assert_eq!(program.kind(), ProgramKind::Component);
-            assert_eq!(program.component_bytes(), bytes, "a component is used as it is");
-            assert_eq!(run(program.component_bytes()).await, Ended { code, stdout: String::new() }, "{body}");
+            let component = program.component_bytes().expect("a component");
+            assert!(matches!(component, Cow::Borrowed(_)), "a component is used as it is, not copied");
+            assert_eq!(*component, *bytes, "a component is used as it is");
+            assert_eq!(run(&component).await, Ended { code, stdout: String::new() }, "{body}");
         }
     }
 
     #[tokio::test]
     async fn an_adapted_module_loads_again_as_the_same_component() {
-        let adapted = load(preview1(Some(7))).into_component_bytes();
+        let adapted = adapted(preview1(Some(7)));
         let again = load(adapted.clone());
         assert_eq!(again.kind(), ProgramKind::Component);
-        assert_eq!(again.component_bytes(), adapted);
-        assert_eq!(run(again.component_bytes()).await, Ended { code: 7, stdout: GREETING.to_owned() });
+        assert_eq!(again.bytes(), adapted);
+        let component = again.component_bytes().expect("a component");
+        assert_eq!(*component, *adapted);
+        assert_eq!(run(&component).await, Ended { code: 7, stdout: GREETING.to_owned() });
     }
 
     fn refusal(bytes: &[u8]) -> ProgramError {
@@ -870,9 +952,13 @@ mod tests {
             let bytes =
                 wat::parse_str(format!(r#"(module {import} (memory (export "memory") 1) (func (export "_start")))"#))
                     .expect("valid wat");
-            let err = refusal(&bytes);
+            // The sections pass; wit-component refuses it when asked to adapt it.
+            let program = load(bytes);
+            let err = program.component_bytes().expect_err("cannot be adapted");
             assert!(matches!(err, ProgramError::Adapt { .. }), "{import}: {err}");
             assert!(err.to_string().contains("wasm32-wasip1"), "{err}");
+            assert!(!err.to_string().contains('\n'), "one line: {err}");
+            assert_eq!(program.into_component_bytes().expect_err("the same"), err);
         }
     }
 
@@ -892,8 +978,7 @@ mod tests {
         let at = module.windows(2).rposition(|pair| pair == [0x41, 0x02]).expect("i32.const 2");
         module[at] = 0x01;
         module[at + 1] = 0x01;
-        let program = load(module);
-        let err = Component::new(&ENGINE, program.component_bytes()).expect_err("wasmtime validates the body");
+        let err = Component::new(&ENGINE, adapted(module)).expect_err("wasmtime validates the body");
         assert!(format!("{err:#}").contains("type mismatch"), "{err:#}");
     }
 
@@ -916,6 +1001,47 @@ mod tests {
         .expect("valid wat");
         let err = refusal(&preview3);
         assert!(matches!(&err, ProgramError::UnsupportedWasi { version, .. } if version.starts_with("0.3.0")), "{err}");
+    }
+
+    /// `(module (import "wasi_snapshot_preview1" "proc_exit" (func (param i32)))
+    /// (memory (export "memory") 1) (func (export "_start") (call 0 (i32.const 7))))`,
+    /// written out (preamble, then the type, import, function, memory,
+    /// export and code sections, one a line) rather than made by a tool, so
+    /// that nothing but the adaptation can change what it becomes.
+    const PINNED_MODULE: &[u8] = b"\0asm\x01\0\0\0\
+        \x01\x08\x02\x60\x01\x7f\x00\x60\x00\x00\
+        \x02\x24\x01\x16wasi_snapshot_preview1\x09proc_exit\x00\x00\
+        \x03\x02\x01\x01\
+        \x05\x03\x01\x00\x01\
+        \x07\x13\x02\x06memory\x02\x00\x06_start\x00\x01\
+        \x0a\x08\x01\x06\x00\x41\x07\x10\x00\x0b";
+
+    #[tokio::test]
+    async fn the_adaptation_of_a_fixed_module_is_pinned() {
+        let hex = |digest: &[u8]| crate::fs::hex(digest);
+        let component = adapted(PINNED_MODULE.to_vec());
+        eprintln!(
+            "pinned module: adaptation {} digest {}, component {} bytes, sha256 {}",
+            ADAPTATION_VERSION,
+            hex(&adaptation_digest()),
+            component.len(),
+            hex(&Sha256::digest(&component))
+        );
+        // The code cache keys a module's compiled code by the module and
+        // `adaptation_digest()`, trusting them to determine the component.
+        // When this fails, the component a module becomes has changed: if
+        // the adaptation digest changed too, the stock adapter did and the
+        // keys follow by themselves; if not, bump ADAPTATION_VERSION (or
+        // stale compiled code would be served). Then record both here.
+        assert_eq!(
+            (hex(&adaptation_digest()), hex(&Sha256::digest(&component))),
+            (
+                "311cc1c691099d520c317d9a6b129b38eddc99295006badd675d990cbaa4feb0".to_owned(),
+                "fd1a51e7a4cecb936d9499e2b650c73b290658d38ef78c410149c4b7b91cd2b0".to_owned()
+            ),
+            "the adaptation changed; see the comment above"
+        );
+        assert_eq!(run(&component).await, Ended { code: 7, stdout: String::new() }, "a real program");
     }
 
     #[test]
@@ -1000,12 +1126,12 @@ mod tests {
         let module = sized_module(2048);
         // The first call also makes the changed adapter.
         let started = Instant::now();
-        let first = load(module.clone()).into_component_bytes();
+        let first = adapted(module.clone());
         let cold = started.elapsed();
         let mut times = Vec::new();
         for _ in 0..3 {
             let started = Instant::now();
-            let again = load(module.clone()).into_component_bytes();
+            let again = adapted(module.clone());
             times.push(started.elapsed());
             assert!(again == first, "the same module encodes to the same component bytes");
         }

@@ -256,3 +256,64 @@ fn the_cli_passes_output_through_and_exits_with_the_program_s_code() {
     assert!(String::from_utf8_lossy(&done.stderr).contains("not a WebAssembly program"));
     host.assert_root_empty();
 }
+
+/// The binary with a cache: a preview1 module's compiled code is kept under
+/// the module's own sha256 (marked as a preview1 module), a component's
+/// under its own, so a warm run of the module needs neither the adapter nor
+/// the compiler; a corrupted entry is rebuilt and the run is unaffected.
+#[test]
+fn the_cache_keeps_a_module_s_code_under_the_module_s_own_key() {
+    use sha2::Digest as _;
+    let host = TestHost::new("exec-cache");
+    let cache = host.scratch.join("cache");
+    let run = |probe: &str| {
+        let done = Command::new(env!("CARGO_BIN_EXE_host"))
+            .arg("exec")
+            .arg(probe)
+            .args(host.scratch.root_args())
+            .arg("--cache-dir")
+            .arg(&cache)
+            .args(["--", "args", "x"])
+            .output()
+            .expect("host runs");
+        assert_eq!(
+            (done.status.code(), String::from_utf8_lossy(&done.stdout).as_ref()),
+            (Some(0), "wasi_probe.wasm\nargs\nx\n"),
+            "{probe}: {}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+    };
+    let entries = || {
+        let mut names: Vec<String> = std::fs::read_dir(&cache)
+            .expect("the cache folder")
+            .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let sha256 = |path: &str| -> String {
+        sha2::Sha256::digest(std::fs::read(path).expect("the probe")).iter().map(|b| format!("{b:02x}")).collect()
+    };
+
+    run(WASI_PROBE_MODULE);
+    let [module_entry] = &entries()[..] else { panic!("one entry: {:?}", entries()) };
+    assert!(module_entry.starts_with(&format!("{}-preview1-", sha256(WASI_PROBE_MODULE))), "{module_entry}");
+    let written = std::fs::read(cache.join(module_entry)).expect("the entry");
+    run(WASI_PROBE_MODULE);
+    assert_eq!(std::fs::read(cache.join(module_entry)).expect("the entry"), written, "hit, not rewritten");
+
+    run(WASI_PROBE_COMMAND);
+    let names = entries();
+    assert_eq!(names.len(), 2, "{names:?}");
+    let component_entry = names.iter().find(|name| *name != module_entry).expect("the component's");
+    assert!(component_entry.starts_with(&format!("{}-", sha256(WASI_PROBE_COMMAND))), "{component_entry}");
+    assert!(!component_entry.contains("preview1"), "{component_entry}");
+
+    // A flipped byte in the module's compiled code: found, rebuilt, replaced.
+    let mut corrupt = written.clone();
+    *corrupt.last_mut().expect("payload") ^= 0x01;
+    std::fs::write(cache.join(module_entry), corrupt).expect("corrupt");
+    run(WASI_PROBE_MODULE);
+    assert_eq!(std::fs::read(cache.join(module_entry)).expect("the entry"), written, "rebuilt as it was");
+    host.assert_root_empty();
+}
