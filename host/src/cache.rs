@@ -11,23 +11,28 @@
 //!   .tmp-<32 hex>                                                                      0600, an entry being written
 //! ```
 //!
-//! An entry is a header followed by the payload, the artifact wasmtime
-//! produced for that source with that engine. All integers little-endian:
+//! An entry is the payload, the artifact wasmtime produced for that source
+//! with that engine (an ELF file), followed by a trailer. The artifact comes
+//! first so that wasmtime can map the entry's file as it is
+//! ([`Component::deserialize_file`]) instead of a copy being read into memory
+//! and copied again into executable memory. All integers little-endian, `n`
+//! the payload's length:
 //!
 //! ```text
 //! offset  size  field
-//!      0     8  magic "ORDHCWSM"
-//!      8     4  format version (2)
-//!     12     4  kind: 1 a component, compiled as it is;   }
-//!                     2 a preview1 core module, adapted   }
-//!                     into a component, then compiled     } the key: must
-//!     16    32  sha256 of the source's bytes (the         } equal the
-//!               component's, or the module's)             } expected one
-//!     48    32  adaptation digest (kind 2), zeros (kind 1) }
-//!     80    32  engine digest (sha256 of its settings)    }
-//!    112     8  payload length in bytes
-//!    120    32  sha256 of the payload
-//!    152     …  payload
+//!      0     n  payload
+//!      n     8  magic "ORDHCWSM"
+//!    n+8     4  format version (3)
+//!   n+12     4  kind: 1 a component, compiled as it is;    }
+//!                     2 a preview1 core module, adapted    }
+//!                     into a component, then compiled      } the key: must
+//!   n+16    32  sha256 of the source's bytes (the          } equal the
+//!               component's, or the module's)              } expected one
+//!   n+48    32  adaptation digest (kind 2), zeros (kind 1)  }
+//!   n+80    32  engine digest (sha256 of its settings)     }
+//!  n+112     8  payload length in bytes (n)
+//!  n+120    32  sha256 of the payload
+//!  n+152        end of file
 //! ```
 //!
 //! A preview1 module is keyed by its own bytes and by the digest of the
@@ -36,27 +41,34 @@
 //! needs neither the adapter nor wit-component, whose work costs more than
 //! loading the compiled code. The kind keeps the two apart: an entry written
 //! for a component is never taken for a module's, whatever its bytes, nor the
-//! other way round (the names differ, and so do the headers).
+//! other way round (the names differ, and so do the trailers).
 //!
 //! The engine digest is sha256 over wasmtime's
 //! [`Engine::precompile_compatibility_hash`] (target, compiler flags,
 //! tunables such as fuel or epochs, wasm features, wasmtime version), so two
 //! engines with different settings never share an entry. An entry is used only
-//! when every header field checks out and the payload's sha256 matches; then
-//! wasmtime checks its own header and the engine's compatibility again while
-//! deserializing. Anything else (unreadable, truncated, corrupt, foreign,
-//! written by format version 1, or refused by wasmtime) is compiled afresh and
-//! replaced, atomically (temp file, fsync, rename). Failing to write the cache
-//! never fails a load.
+//! when every trailer field checks out and the payload's sha256 matches (read
+//! through the open file, in chunks); then wasmtime maps that same file
+//! (reopened through `/proc/self/fd`, not by name) and checks its own header
+//! and the engine's compatibility again. Anything else (unreadable, truncated,
+//! corrupt, foreign, written by an older format, or refused by wasmtime) is
+//! compiled afresh and replaced, atomically (temp file, fsync, rename): an
+//! entry's file is never written once it has its name. Failing to write the
+//! cache never fails a load. A loaded component keeps its entry's file open
+//! and mapped (one descriptor) while it lives. Without `/proc`, the entry is
+//! read into memory, checked there and deserialized from that copy.
 
-// The one `unsafe` block of the crate, `Component::deserialize`, is below; the
-// crate root denies unsafe code everywhere else.
+// The crate's `unsafe` blocks, `Component::deserialize_file` and
+// `Component::deserialize`, are below; the crate root denies unsafe code
+// everywhere else.
 #![allow(unsafe_code)]
 
 use std::ffi::OsString;
 use std::fmt;
 use std::hash::{Hash as _, Hasher};
 use std::io::{self, ErrorKind, Write as _};
+use std::os::fd::AsRawFd as _;
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
 use cap_std::fs::Dir;
@@ -67,12 +79,17 @@ use wasmtime::component::Component;
 use crate::fs::{AtomicFile, hex, open_private_dir};
 
 const MAGIC: [u8; 8] = *b"ORDHCWSM";
-/// 2: the kind and the adaptation digest joined the key.
-const FORMAT_VERSION: u32 = 2;
+/// 1: a header before the payload, keyed by the component's bytes; 2: the
+/// kind and the adaptation digest joined the key; 3: the header became a
+/// trailer, so that the payload starts the file and can be mapped.
+const FORMAT_VERSION: u32 = 3;
 const DIGEST_LEN: usize = 32;
 /// magic, version, kind, source sha256, adaptation digest, engine digest,
 /// payload length, payload sha256.
-const HEADER_LEN: usize = 8 + 4 + 4 + DIGEST_LEN + DIGEST_LEN + DIGEST_LEN + 8 + DIGEST_LEN;
+const TRAILER_LEN: usize = 8 + 4 + 4 + DIGEST_LEN + DIGEST_LEN + DIGEST_LEN + 8 + DIGEST_LEN;
+/// How much of an entry's payload is read at once to check its sha256: a
+/// buffer that stays in cache, rather than the whole payload in fresh memory.
+const CHECK_CHUNK: usize = 128 * 1024;
 /// Hex digits of the engine and adaptation digests in an entry's name (the
 /// header holds all of them).
 const NAME_HEX_DIGITS: usize = 16;
@@ -162,8 +179,8 @@ impl CodeCache {
         let key = Key::new(engine, source);
         let name = key.file_name();
         let path = self.path.join(&name);
-        let status = match self.dir.read(&name) {
-            Ok(entry) => match load_entry(engine, &key, &entry) {
+        let status = match self.dir.open(&name) {
+            Ok(entry) => match load_entry(engine, &key, entry.into_std()) {
                 Ok(component) => {
                     tracing::debug!(entry = %path.display(), "code cache hit");
                     return Ok((component, CacheStatus::Hit));
@@ -185,7 +202,7 @@ impl CodeCache {
         let stored = component
             .serialize()
             .map_err(|err| io::Error::other(format!("cannot serialize the component: {err:#}")))
-            .and_then(|payload| self.write_entry(&name, &encode_header(&key, &payload), &payload));
+            .and_then(|payload| self.write_entry(&name, &payload, &encode_trailer(&key, &payload)));
         match stored {
             Ok(()) => tracing::debug!(entry = %path.display(), ?status, "code cache entry written"),
             Err(err) => {
@@ -195,13 +212,14 @@ impl CodeCache {
         Ok((component, status))
     }
 
-    /// Writes `header` and `payload` to a fresh 0600 temp file in the cache
+    /// Writes `payload` and `trailer` to a fresh 0600 temp file in the cache
     /// folder, syncs it, and renames it over `name`: readers see the old entry
-    /// or the new one, never half of one.
-    fn write_entry(&self, name: &str, header: &[u8], payload: &[u8]) -> io::Result<()> {
+    /// or the new one, never half of one, and no entry's file is written once
+    /// it has its name (a loaded component maps it).
+    fn write_entry(&self, name: &str, payload: &[u8], trailer: &[u8]) -> io::Result<()> {
         let mut entry = AtomicFile::create(&self.dir, TEMP_PREFIX)?;
-        entry.file()?.write_all(header)?;
         entry.file()?.write_all(payload)?;
+        entry.file()?.write_all(trailer)?;
         entry.commit(name)
     }
 }
@@ -289,71 +307,155 @@ impl Hasher for Sha256Hasher {
     }
 }
 
-fn encode_header(key: &Key, payload: &[u8]) -> Vec<u8> {
-    let mut header = Vec::with_capacity(HEADER_LEN);
-    header.extend_from_slice(&MAGIC);
-    header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    header.extend_from_slice(&(key.kind as u32).to_le_bytes());
-    header.extend_from_slice(&key.source);
-    header.extend_from_slice(&key.adaptation);
-    header.extend_from_slice(&key.engine);
-    header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    header.extend_from_slice(&Sha256::digest(payload));
-    debug_assert_eq!(header.len(), HEADER_LEN);
-    header
+fn encode_trailer(key: &Key, payload: &[u8]) -> Vec<u8> {
+    let mut trailer = Vec::with_capacity(TRAILER_LEN);
+    trailer.extend_from_slice(&MAGIC);
+    trailer.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    trailer.extend_from_slice(&(key.kind as u32).to_le_bytes());
+    trailer.extend_from_slice(&key.source);
+    trailer.extend_from_slice(&key.adaptation);
+    trailer.extend_from_slice(&key.engine);
+    trailer.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    trailer.extend_from_slice(&Sha256::digest(payload));
+    debug_assert_eq!(trailer.len(), TRAILER_LEN);
+    trailer
 }
 
-/// Checks an entry's header against `key` and its payload against the
-/// header, and returns the payload; the error says what is wrong.
-fn check_entry<'a>(key: &Key, entry: &'a [u8]) -> Result<&'a [u8], String> {
-    let truncated = || format!("truncated header ({} bytes)", entry.len());
-    let (magic, rest) = entry.split_first_chunk::<8>().ok_or_else(truncated)?;
+/// Checks the trailer of an entry of `entry_len` bytes against `key`, and
+/// returns the payload's length and sha256 as it gives them; the error says
+/// what is wrong.
+fn check_trailer(key: &Key, trailer: &[u8; TRAILER_LEN], entry_len: u64) -> Result<(u64, [u8; DIGEST_LEN]), String> {
+    // The chunks below cannot run short: they add up to TRAILER_LEN.
+    let short = || "short trailer".to_owned();
+    let (magic, rest) = trailer.split_first_chunk::<8>().ok_or_else(short)?;
     if *magic != MAGIC {
-        return Err("not a cache entry (bad magic)".to_owned());
+        return Err("not a cache entry of this format (bad magic)".to_owned());
     }
-    let (version, rest) = rest.split_first_chunk::<4>().ok_or_else(truncated)?;
+    let (version, rest) = rest.split_first_chunk::<4>().ok_or_else(short)?;
     let version = u32::from_le_bytes(*version);
     if version != FORMAT_VERSION {
         return Err(format!("format version {version}, expected {FORMAT_VERSION}"));
     }
-    let (kind, rest) = rest.split_first_chunk::<4>().ok_or_else(truncated)?;
+    let (kind, rest) = rest.split_first_chunk::<4>().ok_or_else(short)?;
     let kind = u32::from_le_bytes(*kind);
     if kind != key.kind as u32 {
         return Err(format!("written for {}, not for {}", kind_name(kind), kind_name(key.kind as u32)));
     }
-    let (source, rest) = rest.split_first_chunk::<DIGEST_LEN>().ok_or_else(truncated)?;
+    let (source, rest) = rest.split_first_chunk::<DIGEST_LEN>().ok_or_else(short)?;
     if *source != key.source {
         return Err("written for another component or module".to_owned());
     }
-    let (adaptation, rest) = rest.split_first_chunk::<DIGEST_LEN>().ok_or_else(truncated)?;
+    let (adaptation, rest) = rest.split_first_chunk::<DIGEST_LEN>().ok_or_else(short)?;
     if *adaptation != key.adaptation {
         return Err("written by another preview1 adaptation".to_owned());
     }
-    let (engine, rest) = rest.split_first_chunk::<DIGEST_LEN>().ok_or_else(truncated)?;
+    let (engine, rest) = rest.split_first_chunk::<DIGEST_LEN>().ok_or_else(short)?;
     if *engine != key.engine {
         return Err("written by an engine with other settings".to_owned());
     }
-    let (length, rest) = rest.split_first_chunk::<8>().ok_or_else(truncated)?;
-    let (checksum, payload) = rest.split_first_chunk::<DIGEST_LEN>().ok_or_else(truncated)?;
+    let (length, checksum) = rest.split_first_chunk::<8>().ok_or_else(short)?;
+    let checksum: [u8; DIGEST_LEN] = checksum.try_into().map_err(|_| short())?;
     let length = u64::from_le_bytes(*length);
-    if payload.len() as u64 != length {
-        return Err(format!("payload is {} bytes, the header says {length}", payload.len()));
+    let payload = entry_len.checked_sub(TRAILER_LEN as u64).ok_or_else(|| truncated(entry_len))?;
+    if payload != length {
+        return Err(format!("payload is {payload} bytes, the trailer says {length}"));
     }
+    Ok((length, checksum))
+}
+
+/// Checks a whole entry in memory against `key` and returns its payload.
+fn check_entry<'a>(key: &Key, entry: &'a [u8]) -> Result<&'a [u8], String> {
+    let split = entry.len().checked_sub(TRAILER_LEN).ok_or_else(|| truncated(entry.len() as u64))?;
+    let (payload, trailer) = entry.split_at(split);
+    let trailer = trailer.try_into().map_err(|_| truncated(entry.len() as u64))?;
+    let (_, checksum) = check_trailer(key, trailer, entry.len() as u64)?;
     if Sha256::digest(payload).as_slice() != checksum {
         return Err("payload checksum mismatch".to_owned());
     }
     Ok(payload)
 }
 
-fn load_entry(engine: &Engine, key: &Key, entry: &[u8]) -> Result<Component, String> {
-    let payload = check_entry(key, entry)?;
+fn truncated(entry_len: u64) -> String {
+    format!("truncated: {entry_len} bytes, fewer than a trailer's {TRAILER_LEN}")
+}
+
+/// sha256 of the first `len` bytes of `file`, read in chunks (at offsets, so
+/// the file's position does not matter).
+fn sha256_of_start(file: &std::fs::File, len: u64) -> io::Result<[u8; DIGEST_LEN]> {
+    let mut digest = Sha256::new();
+    let mut buffer = vec![0u8; CHECK_CHUNK];
+    let mut offset = 0u64;
+    while offset < len {
+        let want = usize::try_from(len - offset).unwrap_or(usize::MAX).min(CHECK_CHUNK);
+        let chunk = &mut buffer[..want];
+        file.read_exact_at(chunk, offset)?;
+        digest.update(&*chunk);
+        offset += want as u64;
+    }
+    Ok(digest.finalize().into())
+}
+
+/// Loads the entry open as `file`, checked against `key`, as a component;
+/// the error says what is wrong with it.
+fn load_entry(engine: &Engine, key: &Key, file: std::fs::File) -> Result<Component, String> {
+    // The same file, whatever its name points to by now.
+    let opened = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    if !opened.exists() {
+        return load_entry_in_memory(engine, key, &file);
+    }
+    let meta = file.metadata().map_err(|err| format!("cannot stat it: {err}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_owned());
+    }
+    let len = meta.len();
+    let trailer_at = len.checked_sub(TRAILER_LEN as u64).ok_or_else(|| truncated(len))?;
+    let mut trailer = [0u8; TRAILER_LEN];
+    file.read_exact_at(&mut trailer, trailer_at).map_err(|err| format!("cannot read its trailer: {err}"))?;
+    let (payload_len, checksum) = check_trailer(key, &trailer, len)?;
+    let digest = sha256_of_start(&file, payload_len).map_err(|err| format!("cannot read its payload: {err}"))?;
+    if digest != checksum {
+        return Err("payload checksum mismatch".to_owned());
+    }
+    // SAFETY: `Component::deserialize_file` trusts the file to hold an
+    // artifact that wasmtime produced, as it maps it as executable code, and
+    // to stay as it is while mapped. This file holds one, and does:
+    // - its payload was written by `write_entry` from `Component::serialize`
+    //   (the same artifact as `Engine::precompile_component`) of an engine
+    //   whose compatibility hash has the same sha256 as `engine`'s (the
+    //   trailer's key); the trailer after it is not part of the ELF image,
+    //   which wasmtime reads through its own headers;
+    // - its integrity is verified: the file's length and its payload's
+    //   sha256 match the trailer, read just now through `file`, and wasmtime
+    //   maps this very file (`/proc/self/fd` reopens the open file, not the
+    //   name, which another process may have replaced since);
+    // - it is not written any more: an entry is written whole to a temp file
+    //   and renamed into place, and replacing it renames another file over
+    //   the name, leaving this one as it is;
+    // - the cache folder belongs to this user and is not writable by group or
+    //   others (checked on open), the entry is 0600: no one else could have
+    //   planted it or change it (its owner could, as they could plant an
+    //   entry with a matching checksum: the checksum guards against
+    //   corruption, the folder's permissions against others);
+    // - wasmtime re-checks its own ELF header, the artifact kind and the
+    //   engine's settings, and returns an error (handled as a bad entry) on a
+    //   mismatch.
+    let component = unsafe { Component::deserialize_file(engine, &opened) };
+    component.map_err(|err| format!("wasmtime refused it: {err:#}"))
+}
+
+/// [`load_entry`] without `/proc`: the entry is read into memory, checked
+/// there, and deserialized from that copy.
+fn load_entry_in_memory(engine: &Engine, key: &Key, file: &std::fs::File) -> Result<Component, String> {
+    let mut entry = Vec::new();
+    io::Read::read_to_end(&mut &*file, &mut entry).map_err(|err| format!("cannot read it: {err}"))?;
+    let payload = check_entry(key, &entry)?;
     // SAFETY: `Component::deserialize` trusts its input to be an artifact that
     // wasmtime produced, as it maps it as executable code. This payload is one:
     // - it was written by `write_entry` from `Component::serialize` (the same
     //   artifact as `Engine::precompile_component`) of an engine whose
-    //   compatibility hash has the same sha256 as `engine`'s (the header's key);
-    // - its integrity is verified: its length and sha256 match the header, over
-    //   exactly the bytes that were written after it;
+    //   compatibility hash has the same sha256 as `engine`'s (the trailer's key);
+    // - its integrity is verified: its length and sha256 match the trailer,
+    //   over exactly the bytes that are deserialized (this process's copy);
     // - the cache folder belongs to this user and is not writable by group or
     //   others (checked on open), so no one else could have planted it;
     // - wasmtime re-checks its own ELF header, the artifact kind and the
@@ -465,20 +567,25 @@ mod tests {
 
         let mut flipped_payload = good.clone();
         *flipped_payload.last_mut().expect("payload") ^= 0x01;
-        let mut flipped_header = good.clone();
-        flipped_header[HEADER_LEN - 1] ^= 0x80;
+        let mut flipped_trailer = good.clone();
+        *flipped_trailer.last_mut().expect("trailer") ^= 0x80;
+        let mut flipped_start = good.clone();
+        flipped_start[0] ^= 0x01;
         let mut longer = good.clone();
         longer.push(0);
         let mut version_1 = good.clone();
-        version_1[8..12].copy_from_slice(&1u32.to_le_bytes());
-        let corruptions: [(&str, &[u8]); 7] = [
+        let at = good.len() - TRAILER_LEN + 8;
+        version_1[at..at + 4].copy_from_slice(&2u32.to_le_bytes());
+        let corruptions: [(&str, &[u8]); 9] = [
             ("a byte flipped in the payload", &flipped_payload),
-            ("a byte flipped in the header", &flipped_header),
+            ("a byte flipped in the trailer", &flipped_trailer),
+            ("a byte flipped in the ELF header", &flipped_start),
             ("truncated in the payload", &good[..good.len() / 2]),
-            ("truncated in the header", &good[..HEADER_LEN / 2]),
+            ("truncated in the trailer", &good[..good.len() - TRAILER_LEN / 2]),
+            ("shorter than a trailer", &good[..TRAILER_LEN / 2]),
             ("empty", &[]),
             ("a byte appended", &longer),
-            ("written by format version 1", &version_1),
+            ("written by format version 2", &version_1),
         ];
         for (what, bytes) in corruptions {
             std::fs::write(&entry, bytes).expect("corrupt");
@@ -487,6 +594,52 @@ mod tests {
             assert_eq!(load(&cache, &engine), CacheStatus::Hit, "{what}");
         }
         assert_eq!(names(cache.path()).len(), 1, "no temp file left behind");
+        std::fs::remove_dir_all(base).expect("cleanup");
+    }
+
+    #[test]
+    fn an_entry_checks_out_in_memory_as_through_its_file() {
+        let base = scratch();
+        let cache = CodeCache::open(&base.join("cache")).expect("open");
+        let engine = new_engine(false);
+        assert_eq!(load(&cache, &engine), CacheStatus::Miss);
+        let entry = entry_path(&cache, &engine);
+        let key = Key::new(&engine, PIPELINE);
+        let open = || std::fs::File::open(&entry).expect("open");
+        // The way a process without `/proc` loads it.
+        assert_usable(&load_entry_in_memory(&engine, &key, &open()).expect("loads"), &engine);
+        assert_usable(&load_entry(&engine, &key, open()).expect("loads"), &engine);
+        let mut flipped = std::fs::read(&entry).expect("read");
+        let at = flipped.len() / 3;
+        flipped[at] ^= 0x01;
+        std::fs::write(&entry, &flipped).expect("corrupt");
+        for err in [load_entry_in_memory(&engine, &key, &open()), load_entry(&engine, &key, open())]
+            .map(|loaded| loaded.map(|_| ()).expect_err("corrupt"))
+        {
+            assert_eq!(err, "payload checksum mismatch");
+        }
+        std::fs::remove_dir_all(base).expect("cleanup");
+    }
+
+    #[test]
+    fn a_loaded_component_outlives_the_replacement_of_its_entry() {
+        let base = scratch();
+        let cache = CodeCache::open(&base.join("cache")).expect("open");
+        let engine = new_engine(false);
+        assert_eq!(load(&cache, &engine), CacheStatus::Miss);
+        let (loaded, status) =
+            cache.load_or_compile(&engine, PIPELINE, || Component::new(&engine, BUNDLED_PIPELINE)).expect("loads");
+        assert_eq!(status, CacheStatus::Hit);
+        // Another process rebuilds the entry (as after finding it bad): a new
+        // file renamed over the name, the mapped one left as it was.
+        let entry = entry_path(&cache, &engine);
+        let good = std::fs::read(&entry).expect("read");
+        let mut rebuilt = cache.dir.create(".tmp-test").expect("temp");
+        rebuilt.write_all(&good).expect("write");
+        drop(rebuilt);
+        cache.dir.rename(".tmp-test", &cache.dir, entry.file_name().expect("name")).expect("rename");
+        assert_usable(&loaded, &engine);
+        assert_eq!(load(&cache, &engine), CacheStatus::Hit, "the new file");
         std::fs::remove_dir_all(base).expect("cleanup");
     }
 
@@ -508,20 +661,20 @@ mod tests {
         assert_eq!(load(&cache, &plain), CacheStatus::Hit);
         assert_eq!(load(&cache, &fuel), CacheStatus::Hit, "each engine keeps its own entry");
 
-        // A forged entry: a header that is right for the plain engine in every
+        // A forged entry: a trailer that is right for the plain engine in every
         // field, over the fuel engine's payload. Only wasmtime's own check can
         // tell, and it does.
         let fuel_bytes = std::fs::read(&fuel_entry).expect("read");
-        let payload = &fuel_bytes[HEADER_LEN..];
+        let payload = &fuel_bytes[..fuel_bytes.len() - TRAILER_LEN];
         let key = Key::new(&plain, PIPELINE);
-        let mut forged = encode_header(&key, payload);
-        forged.extend_from_slice(payload);
-        assert_eq!(check_entry(&key, &forged).expect("the header checks out"), payload);
+        let mut forged = payload.to_vec();
+        forged.extend_from_slice(&encode_trailer(&key, payload));
+        assert_eq!(check_entry(&key, &forged).expect("the trailer checks out"), payload);
         std::fs::write(&plain_entry, &forged).expect("forge");
         assert_eq!(load(&cache, &plain), CacheStatus::Rebuilt);
         assert_eq!(load(&cache, &plain), CacheStatus::Hit);
 
-        // Same bytes under another component's key: refused by the header.
+        // Same bytes under another component's key: refused by the trailer.
         let other = Key { source: Sha256::digest(b"another component").into(), ..key };
         assert!(check_entry(&other, &std::fs::read(&plain_entry).expect("read")).is_err());
         std::fs::remove_dir_all(base).expect("cleanup");
@@ -594,7 +747,7 @@ mod tests {
         assert_eq!(load_counting(&cache, &engine, as_component), (CacheStatus::Hit, false));
         assert_eq!(load_counting(&cache, &engine, as_module), (CacheStatus::Hit, false));
 
-        // Each entry, under the other's name, is refused by its header's kind.
+        // Each entry, under the other's name, is refused by its trailer's kind.
         let component_bytes = std::fs::read(&component_entry).expect("read");
         let module_bytes = std::fs::read(&module_entry).expect("read");
         let err = check_entry(&module_key, &component_bytes).expect_err("a component's entry");

@@ -102,8 +102,9 @@ pub const HOST_DESCRIPTORS_PER_INVOCATION: u64 = 3 + 2 + 2 + 2 + 1 + 2 + (FLUSHE
 pub const DESCRIPTORS_PER_INVOCATION: u64 = MAX_OPEN_HANDLES + HOST_DESCRIPTORS_PER_INVOCATION;
 
 /// Descriptors kept for the process itself, whatever runs: stdio, the
-/// sandbox roots and their locks, the compiled-code cache, the memory images
-/// of loaded components, log files, an embedder's own few.
+/// sandbox roots and their locks, the compiled-code cache and the entries of
+/// it that loaded components map, the memory images of loaded components,
+/// log files, an embedder's own few.
 pub const PROCESS_RESERVE: u64 = 64;
 
 /// A sandbox's own handles (its folder, `input/`, `out/`), held by one made
