@@ -18,8 +18,12 @@ use crate::text::shown;
 /// [`GUEST_TEXT_LIMIT`](crate::text::GUEST_TEXT_LIMIT) bytes, and every text
 /// field is shown through [`shown`](crate::text::shown): a guest cannot write
 /// escape sequences or line breaks to an operator's terminal.
-#[derive(Debug, thiserror::Error)]
-#[error("{}{}", self.summary(), self.remedy().map(|remedy| format!("; {remedy}")).unwrap_or_default())]
+///
+/// [`std::error::Error::source`] is `None` for every variant: the message
+/// already says what the system said (the `source` fields' text), and an
+/// error chain printed whole (`{:#}` of an `anyhow` or `wasmtime` error)
+/// would say it twice. Match the variant to get at the [`io::Error`].
+#[derive(Debug)]
 #[non_exhaustive]
 pub enum RunError {
     /// The input file cannot be opened or read, or is not a regular file.
@@ -188,6 +192,20 @@ pub enum RunError {
     /// The host itself failed.
     Host(String),
 }
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.summary())?;
+        match self.remedy() {
+            Some(remedy) => write!(f, "; {remedy}"),
+            None => Ok(()),
+        }
+    }
+}
+
+// Not derived with thiserror: it takes a field named `source` for the error's
+// source, which the message already shows (see the type's docs).
+impl std::error::Error for RunError {}
 
 /// Why outputs could not be delivered.
 #[derive(Debug, thiserror::Error)]
@@ -657,6 +675,26 @@ pub enum LimitHit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreadable_file_says_what_the_system_said_once_even_in_a_chain() {
+        let missing = || io::Error::from(io::ErrorKind::NotFound);
+        let os_text = missing().to_string();
+        let errors = [
+            RunError::ComponentUnreadable { path: "missing.wasm".into(), source: missing() },
+            RunError::InputUnreadable { path: "missing.csv".into(), source: missing() },
+            RunError::Cleanup { path: "sandbox".into(), source: missing() },
+        ];
+        for err in errors {
+            let plain = err.to_string();
+            assert_eq!(plain.matches(&os_text).count(), 1, "{plain}");
+            // As `host serve` prints a component it cannot load, and as any
+            // embedder's `anyhow` or `wasmtime` error prints a chain.
+            let chain = format!("{:#}", anyhow::Error::new(err).context("[components] mine = missing.wasm"));
+            assert_eq!(chain.matches(&os_text).count(), 1, "{chain}");
+            assert!(chain.starts_with("[components] mine = missing.wasm: ") && chain.ends_with(&plain), "{chain}");
+        }
+    }
 
     #[test]
     fn every_outcome_has_its_own_name() {

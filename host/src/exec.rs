@@ -214,13 +214,13 @@ pub struct ExecOutcome {
 
 /// A run that did not end with the program exiting by itself: the error,
 /// and the code the program exited with when it did exit (after a limit
-/// refused it, say).
+/// refused it, say). Its message is the [`RunError`]'s, so it has no
+/// [`std::error::Error::source`] (a chain printed whole would say it twice).
 #[derive(Debug, thiserror::Error)]
 #[error("{error}")]
 #[non_exhaustive]
 pub struct ExecError {
     /// Why the run failed.
-    #[source]
     pub error: RunError,
     /// The program's exit code, if it exited.
     pub exit_code: Option<u8>,
@@ -634,6 +634,18 @@ mod tests {
         assert_eq!(code(trapped, &GuestAccount::default()).expect_err("trap").outcome(), Outcome::Trap);
         let timed_out = CommandEnd::TimedOut(Duration::from_secs(1));
         assert_eq!(code(timed_out, &refused(&[Refused::Files])).expect_err("timeout").outcome(), Outcome::Timeout);
+    }
+
+    #[test]
+    fn an_exec_error_says_its_message_once_in_a_chain() {
+        let err = ExecError::from(RunError::ComponentUnreadable {
+            path: "missing.wasm".into(),
+            source: io::Error::from(io::ErrorKind::NotFound),
+        });
+        let plain = err.to_string();
+        let chain = format!("{:#}", anyhow::Error::new(err));
+        assert_eq!(chain, plain, "nothing repeated after the message");
+        assert_eq!(plain.matches("not found").count(), 1, "{plain}");
     }
 
     #[test]

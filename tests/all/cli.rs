@@ -232,3 +232,44 @@ fn an_open_file_limit_too_low_for_one_invocation_is_refused_with_what_to_raise()
     assert!(!scratch.join("orders.out").exists());
     assert!(sandbox_root_is_empty(&scratch));
 }
+
+/// A component or program file that does not exist is named with what the
+/// system said, once, however the message is printed: by `host run` and
+/// `host exec` (the error alone), and by `host serve` for a component of its
+/// config (the error in a chain).
+#[test]
+fn a_missing_component_is_named_with_the_system_s_reason_once() {
+    let scratch = Scratch::new("cli-missing");
+    let input = scratch.write("orders.csv", seven_rows());
+    let missing = scratch.join("missing.wasm");
+    let missing = missing.to_str().expect("utf-8");
+    let once = |output: &Output, code: i32| {
+        let text = stderr(output);
+        assert_eq!(output.status.code(), Some(code), "{text}");
+        assert!(text.contains(&format!("cannot read the component {missing}: ")), "{text}");
+        assert_eq!(text.matches("No such file or directory").count(), 1, "{text}");
+    };
+    once(&host(&scratch, &["run", missing, input.to_str().expect("utf-8"), "--no-cache"]), 3);
+    once(&host(&scratch, &["exec", missing, "--no-cache"]), 192 + 3);
+
+    let token = Command::new(env!("CARGO_BIN_EXE_host")).arg("token").output().expect("host token runs");
+    let token_line = String::from_utf8_lossy(&token.stdout).lines().nth(1).expect("the config line").to_owned();
+    let config = scratch.write(
+        "service.toml",
+        format!(
+            "data_dir = {:?}\n\n[components]\nmine = {missing:?}\n\n[tenants.a]\n{token_line}\n",
+            scratch.join("data")
+        ),
+    );
+    let serve = Command::new(env!("CARGO_BIN_EXE_host"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .args(scratch.root_args())
+        // The bundled pipeline's compiled code goes to the scratch folder, not ~/.cache.
+        .env("XDG_CACHE_HOME", scratch.join("xdg-cache"))
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("host serve starts");
+    once(&serve, 1);
+    assert!(stderr(&serve).contains("[components] mine = "), "{}", stderr(&serve));
+}
