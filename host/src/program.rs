@@ -35,8 +35,9 @@
 //! compares), and a test pins the component one fixed module becomes, so that
 //! a change of the encoding (the `proc_exit` change here, wit-component, the
 //! encoder) cannot go unnoticed with the digest left as it was. A warm start
-//! then costs a parse of the module's sections, not wit-component's work
-//! (about 25 ms for a 2.6 MB debug build).
+//! then costs a parse of the module's sections, not wit-component's work and
+//! a hash of its result (together about 17 ms for the test probe, a 2.6 MB
+//! debug build).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -230,7 +231,7 @@ impl Program {
 
     /// The component to compile: a component's own bytes (borrowed), or the
     /// module turned into a component with [`exit_code_adapter`], which runs
-    /// wit-component on every call (tens of milliseconds for a module of a
+    /// wit-component on every call (several milliseconds for a module of a
     /// few MB: call it only when the compiled code is not cached).
     ///
     /// # Errors
