@@ -14,7 +14,9 @@ use futures_util::StreamExt as _;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::serve::{ACME, BETA, Server, id_of, sandboxes_after_removal, sha256_hex, sleep_config, tenant};
+use crate::serve::{
+    ACME, BETA, Server, chunked_upload, id_of, sandboxes_after_removal, sha256_hex, sleep_config, tenant,
+};
 use crate::util::{Scratch, seven_rows};
 
 const GAMMA: &str = "gamma-token-5555555555";
@@ -389,6 +391,48 @@ async fn delete_stops_a_running_job_on_its_worker_and_results_expire() {
     assert_eq!(api.get(ACME, &format!("/v1/jobs/{done}")).await.status(), StatusCode::NOT_FOUND, "expired");
     let left = objects(&nats).await;
     assert!(left.is_empty(), "expiry removed the outputs: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_idempotency_and_metrics_are_those_of_host_serve() {
+    let scratch = Scratch::new("nats-limits");
+    let nats = Nats::start(&scratch);
+    let config = write_config(&scratch, "", "ack_wait = \"1s\"", "timeout = \"1s\"\nmax_input = \"1MiB\"");
+    let api = replica(&scratch, &config, &nats);
+    let _worker = Worker::start(&scratch, &config, &nats, "worker");
+
+    // Over max_input while streaming: 413, and nothing of it in JetStream.
+    let (answer, sent) = chunked_upload(&api.base, ACME, 8 << 20);
+    assert!(answer.contains("413"), "{answer}");
+    assert!(sent < 8 << 20, "cut while streaming, after {sent} bytes");
+    assert!(objects(&nats).await.is_empty(), "the cut upload's chunks are purged");
+
+    // A guest past its limit is an ordinary failed job, not a redelivery.
+    let job = api.post(ACME, "?component=sleep&wait=60", "forever").await.json::<Value>().await.expect("a job");
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["error"]["kind"], "timeout");
+    assert_eq!(job["error"]["limit"]["timeout_ms"], 1000);
+
+    // One Idempotency-Key, one job; another body under it is a conflict.
+    let keyed = |body: Vec<u8>| {
+        api.client.post(api.url("/v1/jobs?wait=30")).bearer_auth(BETA).header("Idempotency-Key", "k-1").body(body)
+    };
+    let first = keyed(seven_rows()).send().await.expect("answered").json::<Value>().await.expect("a job");
+    let again = keyed(seven_rows()).send().await.expect("answered").json::<Value>().await.expect("a job");
+    assert_eq!(id_of(&first), id_of(&again));
+    let conflict = keyed(b"order_id\n".to_vec()).send().await.expect("answered");
+    assert_eq!(conflict.status(), StatusCode::CONFLICT);
+    let list: Value = api.get(BETA, "/v1/jobs").await.json().await.expect("a list");
+    assert_eq!(list["jobs"].as_array().map(Vec::len), Some(1));
+
+    let metrics = api.client.get(api.url("/metrics")).send().await.expect("answered").text().await.expect("text");
+    for series in [
+        "orders_host_jobs_total{tenant=\"beta\",outcome=\"success\"} 1",
+        "orders_host_jobs_total{tenant=\"acme\",outcome=\"timeout\"} 1",
+        "orders_host_http_requests_total{code=\"413\"}",
+    ] {
+        assert!(metrics.contains(series), "{series} in {metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -288,7 +288,7 @@ async fn a_missing_column_fails_as_invalid_input() {
 
 /// Sends a chunked body of `total` bytes over a raw connection, 64 KiB at
 /// a time, until the server answers; returns its status line and how much was sent.
-fn chunked_upload(base: &str, token: &str, total: usize) -> (String, usize) {
+pub(crate) fn chunked_upload(base: &str, token: &str, total: usize) -> (String, usize) {
     let address = base.strip_prefix("http://").expect("http");
     let mut stream = std::net::TcpStream::connect(address).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
