@@ -383,7 +383,7 @@ fn a_ticking_task_keeps_ticking_while_an_invocation_delivers_with_fsync() {
         .map(|pair| pair[1].min(window_end).saturating_duration_since(pair[0].max(window_start)))
         .max()
         .unwrap_or_default();
-    let in_window = ticks.iter().filter(|tick| (window_start..window_end).contains(tick)).count();
+    let in_window = ticks.iter().filter(|&&tick| (window_start..window_end).contains(&tick)).count();
     println!(
         "ticker: {} ticks in {:?}; collecting {:?} and delivering {:?}: {in_window} ticks, longest gap {longest:?} \
          (bound {LONGEST_TICK_GAP:?}); the guest took {:?}",

@@ -21,6 +21,7 @@ mod hostile;
 mod inputs;
 mod isolation;
 mod limits;
+mod nats;
 mod pipeline;
 mod removal;
 mod roots;

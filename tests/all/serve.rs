@@ -15,24 +15,24 @@ use test_programs_artifacts as programs;
 
 use crate::util::{Scratch, seven_rows};
 
-const ACME: &str = "acme-token-0123456789";
-const BETA: &str = "beta-token-9876543210";
+pub(crate) const ACME: &str = "acme-token-0123456789";
+pub(crate) const BETA: &str = "beta-token-9876543210";
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `[tenants.NAME]` with its token's hash and `extra` lines.
-fn tenant(name: &str, token: &str, extra: &str) -> String {
+pub(crate) fn tenant(name: &str, token: &str, extra: &str) -> String {
     format!("[tenants.{name}]\ntoken_sha256 = \"{}\"\n{extra}\n", sha256_hex(token.as_bytes()))
 }
 
 /// A `host serve` process and its address.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    base: String,
+    pub(crate) base: String,
     config: PathBuf,
-    client: reqwest::Client,
+    pub(crate) client: reqwest::Client,
 }
 
 impl Server {
@@ -42,7 +42,7 @@ impl Server {
         Self::start_with(scratch, &path, &[])
     }
 
-    fn start_with(scratch: &Scratch, config: &Path, extra: &[&str]) -> Self {
+    pub(crate) fn start_with(scratch: &Scratch, config: &Path, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_host"))
             .args(["serve", "--config"])
             .arg(config)
@@ -61,11 +61,11 @@ impl Server {
         Self { child, base, config: config.to_owned(), client: reqwest::Client::new() }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    async fn post(&self, token: &str, query: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+    pub(crate) async fn post(&self, token: &str, query: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
         self.client
             .post(self.url(&format!("/v1/jobs{query}")))
             .bearer_auth(token)
@@ -75,16 +75,16 @@ impl Server {
             .expect("POST answered")
     }
 
-    async fn get(&self, token: &str, path: &str) -> reqwest::Response {
+    pub(crate) async fn get(&self, token: &str, path: &str) -> reqwest::Response {
         self.client.get(self.url(path)).bearer_auth(token).send().await.expect("GET answered")
     }
 
-    async fn delete(&self, token: &str, id: &str) -> reqwest::Response {
+    pub(crate) async fn delete(&self, token: &str, id: &str) -> reqwest::Response {
         self.client.delete(self.url(&format!("/v1/jobs/{id}"))).bearer_auth(token).send().await.expect("answered")
     }
 
     /// The job once it has ended (each wait is bounded by the server).
-    async fn finished(&self, token: &str, id: &str) -> Value {
+    pub(crate) async fn finished(&self, token: &str, id: &str) -> Value {
         for _ in 0..20 {
             let job: Value = self.get(token, &format!("/v1/jobs/{id}?wait=30")).await.json().await.expect("a job");
             if ["succeeded", "failed", "cancelled"].contains(&job["state"].as_str().unwrap_or_default()) {
@@ -95,7 +95,7 @@ impl Server {
     }
 
     /// Waits until the job is running.
-    async fn running(&self, token: &str, id: &str) {
+    pub(crate) async fn running(&self, token: &str, id: &str) {
         for _ in 0..6000 {
             let job: Value = self.get(token, &format!("/v1/jobs/{id}")).await.json().await.expect("a job");
             if job["state"] == "running" {
@@ -107,12 +107,12 @@ impl Server {
         panic!("job {id} never started");
     }
 
-    fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().expect("kill runs");
         assert!(status.success());
     }
 
-    fn wait(&mut self) -> std::process::ExitStatus {
+    pub(crate) fn wait(&mut self) -> std::process::ExitStatus {
         self.child.wait().expect("the server exits")
     }
 }
@@ -124,11 +124,11 @@ impl Drop for Server {
     }
 }
 
-async fn json(response: reqwest::Response) -> Value {
+pub(crate) async fn json(response: reqwest::Response) -> Value {
     response.json().await.expect("a JSON body")
 }
 
-fn id_of(job: &Value) -> String {
+pub(crate) fn id_of(job: &Value) -> String {
     job["id"].as_str().expect("an id").to_owned()
 }
 
@@ -151,14 +151,14 @@ fn job_files(scratch: &Scratch) -> Vec<String> {
 }
 
 /// Sandboxes left in the roots (tenant folders may stay, empty).
-fn sandboxes(scratch: &Scratch) -> Vec<String> {
+pub(crate) fn sandboxes(scratch: &Scratch) -> Vec<String> {
     scratch.leftovers().into_iter().filter(|path| path.contains("sbx-")).collect()
 }
 
 /// Sandboxes left in the roots once removals in flight have had 10 s to
 /// finish: a cancelled job's sandbox goes with its dropped invocation, and
 /// what removal does not finish at once the housekeeper does in the background.
-async fn sandboxes_after_removal(scratch: &Scratch) -> Vec<String> {
+pub(crate) async fn sandboxes_after_removal(scratch: &Scratch) -> Vec<String> {
     for _ in 0..1000 {
         if sandboxes(scratch).is_empty() {
             break;
@@ -288,7 +288,7 @@ async fn a_missing_column_fails_as_invalid_input() {
 
 /// Sends a chunked body of `total` bytes over a raw connection, 64 KiB at
 /// a time, until the server answers; returns its status line and how much was sent.
-fn chunked_upload(base: &str, token: &str, total: usize) -> (String, usize) {
+pub(crate) fn chunked_upload(base: &str, token: &str, total: usize) -> (String, usize) {
     let address = base.strip_prefix("http://").expect("http");
     let mut stream = std::net::TcpStream::connect(address).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
@@ -352,7 +352,7 @@ async fn a_body_over_max_input_is_413_while_streaming_and_nothing_stays_on_disk(
     assert!(job_files(&scratch).iter().all(|file| !file.ends_with("input.csv")), "the input goes once the job ends");
 }
 
-fn sleep_config(server_extra: &str, tenants: &str) -> String {
+pub(crate) fn sleep_config(server_extra: &str, tenants: &str) -> String {
     format!("{server_extra}\n[components]\nsleep = {:?}\n{tenants}", programs::SLEEP)
 }
 

@@ -49,6 +49,10 @@ enum Command {
     /// Each tenant authenticates with its bearer token and runs under its
     /// own limits; jobs and results are kept in the data folder.
     Serve(serve::ServeArgs),
+    /// Runs the jobs of `host serve --nats` replicas: pulls them from NATS
+    /// JetStream, runs each in a local sandbox under its tenant's limits,
+    /// and stores the results back.
+    Worker(serve::cluster::worker::WorkerArgs),
     /// Prints a new random bearer token, then its `token_sha256 = "..."`
     /// line for a tenant of the service's config.
     Token,
@@ -89,11 +93,12 @@ struct RootArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // A server's requests and jobs are worth a line each; a run's are not.
-    init_logging(if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" });
+    init_logging(if matches!(cli.command, Command::Serve(_) | Command::Worker(_)) { "info" } else { "warn" });
     match cli.command {
         Command::Run(args) => run::command(&args),
         Command::Exec(args) => exec::command(&args),
         Command::Serve(args) => serve::command(&args),
+        Command::Worker(args) => serve::cluster::worker::command(&args),
         Command::Token => match serve::config::new_token() {
             Ok((token, line)) => {
                 println!("{token}");

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -18,7 +17,8 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use utoipa::{IntoParams, ToSchema};
 
-use super::jobs::{ChannelWriter, Job, JobList, MAX_WAIT, Service, write_tar};
+use super::backend::Backend;
+use super::jobs::{Job, JobList, MAX_WAIT};
 use super::metrics::CodeLabels;
 use super::openapi::{self, BadRequest, InternalError, NotFound, ServerBusy, TooLarge, TooManyQueued, Unauthorized};
 
@@ -107,7 +107,8 @@ pub struct ErrorDetail {
     /// What went wrong, for programs: `bad-request`, `unauthorized`,
     /// `not-found`, `idempotency-conflict`, `not-finished`,
     /// `input-too-large`, `too-many-queued`, `storage-full`, `server-busy`,
-    /// `draining` or `internal`.
+    /// `draining`, `unavailable` (with `--nats`: NATS cannot be reached) or
+    /// `internal`.
     #[schema(example = "not-found")]
     pub kind: &'static str,
     /// What went wrong and what to do about it, for people.
@@ -128,9 +129,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-type Shared = State<Arc<Service>>;
+type Shared = State<Arc<Backend>>;
 
-pub fn router(service: Arc<Service>) -> Router {
+pub fn router(service: Arc<Backend>) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .route("/v1/jobs", get(list_jobs).post(create_job))
@@ -168,19 +169,19 @@ pub fn router(service: Arc<Service>) -> Router {
 
 async fn count_status(State(service): Shared, request: Request, next: Next) -> Response {
     let response = next.run(request).await;
-    service.metrics.requests.get_or_create(&CodeLabels { code: response.status().as_u16() }).inc();
+    service.metrics().requests.get_or_create(&CodeLabels { code: response.status().as_u16() }).inc();
     response
 }
 
 /// The tenant of the request's bearer token.
-fn tenant(service: &Service, headers: &HeaderMap) -> Result<String, ApiError> {
+fn tenant(service: &Backend, headers: &HeaderMap) -> Result<String, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .map(str::trim)
         .ok_or_else(ApiError::unauthorized)?;
-    let tenant = service.authenticate(token).ok_or_else(ApiError::unauthorized)?;
+    let tenant = service.config().authenticate(token).ok_or_else(ApiError::unauthorized)?;
     tracing::Span::current().record("tenant", tenant.as_str());
     Ok(tenant)
 }
@@ -298,10 +299,10 @@ pub(super) async fn create_job(State(service): Shared, request: Request) -> Resu
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
     let accepted = service.accept(&tenant, params.component, key, length, body).await?;
-    record_job(&accepted.job.id);
+    record_job(&accepted.id);
     let job = match wait {
-        Some(wait) => service.wait_for(&tenant, &accepted.job.id, wait).await?,
-        None => accepted.job,
+        Some(wait) => service.wait_for(&tenant, &accepted.id, wait).await?,
+        None => accepted,
     };
     let status = if wait.is_some() && job.state.ended() { StatusCode::OK } else { StatusCode::ACCEPTED };
     job_response(status, &job)
@@ -410,22 +411,8 @@ pub(super) async fn output_file(
 ) -> Result<Response, ApiError> {
     let tenant = tenant(&service, &headers)?;
     record_job(&id);
-    let path = service.output_path(&tenant, &id, &name).await?;
-    // Removed by DELETE or expiry since the record was read: not found.
-    let file = tokio::fs::File::open(&path).await.map_err(|_| ApiError::not_found())?;
-    let length = file.metadata().await?.len();
-    let stream = futures_util::stream::unfold(file, |mut file| async move {
-        let mut buffer = vec![0u8; 64 << 10];
-        match tokio::io::AsyncReadExt::read(&mut file, &mut buffer).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buffer.truncate(n);
-                Some((Ok::<_, std::io::Error>(Bytes::from(buffer)), file))
-            }
-            Err(err) => Some((Err(err), file)),
-        }
-    });
-    let mut response = Body::from_stream(stream).into_response();
+    let (body, length) = service.output(&tenant, &id, &name).await?;
+    let mut response = body.into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
     response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     Ok(response)
@@ -454,21 +441,7 @@ pub(super) async fn output_tar(
 ) -> Result<Response, ApiError> {
     let tenant = tenant(&service, &headers)?;
     record_job(&id);
-    let files = service.outputs(&tenant, &id).await?;
-    // Open them all first, so a job deleted meanwhile is a 404, not a cut tar.
-    for (_, path) in &files {
-        tokio::fs::metadata(path).await.map_err(|_| ApiError::not_found())?;
-    }
-    let (sender, mut receiver) = tokio::sync::mpsc::channel(4);
-    tokio::task::spawn_blocking(move || {
-        let failure = sender.clone();
-        if let Err(err) = write_tar(&files, ChannelWriter(sender)) {
-            // Ends the body with an error: the client sees a cut transfer, not a short tar.
-            let _ = failure.blocking_send(Err(err));
-        }
-    });
-    let stream = futures_util::stream::poll_fn(move |context| receiver.poll_recv(context));
-    let mut response = Body::from_stream(stream).into_response();
+    let mut response = service.outputs_tar(&tenant, &id).await?.into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
     Ok(response)
 }
@@ -491,12 +464,15 @@ pub(super) async fn healthz() -> &'static str {
     tag = "service",
     responses(
         (status = 200, description = "Ready", body = String, content_type = "text/plain"),
-        (status = 503, description = "Draining: the server is stopping", body = ErrorBody,
+        (status = 503, description = "Draining: the server is stopping; or, with `--nats`, NATS cannot be reached", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before asking again"))),
     ),
 )]
 pub(super) async fn readyz(State(service): Shared) -> Response {
-    if service.is_draining() { ApiError::draining().into_response() } else { "ready\n".into_response() }
+    match service.ready() {
+        Ok(()) => "ready\n".into_response(),
+        Err(err) => err.into_response(),
+    }
 }
 
 /// The server's metrics (jobs by outcome, durations, queue, requests by status).
@@ -512,7 +488,7 @@ pub(super) async fn readyz(State(service): Shared) -> Response {
 )]
 pub(super) async fn metrics(State(service): Shared) -> Result<Response, ApiError> {
     let text =
-        service.metrics.encode().map_err(|err| ApiError::internal(format!("cannot encode the metrics: {err}")))?;
+        service.metrics().encode().map_err(|err| ApiError::internal(format!("cannot encode the metrics: {err}")))?;
     let mut response = text.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -12,6 +12,7 @@ use std::time::Duration;
 use orders_host::{ByteSize, Limits, parse_duration};
 use serde::{Deserialize, Deserializer};
 use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
 
 /// The server's settings, with every default filled in.
 #[derive(Debug, Clone)]
@@ -24,6 +25,86 @@ pub struct Config {
     /// Extra components by name, paths resolved against the config's folder.
     pub components: BTreeMap<String, PathBuf>,
     pub tenants: BTreeMap<String, TenantConfig>,
+    /// How `host serve --nats` and `host worker` use JetStream.
+    pub nats: NatsSettings,
+}
+
+/// `[nats]`: the names, delivery settings and credentials of the JetStream
+/// setup (used only with `--nats`). Credentials come from here or from the
+/// environment (`NATS_USER` + `NATS_PASSWORD`, `NATS_TOKEN`, `NATS_NKEY`,
+/// `NATS_CREDS`), never from the command line.
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    /// Of every name: streams `<PREFIX>_QUEUE`, `KV_<PREFIX>_JOBS`,
+    /// `OBJ_<PREFIX>_DATA`, subjects `<prefix>.queue.<tenant>`.
+    pub prefix: String,
+    /// Copies of each stream in a cluster.
+    pub replicas: usize,
+    /// How long a worker may hold a job without a sign of life before it is
+    /// given to another (workers say they are alive every third of it).
+    pub ack_wait: Duration,
+    /// Runs of a job whose worker vanished before it ends `gave-up`.
+    pub max_deliveries: u32,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    /// An nkey seed (`SU...`).
+    pub nkey: Option<String>,
+    /// A `.creds` file (JWT and nkey seed).
+    pub credentials: Option<PathBuf>,
+    /// Certificates of the CAs the server's TLS certificate is checked against.
+    pub tls_ca: Option<PathBuf>,
+    /// Refuse a connection that is not TLS.
+    pub tls_required: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NatsFile {
+    prefix: Option<String>,
+    replicas: Option<Positive>,
+    ack_wait: Option<Figure<Seconds>>,
+    max_deliveries: Option<Positive>,
+    user: Option<String>,
+    password: Option<String>,
+    token: Option<String>,
+    nkey: Option<String>,
+    credentials: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    tls_required: Option<bool>,
+}
+
+const DEFAULT_NATS_PREFIX: &str = "orders";
+const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_DELIVERIES: u32 = 3;
+
+impl NatsFile {
+    fn settings(self, base: &Path) -> anyhow::Result<NatsSettings> {
+        let prefix = self.prefix.unwrap_or_else(|| DEFAULT_NATS_PREFIX.to_owned());
+        if !is_plain_name(&prefix) || prefix.len() > 32 {
+            anyhow::bail!("[nats] prefix: `{prefix}` is not 1 to 32 letters, digits, `-` and `_`");
+        }
+        let ack_wait = self.ack_wait.map_or(DEFAULT_ACK_WAIT, |f| f.0.0);
+        if ack_wait < Duration::from_secs(1) {
+            anyhow::bail!("[nats] ack_wait: at least 1s, so that a live worker can say so in time");
+        }
+        let env = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+        Ok(NatsSettings {
+            prefix,
+            replicas: self.replicas.map_or(1, |n| n.0),
+            ack_wait,
+            max_deliveries: self
+                .max_deliveries
+                .map_or(DEFAULT_MAX_DELIVERIES, |n| u32::try_from(n.0).unwrap_or(u32::MAX)),
+            user: self.user.or_else(|| env("NATS_USER")),
+            password: self.password.or_else(|| env("NATS_PASSWORD")),
+            token: self.token.or_else(|| env("NATS_TOKEN")),
+            nkey: self.nkey.or_else(|| env("NATS_NKEY")),
+            credentials: self.credentials.map(|path| base.join(path)).or_else(|| env("NATS_CREDS").map(PathBuf::from)),
+            tls_ca: self.tls_ca.map(|path| base.join(path)),
+            tls_required: self.tls_required.unwrap_or(false),
+        })
+    }
 }
 
 /// One tenant: who it is (its token's hash) and what it may use.
@@ -58,6 +139,8 @@ struct File {
     components: BTreeMap<String, PathBuf>,
     #[serde(default)]
     tenants: BTreeMap<String, TenantFile>,
+    #[serde(default)]
+    nats: NatsFile,
 }
 
 /// Every limit of `host run` may appear, under its flag's name with `_`.
@@ -230,7 +313,21 @@ impl Config {
             result_ttl: file.result_ttl.map_or(DEFAULT_RESULT_TTL, |f| f.0.0),
             components,
             tenants,
+            nats: file.nats.settings(base)?,
         })
+    }
+
+    /// The tenant whose token this is: every tenant's hash is compared, in
+    /// constant time, so the answer's timing says nothing about the tokens.
+    pub fn authenticate(&self, token: &str) -> Option<String> {
+        let hash = token_hash(token);
+        let mut found = None;
+        for (name, tenant) in &self.tenants {
+            if bool::from(tenant.token_sha256.ct_eq(&hash)) {
+                found = Some(name.clone());
+            }
+        }
+        found
     }
 
     /// Whether some tenant has a fuel budget: the engine then meters fuel.
@@ -372,6 +469,30 @@ stderr_limit = "1KiB"
         assert!(parse("max_queued = 3\n").expect_err("no tenant").to_string().contains("host token"));
         let bundled = format!("[components]\nbundled = \"x.wasm\"\n[tenants.a]\ntoken_sha256 = \"{HASH}\"\n");
         assert!(parse(&bundled).expect_err("reserved").to_string().contains("built-in"));
+    }
+
+    #[test]
+    fn the_nats_table_has_defaults_and_its_own_checks() {
+        let plain = parse(&format!("[tenants.a]\ntoken_sha256 = \"{HASH}\"\n")).expect("valid");
+        assert_eq!(plain.nats.prefix, "orders");
+        assert_eq!((plain.nats.ack_wait, plain.nats.max_deliveries, plain.nats.replicas), (DEFAULT_ACK_WAIT, 3, 1));
+        let set = parse(&format!(
+            "[nats]\nprefix = \"jobs-eu\"\nack_wait = \"5s\"\nmax_deliveries = 5\nreplicas = 3\ncredentials = \"svc.creds\"\n\
+             [tenants.a]\ntoken_sha256 = \"{HASH}\"\n"
+        ))
+        .expect("valid");
+        assert_eq!((set.nats.prefix.as_str(), set.nats.max_deliveries, set.nats.replicas), ("jobs-eu", 5, 3));
+        assert_eq!(set.nats.ack_wait, Duration::from_secs(5));
+        assert_eq!(set.nats.credentials.as_deref(), Some(Path::new("/etc/orders/svc.creds")));
+        let err = parse(&format!("[nats]\nack_wiat = \"5s\"\n[tenants.a]\ntoken_sha256 = \"{HASH}\"\n"))
+            .expect_err("a misspelt key");
+        assert!(err.to_string().contains("line 2") && err.to_string().contains("ack_wiat"), "{err}");
+        let err = parse(&format!("[nats]\nprefix = \"a.b\"\n[tenants.a]\ntoken_sha256 = \"{HASH}\"\n"))
+            .expect_err("a prefix that is no subject token");
+        assert!(err.to_string().contains("prefix"), "{err}");
+        let err = parse(&format!("[nats]\nack_wait = \"10ms\"\n[tenants.a]\ntoken_sha256 = \"{HASH}\"\n"))
+            .expect_err("too short to keep a job");
+        assert!(err.to_string().contains("ack_wait"), "{err}");
     }
 
     #[test]

@@ -17,13 +17,12 @@ use futures_util::StreamExt as _;
 use orders_host::{Component, Destination, Input, Invocation, RunError, RunOutcome, Runner};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use subtle::ConstantTimeEq as _;
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::{broadcast, oneshot, watch};
 use utoipa::ToSchema;
 
 use super::api::ApiError;
-use super::config::{BUNDLED, Config, TenantConfig, hex, token_hash};
+use super::config::{BUNDLED, Config, TenantConfig, hex};
 use super::metrics::Metrics;
 use super::queue::{Refusal, Scheduler};
 use super::store::{Ending, JobRecord, NewJob, State, Store};
@@ -102,19 +101,6 @@ impl Service {
             ended: broadcast::Sender::new(ENDED_CAPACITY),
             draining: AtomicBool::new(false),
         })
-    }
-
-    /// The tenant whose token this is: every tenant's hash is compared, in
-    /// constant time, so the answer's timing says nothing about the tokens.
-    pub fn authenticate(&self, token: &str) -> Option<String> {
-        let hash = token_hash(token);
-        let mut found = None;
-        for (name, tenant) in &self.config.tenants {
-            if bool::from(tenant.token_sha256.ct_eq(&hash)) {
-                found = Some(name.clone());
-            }
-        }
-        found
     }
 
     fn tenant(&self, tenant: &str) -> Result<&TenantConfig, ApiError> {
@@ -501,26 +487,7 @@ impl Service {
     }
 
     async fn record_end(&self, id: &str, result: Result<RunOutcome, RunError>) -> anyhow::Result<String> {
-        let ending = match &result {
-            Ok(outcome) => Ending {
-                state: State::Succeeded,
-                outcome: Some(orders_host::Outcome::Success.name().to_owned()),
-                report: Some(serde_json::to_value(&outcome.report)?),
-                outputs: outcome.outputs.iter().map(serde_json::to_value).collect::<Result<_, _>>()?,
-                error: None,
-                stored_bytes: outcome.outputs.iter().map(|output| output.bytes).sum(),
-                finished_at: now_ms(),
-            },
-            Err(err) => Ending {
-                state: State::Failed,
-                outcome: Some(err.outcome().name().to_owned()),
-                report: None,
-                outputs: Vec::new(),
-                error: Some(render::job_error_json(err)),
-                stored_bytes: 0,
-                finished_at: now_ms(),
-            },
-        };
+        let ending = ending(&result)?;
         let name = ending.outcome.clone().unwrap_or_default();
         if self.store.finish(id.to_owned(), ending).await? {
             // The result is committed: the input is no longer needed, and a
@@ -623,6 +590,30 @@ impl Service {
     }
 }
 
+/// How a run ended, as a job records it (`host serve`, and its workers on NATS).
+pub fn ending(result: &Result<RunOutcome, RunError>) -> anyhow::Result<Ending> {
+    Ok(match result {
+        Ok(outcome) => Ending {
+            state: State::Succeeded,
+            outcome: Some(orders_host::Outcome::Success.name().to_owned()),
+            report: Some(serde_json::to_value(&outcome.report)?),
+            outputs: outcome.outputs.iter().map(serde_json::to_value).collect::<Result<_, _>>()?,
+            error: None,
+            stored_bytes: outcome.outputs.iter().map(|output| output.bytes).sum(),
+            finished_at: now_ms(),
+        },
+        Err(err) => Ending {
+            state: State::Failed,
+            outcome: Some(err.outcome().name().to_owned()),
+            report: None,
+            outputs: Vec::new(),
+            error: Some(render::job_error_json(err)),
+            stored_bytes: 0,
+            finished_at: now_ms(),
+        },
+    })
+}
+
 #[derive(Debug)]
 struct Received {
     memory: Option<Vec<u8>>,
@@ -698,7 +689,7 @@ async fn clear_job_folder(folder: &Path, keep: &[&str]) {
 }
 
 /// 128 bits from the OS RNG, as 32 hex digits.
-fn new_job_id() -> std::io::Result<String> {
+pub fn new_job_id() -> std::io::Result<String> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).map_err(|err| std::io::Error::other(format!("the OS RNG failed: {err}")))?;
     Ok(hex(&bytes))

@@ -1,6 +1,8 @@
 //! `host serve`: sandboxed multi-tenant execution as an HTTP service. One
 //! shared [`Runner`], tenants from the config, jobs in an embedded store
 //! under the data folder, a fair queue, and a graceful stop on SIGTERM.
+//! With `--nats`, the same API as a stateless replica over NATS JetStream,
+//! whose jobs `host worker`s run (`cluster/`).
 
 use std::collections::HashMap;
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
@@ -20,6 +22,8 @@ use tokio::sync::Semaphore;
 use crate::RootArgs;
 
 mod api;
+mod backend;
+pub mod cluster;
 pub mod config;
 mod jobs;
 mod metrics;
@@ -27,6 +31,7 @@ mod openapi;
 mod queue;
 mod store;
 
+use backend::Backend;
 use config::{BUNDLED, Config};
 
 /// A client that has not sent its request's headers in this time is cut.
@@ -59,13 +64,29 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = orders_host::parse_duration)]
     drain_timeout: Duration,
 
+    /// Be an API replica over NATS JetStream at this URL (comma-separated
+    /// for several servers): jobs are stored and queued there and run by
+    /// `host worker`s; this process runs no guests and keeps nothing on disk.
+    /// Credentials go in the config's [nats] table or the environment.
+    #[arg(long, value_name = "URL")]
+    nats: Option<String>,
+
     #[command(flatten)]
     root: RootArgs,
 }
 
 /// Runs the server until SIGTERM or SIGINT; exits 0 after a clean stop.
 pub fn command(args: &ServeArgs) -> ExitCode {
-    let config = match Config::load(&args.config) {
+    run_async(Config::load(&args.config), |config| serve(args, config))
+}
+
+/// Runs `main` on a multi-threaded runtime with the loaded config: a config
+/// error exits as an invalid argument, a failure as a host error.
+pub(crate) fn run_async<F: std::future::Future<Output = anyhow::Result<()>>>(
+    config: anyhow::Result<Config>,
+    main: impl FnOnce(Config) -> F,
+) -> ExitCode {
+    let config = match config {
         Ok(config) => config,
         Err(err) => {
             eprintln!("host: {err:#}");
@@ -79,7 +100,7 @@ pub fn command(args: &ServeArgs) -> ExitCode {
             return ExitCode::from(crate::render::exit_code(orders_host::Outcome::HostError));
         }
     };
-    match runtime.block_on(serve(args, config)) {
+    match runtime.block_on(main(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("host: {err:#}");
@@ -91,6 +112,9 @@ pub fn command(args: &ServeArgs) -> ExitCode {
 async fn serve(args: &ServeArgs, mut config: Config) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.listen = listen;
+    }
+    if let Some(url) = &args.nats {
+        return serve_replica(url, config).await;
     }
     if let Some(data_dir) = &args.data_dir {
         config.data_dir.clone_from(data_dir);
@@ -121,10 +145,6 @@ async fn serve(args: &ServeArgs, mut config: Config) -> anyhow::Result<()> {
     }
     let components = load_components(&runner, &config)?;
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let address = listener.local_addr()?;
     let service = jobs::Service::new(config, runner.clone(), components, store, jobs_dir);
     let recovered = service.recover().await?;
     if recovered > 0 {
@@ -132,28 +152,75 @@ async fn serve(args: &ServeArgs, mut config: Config) -> anyhow::Result<()> {
     }
     let dispatcher = tokio::spawn(Arc::clone(&service).dispatch());
     let expiry = tokio::spawn(Arc::clone(&service).expire());
+    let backend = Backend::Local(Arc::clone(&service));
+    let timeout = args.drain_timeout;
+    let drain = {
+        let service = Arc::clone(&service);
+        // Requests are still answered while it drains: readyz says 503.
+        async move {
+            tracing::info!("stopping: no new jobs, running ones get {timeout:?}");
+            service.drain(timeout).await;
+        }
+    };
+    let served = serve_http(service.config.listen, backend, drain).await;
+    dispatcher.abort();
+    expiry.abort();
+    drop(service);
+    runner.shutdown()?;
+    served
+}
+
+/// `host serve --nats`: the API over JetStream; no guests, no local state.
+async fn serve_replica(url: &str, config: Config) -> anyhow::Result<()> {
+    let cluster = cluster::Cluster::connect(url, &config, "orders-host api").await?;
+    let replica = cluster::replica::Replica::new(config, cluster);
+    let tasks = [
+        tokio::spawn(Arc::clone(&replica).watch()),
+        tokio::spawn(Arc::clone(&replica).gauges()),
+        tokio::spawn(Arc::clone(&replica).expire()),
+    ];
+    let drain = {
+        let replica = Arc::clone(&replica);
+        async move {
+            tracing::info!("stopping: no new jobs; the workers go on with theirs");
+            replica.drain();
+        }
+    };
+    let served = serve_http(replica.config.listen, Backend::Nats(Arc::clone(&replica)), drain).await;
+    for task in tasks {
+        task.abort();
+    }
+    served
+}
+
+/// Serves the API on `listen` until SIGTERM or SIGINT, then runs `drain`
+/// while requests are still answered, then closes.
+async fn serve_http(
+    listen: std::net::SocketAddr,
+    backend: Backend,
+    drain: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let address = listener.local_addr()?;
     // Scripts and tests read the bound address (`--listen 127.0.0.1:0`) here.
     println!("listening on http://{address}");
 
-    let router = api::router(Arc::clone(&service));
+    let router = api::router(Arc::new(backend));
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let stop = shutdown_signal();
     tokio::pin!(stop);
     let (drained_sender, mut drained) = tokio::sync::oneshot::channel::<()>();
-    let mut drained_sender = Some(drained_sender);
+    let mut drain = Some((drain, drained_sender));
     loop {
         tokio::select! {
-            () = &mut stop, if drained_sender.is_some() => {
-                tracing::info!("stopping: no new jobs, running ones get {:?}", args.drain_timeout);
-                let (service, timeout, done) = (Arc::clone(&service), args.drain_timeout, drained_sender.take());
-                // Requests are still answered while it drains: readyz says 503.
-                tokio::spawn(async move {
-                    service.drain(timeout).await;
-                    if let Some(done) = done {
+            () = &mut stop, if drain.is_some() => {
+                if let Some((drain, done)) = drain.take() {
+                    tokio::spawn(async move {
+                        drain.await;
                         let _ = done.send(());
-                    }
-                });
+                    });
+                }
             }
             _ = &mut drained => break,
             accepted = accept(&listener, &connections) => {
@@ -176,10 +243,6 @@ async fn serve(args: &ServeArgs, mut config: Config) -> anyhow::Result<()> {
     if tokio::time::timeout(CLOSE_TIMEOUT, graceful.shutdown()).await.is_err() {
         tracing::warn!("requests still open after {CLOSE_TIMEOUT:?} were cut");
     }
-    dispatcher.abort();
-    expiry.abort();
-    drop(service);
-    runner.shutdown()?;
     Ok(())
 }
 
@@ -201,7 +264,10 @@ async fn accept(
 }
 
 /// The bundled pipeline and the config's components, compiled once.
-fn load_components(runner: &Runner, config: &Config) -> anyhow::Result<HashMap<String, orders_host::Component>> {
+pub(crate) fn load_components(
+    runner: &Runner,
+    config: &Config,
+) -> anyhow::Result<HashMap<String, orders_host::Component>> {
     let mut components = HashMap::new();
     components.insert(BUNDLED.to_owned(), runner.bundled()?);
     for (name, path) in &config.components {
@@ -213,7 +279,7 @@ fn load_components(runner: &Runner, config: &Config) -> anyhow::Result<HashMap<S
 
 /// Creates `path` owner-only (0700), or checks that an existing one is the
 /// user's own folder, and makes it 0700.
-fn private_folder(path: &Path) -> anyhow::Result<()> {
+pub(crate) fn private_folder(path: &Path) -> anyhow::Result<()> {
     if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     }
@@ -234,7 +300,7 @@ fn private_folder(path: &Path) -> anyhow::Result<()> {
 }
 
 /// Resolves on SIGTERM or SIGINT; never, if the handlers cannot be installed.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut terminate) = signal(SignalKind::terminate()) else { return std::future::pending().await };
     tokio::select! {

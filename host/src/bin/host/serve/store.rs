@@ -12,7 +12,8 @@ use anyhow::Context as _;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 /// Where a job is in its life. A job that ended has one result: it is never run again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum State {
     Queued,
     Running,
@@ -54,8 +55,8 @@ impl State {
     }
 }
 
-/// One job as stored.
-#[derive(Debug, Clone)]
+/// One job as stored (`host serve --nats` keeps it as JSON in JetStream).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct JobRecord {
     pub id: String,
     pub tenant: String,
@@ -97,7 +98,7 @@ pub struct Ending {
 }
 
 /// What an idempotency key already names.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct KeyedJob {
     pub job_id: String,
     pub input_sha256: String,

@@ -1,0 +1,128 @@
+//! What the HTTP API runs on: the embedded service (SQLite and local
+//! files, guests run here) or an API replica over NATS JetStream. The
+//! handlers of `api.rs` call these methods and do not know which.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+
+use super::api::ApiError;
+use super::cluster::replica::Replica;
+use super::config::Config;
+use super::jobs::{ChannelWriter, Service, write_tar};
+use super::metrics::Metrics;
+use super::store::JobRecord;
+
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Local(Arc<Service>),
+    Nats(Arc<Replica>),
+}
+
+impl Backend {
+    pub fn config(&self) -> &Config {
+        match self {
+            Self::Local(service) => &service.config,
+            Self::Nats(replica) => &replica.config,
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        match self {
+            Self::Local(service) => &service.metrics,
+            Self::Nats(replica) => &replica.metrics,
+        }
+    }
+
+    /// Whether `/readyz` says 200: not while draining, nor (on NATS) while
+    /// the connection is down.
+    pub fn ready(&self) -> Result<(), ApiError> {
+        match self {
+            Self::Local(service) if service.is_draining() => Err(ApiError::draining()),
+            Self::Local(_) => Ok(()),
+            Self::Nats(replica) => replica.check_connected(),
+        }
+    }
+
+    pub async fn accept(
+        &self,
+        tenant: &str,
+        component: Option<String>,
+        key: Option<String>,
+        declared_length: Option<u64>,
+        body: Body,
+    ) -> Result<JobRecord, ApiError> {
+        match self {
+            Self::Local(service) => Ok(service.accept(tenant, component, key, declared_length, body).await?.job),
+            Self::Nats(replica) => replica.accept(tenant, component, key, declared_length, body).await,
+        }
+    }
+
+    pub async fn job(&self, tenant: &str, id: &str) -> Result<JobRecord, ApiError> {
+        match self {
+            Self::Local(service) => service.job(tenant, id).await,
+            Self::Nats(replica) => replica.job(tenant, id).await,
+        }
+    }
+
+    pub async fn wait_for(&self, tenant: &str, id: &str, wait: Duration) -> Result<JobRecord, ApiError> {
+        match self {
+            Self::Local(service) => service.wait_for(tenant, id, wait).await,
+            Self::Nats(replica) => replica.wait_for(tenant, id, wait).await,
+        }
+    }
+
+    pub async fn list(&self, tenant: &str, limit: u32) -> Result<Vec<JobRecord>, ApiError> {
+        match self {
+            Self::Local(service) => service.list(tenant, limit).await,
+            Self::Nats(replica) => replica.list(tenant, limit).await,
+        }
+    }
+
+    pub async fn delete(&self, tenant: &str, id: &str) -> Result<(), ApiError> {
+        match self {
+            Self::Local(service) => service.delete(tenant, id).await,
+            Self::Nats(replica) => replica.delete(tenant, id).await,
+        }
+    }
+
+    /// Output `name` of a succeeded job, streamed, and its length.
+    pub async fn output(&self, tenant: &str, id: &str, name: &str) -> Result<(Body, u64), ApiError> {
+        match self {
+            Self::Local(service) => {
+                let path = service.output_path(tenant, id, name).await?;
+                // Removed by DELETE or expiry since the record was read: not found.
+                let file = tokio::fs::File::open(&path).await.map_err(|_| ApiError::not_found())?;
+                let length = file.metadata().await?.len();
+                Ok((Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 64 << 10)), length))
+            }
+            Self::Nats(replica) => replica.output(tenant, id, name).await,
+        }
+    }
+
+    /// Every output of a succeeded job as one tar, streamed as it is built.
+    pub async fn outputs_tar(&self, tenant: &str, id: &str) -> Result<Body, ApiError> {
+        match self {
+            Self::Local(service) => {
+                let files: Vec<(String, PathBuf)> = service.outputs(tenant, id).await?;
+                // Open them all first, so a job deleted meanwhile is a 404, not a cut tar.
+                for (_, path) in &files {
+                    tokio::fs::metadata(path).await.map_err(|_| ApiError::not_found())?;
+                }
+                let (sender, mut receiver) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+                tokio::task::spawn_blocking(move || {
+                    let failure = sender.clone();
+                    if let Err(err) = write_tar(&files, ChannelWriter(sender)) {
+                        // Ends the body with an error: the client sees a cut transfer, not a short tar.
+                        let _ = failure.blocking_send(Err(err));
+                    }
+                });
+                let stream = futures_util::stream::poll_fn(move |context| receiver.poll_recv(context));
+                Ok(Body::from_stream(stream))
+            }
+            Self::Nats(replica) => replica.outputs_tar(tenant, id).await,
+        }
+    }
+}
