@@ -103,10 +103,6 @@ impl Service {
         })
     }
 
-    fn tenant(&self, tenant: &str) -> Result<&TenantConfig, ApiError> {
-        self.config.tenants.get(tenant).ok_or_else(|| ApiError::internal("the tenant is not configured"))
-    }
-
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
@@ -125,19 +121,7 @@ impl Service {
         declared_length: Option<u64>,
         body: Body,
     ) -> Result<Accepted, ApiError> {
-        let settings = self.tenant(tenant)?;
-        let component = component.unwrap_or_else(|| BUNDLED.to_owned());
-        if !self.components.contains_key(&component) {
-            let mut names: Vec<&str> = self.components.keys().map(String::as_str).collect();
-            names.sort_unstable();
-            return Err(ApiError::bad_request(format!(
-                "there is no component `{component}`; this server has: {}",
-                names.join(", ")
-            )));
-        }
-        if declared_length.is_some_and(|length| length > settings.max_input) {
-            return Err(ApiError::too_large(settings.max_input));
-        }
+        let (settings, component) = check_request(&self.config, tenant, component, declared_length)?;
         let existing = match &key {
             Some(key) => self.store.keyed(tenant.to_owned(), key.clone()).await.map_err(ApiError::from)?,
             None => None,
@@ -588,6 +572,32 @@ impl Service {
             }
         }
     }
+}
+
+/// What a `POST` is checked for before its body is read, on either backend:
+/// the tenant's settings and the component's name (the bundled one when
+/// none is named), or the error to answer.
+pub fn check_request<'c>(
+    config: &'c Config,
+    tenant: &str,
+    component: Option<String>,
+    declared_length: Option<u64>,
+) -> Result<(&'c TenantConfig, String), ApiError> {
+    let settings = config.tenants.get(tenant).ok_or_else(|| ApiError::internal("the tenant is not configured"))?;
+    let component = component.unwrap_or_else(|| BUNDLED.to_owned());
+    if component != BUNDLED && !config.components.contains_key(&component) {
+        let mut names: Vec<&str> = config.components.keys().map(String::as_str).collect();
+        names.push(BUNDLED);
+        names.sort_unstable();
+        return Err(ApiError::bad_request(format!(
+            "there is no component `{component}`; this server has: {}",
+            names.join(", ")
+        )));
+    }
+    if declared_length.is_some_and(|length| length > settings.max_input) {
+        return Err(ApiError::too_large(settings.max_input));
+    }
+    Ok((settings, component))
 }
 
 /// How a run ended, as a job records it (`host serve`, and its workers on NATS).

@@ -124,26 +124,8 @@ async fn serve(args: &ServeArgs, mut config: Config) -> anyhow::Result<()> {
     private_folder(&jobs_dir)?;
     let store = store::Store::open(&config.data_dir.join("jobs.db"))?;
 
-    let runner = Runner::new(&RunnerConfig {
-        sandbox_root: args.root.sandbox_root.clone(),
-        memory_root: args.root.memory_root.clone(),
-        spool_threshold: jobs::SPOOL_THRESHOLD as u64,
-        fuel_metering: config.needs_fuel(),
-        max_concurrent: config.max_concurrent,
-        // Each tenant's own bound is the queue's; the runner's only caps it.
-        max_concurrent_per_tenant: config.max_concurrent,
-        cache_dir: orders_host::default_cache_dir(),
-        ..RunnerConfig::default()
-    })?;
-    // Sandboxes of a server that was killed.
-    let sweep = runner.sweep().context("cannot sweep the sandbox roots")?;
-    if !sweep.removed.is_empty() {
-        tracing::warn!("removed {} sandbox(es) left by a killed host", sweep.removed.len());
-    }
-    for (tenant, settings) in &config.tenants {
-        runner.set_tenant_limits(tenant, settings.limits)?;
-    }
-    let components = load_components(&runner, &config)?;
+    // Each tenant's own bound is the queue's; the runner's only caps it.
+    let (runner, components) = start_runner(&args.root, &config, config.max_concurrent)?;
 
     let service = jobs::Service::new(config, runner.clone(), components, store, jobs_dir);
     let recovered = service.recover().await?;
@@ -261,6 +243,35 @@ async fn accept(
             None
         }
     }
+}
+
+/// The runner of a server or worker that runs guests: `max_concurrent` at
+/// once, the sandbox roots swept of what a killed host left, each tenant's
+/// limits set, and the config's components compiled.
+pub(crate) fn start_runner(
+    root: &RootArgs,
+    config: &Config,
+    max_concurrent: usize,
+) -> anyhow::Result<(Runner, HashMap<String, orders_host::Component>)> {
+    let runner = Runner::new(&RunnerConfig {
+        sandbox_root: root.sandbox_root.clone(),
+        memory_root: root.memory_root.clone(),
+        spool_threshold: jobs::SPOOL_THRESHOLD as u64,
+        fuel_metering: config.needs_fuel(),
+        max_concurrent,
+        max_concurrent_per_tenant: max_concurrent,
+        cache_dir: orders_host::default_cache_dir(),
+        ..RunnerConfig::default()
+    })?;
+    let sweep = runner.sweep().context("cannot sweep the sandbox roots")?;
+    if !sweep.removed.is_empty() {
+        tracing::warn!("removed {} sandbox(es) left by a killed host", sweep.removed.len());
+    }
+    for (tenant, settings) in &config.tenants {
+        runner.set_tenant_limits(tenant, settings.limits)?;
+    }
+    let components = load_components(&runner, config)?;
+    Ok((runner, components))
 }
 
 /// The bundled pipeline and the config's components, compiled once.

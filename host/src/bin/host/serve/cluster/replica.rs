@@ -18,8 +18,8 @@ use tokio::sync::broadcast;
 
 use super::{Cluster, PutFailure, Stored, idempotency_key, input_object, job_key, output_object};
 use crate::serve::api::ApiError;
-use crate::serve::config::{BUNDLED, Config, hex};
-use crate::serve::jobs::{MAX_WAIT, is_job_id, new_job_id, now_ms};
+use crate::serve::config::{Config, hex};
+use crate::serve::jobs::{MAX_WAIT, check_request, is_job_id, new_job_id, now_ms};
 use crate::serve::metrics::Metrics;
 use crate::serve::store::{JobRecord, KeyedJob, State};
 
@@ -91,21 +91,7 @@ impl Replica {
         declared_length: Option<u64>,
         body: Body,
     ) -> Result<JobRecord, ApiError> {
-        let settings =
-            self.config.tenants.get(tenant).ok_or_else(|| ApiError::internal("the tenant is not configured"))?;
-        let component = component.unwrap_or_else(|| BUNDLED.to_owned());
-        if component != BUNDLED && !self.config.components.contains_key(&component) {
-            let mut names: Vec<&str> = self.config.components.keys().map(String::as_str).collect();
-            names.push(BUNDLED);
-            names.sort_unstable();
-            return Err(ApiError::bad_request(format!(
-                "there is no component `{component}`; this server has: {}",
-                names.join(", ")
-            )));
-        }
-        if declared_length.is_some_and(|length| length > settings.max_input) {
-            return Err(ApiError::too_large(settings.max_input));
-        }
+        let (settings, component) = check_request(&self.config, tenant, component, declared_length)?;
         self.check_connected()?;
         let key_entry = key.as_deref().map(|key| idempotency_key(tenant, key));
         if let Some(entry) = &key_entry

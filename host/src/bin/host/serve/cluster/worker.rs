@@ -24,7 +24,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind, consumer};
 use clap::Args;
 use futures_util::StreamExt as _;
-use orders_host::{Component, Destination, Input, Invocation, Runner, RunnerConfig};
+use orders_host::{Component, Destination, Input, Invocation, Runner};
 use tokio::sync::{Semaphore, oneshot, watch};
 
 use super::{Cluster, PutFailure, Stored, input_object, output_object};
@@ -126,25 +126,7 @@ async fn work(args: &WorkerArgs, config: Config) -> anyhow::Result<()> {
     }
     crate::serve::private_folder(&work_dir)?;
     let concurrency = args.concurrency.map_or(config.max_concurrent, usize::from);
-    let runner = Runner::new(&RunnerConfig {
-        sandbox_root: args.root.sandbox_root.clone(),
-        memory_root: args.root.memory_root.clone(),
-        spool_threshold: SPOOL_THRESHOLD as u64,
-        fuel_metering: config.needs_fuel(),
-        max_concurrent: concurrency,
-        max_concurrent_per_tenant: concurrency,
-        cache_dir: orders_host::default_cache_dir(),
-        ..RunnerConfig::default()
-    })?;
-    // Sandboxes of a worker that was killed.
-    let sweep = runner.sweep().context("cannot sweep the sandbox roots")?;
-    if !sweep.removed.is_empty() {
-        tracing::warn!("removed {} sandbox(es) left by a killed host", sweep.removed.len());
-    }
-    for (tenant, settings) in &config.tenants {
-        runner.set_tenant_limits(tenant, settings.limits)?;
-    }
-    let components = crate::serve::load_components(&runner, &config)?;
+    let (runner, components) = crate::serve::start_runner(&args.root, &config, concurrency)?;
     let mut random = [0u8; 4];
     getrandom::fill(&mut random).map_err(|err| anyhow::anyhow!("the OS RNG failed: {err}"))?;
     let name = format!("worker-{}-{}", std::process::id(), hex(&random));
