@@ -36,6 +36,9 @@
 //! tiny jobs through the service, default 2000), `BENCH_FAIRNESS_JOBS`
 //! (tenant b's jobs, alone and under the flood, default 300),
 //! `BENCH_BODY_ROWS` (rows of the ~100 MB body, default 2300000),
+//! `BENCH_SECTIONS` (the sections to run, comma-separated numbers such as
+//! `5` or `2,5`, default all; section 5 also runs section 2's first mode,
+//! whose rate it compares itself with),
 //! `ORDERS_SHARED_DIR` (the folder holding `tools/gen_orders.py`, default
 //! `../shared` beside the checkout).
 //!
@@ -99,21 +102,35 @@ fn main() -> Result<(), Box<dyn Error>> {
     // gets its own, inside the scratch folder, so `~/.cache` is never touched.
     let help = Command::new(env!("CARGO_BIN_EXE_host")).args(["run", "--help"]).output()?;
     let has_cache = String::from_utf8_lossy(&help.stdout).contains("--cache-dir");
+    let sections = Sections::from_env()?;
     println!("throughput bench: host {}, scratch {}", env!("CARGO_BIN_EXE_host"), scratch.path().display());
-    big_export(&scratch, &shared, &example, rows, has_cache)?;
-    // Sandboxes made and removed inside `run`: the runner settings of `host serve`.
-    let library_rate = tiny_library(&scratch, &example, tiny, false)?;
-    tiny_library(&scratch, &example, tiny, true)?;
-    tiny_process(&scratch, &example, has_cache)?;
-    small_program(&scratch)?;
-    service(&scratch, &shared, &example, sizes, library_rate)?;
+    if sections.has(1) {
+        big_export(&scratch, &shared, &example, rows, has_cache)?;
+    }
+    // Sandboxes made and removed inside `run`: the runner settings of `host
+    // serve`. Section 5 compares itself with this rate, so it runs for 5 too.
+    let library_rate =
+        if sections.has(2) || sections.has(5) { Some(tiny_library(&scratch, &example, tiny, false)?) } else { None };
+    if sections.has(2) {
+        tiny_library(&scratch, &example, tiny, true)?;
+    }
+    if sections.has(3) {
+        tiny_process(&scratch, &example, has_cache)?;
+    }
+    if sections.has(4) {
+        small_program(&scratch)?;
+    }
+    if let Some(library_rate) = library_rate.filter(|_| sections.has(5)) {
+        service(&scratch, &shared, &example, sizes, library_rate)?;
+    }
     println!(
         "\nreproduce: cargo bench -p orders-host --bench throughput   (env BENCH_ROWS={rows} BENCH_TINY={tiny} \
-         BENCH_SERVICE_JOBS={} BENCH_FAIRNESS_JOBS={} BENCH_BODY_ROWS={} ORDERS_SHARED_DIR={})",
+         BENCH_SERVICE_JOBS={} BENCH_FAIRNESS_JOBS={} BENCH_BODY_ROWS={} ORDERS_SHARED_DIR={}{})",
         sizes.jobs,
         sizes.fairness_jobs,
         sizes.body_rows,
-        shared.display()
+        shared.display(),
+        sections.env()
     );
     Ok(())
 }
@@ -1084,6 +1101,36 @@ impl<const N: usize> Table<N> {
                 println!("  {}", "-".repeat(total));
             }
         }
+    }
+}
+
+/// The sections to run: `BENCH_SECTIONS`, comma-separated section numbers
+/// (`5`, `2,5`), else all of them.
+struct Sections(Option<Vec<u32>>);
+
+impl Sections {
+    fn from_env() -> BenchResult<Self> {
+        let Ok(text) = std::env::var("BENCH_SECTIONS") else { return Ok(Self(None)) };
+        let numbers = text
+            .split(',')
+            .map(|part| match part.trim().parse::<u32>() {
+                Ok(n @ 1..=5) => Ok(n),
+                _ => Err(format!("BENCH_SECTIONS={text}: `{part}` is not a section number (1 to 5)")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self(Some(numbers)))
+    }
+
+    fn has(&self, section: u32) -> bool {
+        self.0.as_ref().is_none_or(|numbers| numbers.contains(&section))
+    }
+
+    /// ` BENCH_SECTIONS=...` for the reproduce line, or nothing for all.
+    fn env(&self) -> String {
+        self.0.as_ref().map_or_else(String::new, |numbers| {
+            let list: Vec<String> = numbers.iter().map(u32::to_string).collect();
+            format!(" BENCH_SECTIONS={}", list.join(","))
+        })
     }
 }
 
