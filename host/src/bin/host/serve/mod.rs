@@ -29,7 +29,8 @@ mod store;
 
 use config::{BUNDLED, Config};
 
-/// A client that has not sent its request's headers in this time is cut.
+/// A client that has not sent its request's headers in this time is cut
+/// (the config's `header_read_timeout` when it has none).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connections served at once; more wait in the listen backlog.
@@ -125,6 +126,7 @@ async fn serve(args: &ServeArgs, mut config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
+    let header_read_timeout = config.header_read_timeout;
     let service = jobs::Service::new(config, runner.clone(), components, store, jobs_dir);
     let recovered = service.recover().await?;
     if recovered > 0 {
@@ -160,7 +162,7 @@ async fn serve(args: &ServeArgs, mut config: Config) -> anyhow::Result<()> {
                 let Some((stream, permit)) = accepted else { continue };
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .header_read_timeout(header_read_timeout)
                     .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone()));
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {
