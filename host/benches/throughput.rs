@@ -31,13 +31,14 @@
 //!    `VmHWM` before and after.
 //!
 //! Run it with `cargo bench -p orders-host --bench throughput`. Environment:
-//! `BENCH_SECTIONS` (the sections to run, by number, e.g. `4` or `2,5`;
-//! default all: section 5 compares with section 2's rate only when both
-//! run), `BENCH_ROWS` (rows of the big export, default 1000000), `BENCH_TINY`
+//! `BENCH_ROWS` (rows of the big export, default 1000000), `BENCH_TINY`
 //! (library invocations per mode, default 5000), `BENCH_SERVICE_JOBS` (timed
 //! tiny jobs through the service, default 2000), `BENCH_FAIRNESS_JOBS`
 //! (tenant b's jobs, alone and under the flood, default 300),
 //! `BENCH_BODY_ROWS` (rows of the ~100 MB body, default 2300000),
+//! `BENCH_SECTIONS` (the sections to run, comma-separated numbers such as
+//! `5` or `2,5`, default all; section 5 also runs section 2's first mode,
+//! whose rate it compares itself with),
 //! `ORDERS_SHARED_DIR` (the folder holding `tools/gen_orders.py`, default
 //! `../shared` beside the checkout).
 //!
@@ -91,12 +92,9 @@ fn main() -> Result<(), Box<dyn Error>> {
         fairness_jobs: env_number("BENCH_FAIRNESS_JOBS", 300)?,
         body_rows: env_number("BENCH_BODY_ROWS", 2_300_000)?,
     };
-    let sections = env_sections("BENCH_SECTIONS")?;
-    let run = |section: usize| sections.contains(&section);
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let shared = std::env::var_os("ORDERS_SHARED_DIR").map_or_else(|| repo.join("../shared"), PathBuf::from);
-    // Only sections 1 and 5 generate exports with the shared folder's tools.
-    let shared_dir = || fs::canonicalize(&shared).map_err(|err| format!("shared folder {}: {err}", shared.display()));
+    let shared = fs::canonicalize(&shared).map_err(|err| format!("shared folder {}: {err}", shared.display()))?;
     let example = fs::canonicalize(repo.join("examples/orders.csv"))?;
 
     let scratch = Scratch::new()?;
@@ -104,36 +102,35 @@ fn main() -> Result<(), Box<dyn Error>> {
     // gets its own, inside the scratch folder, so `~/.cache` is never touched.
     let help = Command::new(env!("CARGO_BIN_EXE_host")).args(["run", "--help"]).output()?;
     let has_cache = String::from_utf8_lossy(&help.stdout).contains("--cache-dir");
+    let sections = Sections::from_env()?;
     println!("throughput bench: host {}, scratch {}", env!("CARGO_BIN_EXE_host"), scratch.path().display());
-    if run(1) {
-        big_export(&scratch, &shared_dir()?, &example, rows, has_cache)?;
+    if sections.has(1) {
+        big_export(&scratch, &shared, &example, rows, has_cache)?;
     }
-    let library_rate = if run(2) {
-        // Sandboxes made and removed inside `run`: the runner settings of `host serve`.
-        let rate = tiny_library(&scratch, &example, tiny, false)?;
+    // Sandboxes made and removed inside `run`: the runner settings of `host
+    // serve`. Section 5 compares itself with this rate, so it runs for 5 too.
+    let library_rate =
+        if sections.has(2) || sections.has(5) { Some(tiny_library(&scratch, &example, tiny, false)?) } else { None };
+    if sections.has(2) {
         tiny_library(&scratch, &example, tiny, true)?;
-        Some(rate)
-    } else {
-        None
-    };
-    if run(3) {
+    }
+    if sections.has(3) {
         tiny_process(&scratch, &example, has_cache)?;
     }
-    if run(4) {
+    if sections.has(4) {
         small_program(&scratch)?;
     }
-    if run(5) {
-        service(&scratch, &shared_dir()?, &example, sizes, library_rate)?;
+    if let Some(library_rate) = library_rate.filter(|_| sections.has(5)) {
+        service(&scratch, &shared, &example, sizes, library_rate)?;
     }
-    let shown: Vec<String> = sections.iter().map(ToString::to_string).collect();
     println!(
-        "\nreproduce: cargo bench -p orders-host --bench throughput   (env BENCH_SECTIONS={} BENCH_ROWS={rows} \
-         BENCH_TINY={tiny} BENCH_SERVICE_JOBS={} BENCH_FAIRNESS_JOBS={} BENCH_BODY_ROWS={} ORDERS_SHARED_DIR={})",
-        shown.join(","),
+        "\nreproduce: cargo bench -p orders-host --bench throughput   (env BENCH_ROWS={rows} BENCH_TINY={tiny} \
+         BENCH_SERVICE_JOBS={} BENCH_FAIRNESS_JOBS={} BENCH_BODY_ROWS={} ORDERS_SHARED_DIR={}{})",
         sizes.jobs,
         sizes.fairness_jobs,
         sizes.body_rows,
-        shared.display()
+        shared.display(),
+        sections.env()
     );
     Ok(())
 }
@@ -663,14 +660,13 @@ const MAX_BODY_RSS_GROWTH: u64 = 32_000_000;
 /// Section 5: `host serve` as a process, driven over loopback HTTP by this
 /// bench's own tokio runtime (2 workers), beside the library's figure of
 /// section 2 (`library_rate`, 2 workers, sandboxes made and removed inside
-/// `run`: the runner settings of the service; `None` when section 2 did not
-/// run, and then there is no ratio).
+/// `run`: the runner settings of the service).
 fn service(
     scratch: &Scratch,
     shared: &Path,
     example: &Path,
     sizes: ServiceSizes,
-    library_rate: Option<f64>,
+    library_rate: f64,
 ) -> BenchResult<()> {
     println!(
         "\n== 5. The service: `host serve`, max_concurrent = {SERVICE_MAX_CONCURRENT}, two tenants, over loopback HTTP =="
@@ -711,22 +707,21 @@ fn service(
     let (mut latencies, wall) = runtime.block_on(load(&clients, &base, TOKEN_A, &example_bytes, jobs))?;
     latencies.sort_unstable();
     let service_rate = latencies.len() as f64 / wall.as_secs_f64();
+    let ratio = service_rate / library_rate;
     let p99 = percentile(&latencies, 99.0);
     let mut table = Table::new(["figure", "value", "target", "verdict"]);
     table.row(["service jobs/s (16 connections)".into(), format!("{service_rate:.0}/s"), String::new(), String::new()]);
-    let not_run = || "section 2 not run".to_owned();
     table.row([
         "library invocations/s, 2 workers (section 2)".into(),
-        library_rate.map_or_else(not_run, |rate| format!("{rate:.0}/s")),
+        format!("{library_rate:.0}/s"),
         "(info)".into(),
         String::new(),
     ]);
-    let ratio = library_rate.map(|rate| service_rate / rate);
     table.row([
         "ratio service / library".into(),
-        ratio.map_or_else(not_run, |ratio| format!("{:.0}%", ratio * 100.0)),
+        format!("{:.0}%", ratio * 100.0),
         format!(">= {:.0}%", MIN_SERVICE_LIBRARY_RATIO * 100.0),
-        ratio.map_or("-", |ratio| verdict(ratio >= MIN_SERVICE_LIBRARY_RATIO)).into(),
+        verdict(ratio >= MIN_SERVICE_LIBRARY_RATIO).into(),
     ]);
     table.row(["request latency p50".into(), millis(percentile(&latencies, 50.0)), String::new(), String::new()]);
     table.row([
@@ -1109,6 +1104,36 @@ impl<const N: usize> Table<N> {
     }
 }
 
+/// The sections to run: `BENCH_SECTIONS`, comma-separated section numbers
+/// (`5`, `2,5`), else all of them.
+struct Sections(Option<Vec<u32>>);
+
+impl Sections {
+    fn from_env() -> BenchResult<Self> {
+        let Ok(text) = std::env::var("BENCH_SECTIONS") else { return Ok(Self(None)) };
+        let numbers = text
+            .split(',')
+            .map(|part| match part.trim().parse::<u32>() {
+                Ok(n @ 1..=5) => Ok(n),
+                _ => Err(format!("BENCH_SECTIONS={text}: `{part}` is not a section number (1 to 5)")),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self(Some(numbers)))
+    }
+
+    fn has(&self, section: u32) -> bool {
+        self.0.as_ref().is_none_or(|numbers| numbers.contains(&section))
+    }
+
+    /// ` BENCH_SECTIONS=...` for the reproduce line, or nothing for all.
+    fn env(&self) -> String {
+        self.0.as_ref().map_or_else(String::new, |numbers| {
+            let list: Vec<String> = numbers.iter().map(u32::to_string).collect();
+            format!(" BENCH_SECTIONS={}", list.join(","))
+        })
+    }
+}
+
 fn env_number<T: std::str::FromStr>(name: &str, default: T) -> BenchResult<T>
 where
     T::Err: std::fmt::Display,
@@ -1117,26 +1142,6 @@ where
         Ok(text) => text.trim().parse().map_err(|err| format!("{name}={text}: {err}").into()),
         Err(_) => Ok(default),
     }
-}
-
-/// The bench's sections to run, from `name` (numbers 1 to 5, separated by
-/// commas or spaces), in order; all of them when it is unset or empty.
-fn env_sections(name: &str) -> BenchResult<Vec<usize>> {
-    const ALL: [usize; 5] = [1, 2, 3, 4, 5];
-    let text = std::env::var(name).unwrap_or_default();
-    let mut sections = Vec::new();
-    for part in text.split([',', ' ']).map(str::trim).filter(|part| !part.is_empty()) {
-        match part.parse::<usize>() {
-            Ok(section) if ALL.contains(&section) => sections.push(section),
-            _ => return Err(format!("{name}={text}: `{part}` is not a section (1 to 5)").into()),
-        }
-    }
-    if sections.is_empty() {
-        return Ok(ALL.to_vec());
-    }
-    sections.sort_unstable();
-    sections.dedup();
-    Ok(sections)
 }
 
 /// Nearest-rank percentile of sorted samples.

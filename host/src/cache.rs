@@ -6,8 +6,8 @@
 //!
 //! ```text
 //! <cache>/
-//!   <64 hex: sha256 of the component>-<16 hex: engine digest>.cwasm                  0600, a component
-//!   <64 hex: sha256 of the module>-preview1-<16 hex: adaptation>-<16 hex: engine>.cwasm 0600, a preview1 module
+//!   <64 hex: sha256 of the component>-<16 hex: engine digest>.v3.cwasm                  0600, a component
+//!   <64 hex: sha256 of the module>-preview1-<16 hex: adaptation>-<16 hex: engine>.v3.cwasm 0600, a preview1 module
 //!   .tmp-<32 hex>                                                                      0600, an entry being written
 //! ```
 //!
@@ -93,7 +93,10 @@ const CHECK_CHUNK: usize = 128 * 1024;
 /// Hex digits of the engine and adaptation digests in an entry's name (the
 /// header holds all of them).
 const NAME_HEX_DIGITS: usize = 16;
-const ENTRY_SUFFIX: &str = ".cwasm";
+/// The format version is part of the name: a `host` of another format
+/// misses this one's entries (and keeps its own) instead of rebuilding them
+/// with a warning each time the two take turns.
+const ENTRY_SUFFIX: &str = ".v3.cwasm";
 const TEMP_PREFIX: &str = ".tmp-";
 
 /// The default folder of the compiled-code cache ([`crate::RunnerConfig::cache_dir`]):
@@ -524,6 +527,11 @@ mod tests {
         let (component, status) = cache.load_or_compile(engine, source, compile).expect("loads");
         assert_usable(&component, engine);
         (status, compiled)
+    }
+
+    #[test]
+    fn the_entry_names_carry_the_format_version() {
+        assert_eq!(ENTRY_SUFFIX, format!(".v{FORMAT_VERSION}.cwasm"));
     }
 
     #[test]

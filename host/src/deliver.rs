@@ -169,7 +169,9 @@ pub fn check_destination(destination: &Destination) -> Result<(), RunError> {
 }
 
 /// Delivers the collected `files` (from the guest's output folder `out`) to
-/// `destination`, and returns them with their SHA-256.
+/// `destination`, and returns them with their SHA-256. Without `sync`, a
+/// folder delivery leaves its files and folders unflushed (see
+/// [`crate::Invocation::sync_outputs`]).
 ///
 /// # Errors
 ///
@@ -178,6 +180,7 @@ pub(crate) fn deliver(
     collected: Collected,
     out: &Dir,
     destination: &Destination,
+    sync: bool,
     cancel: &Cancel,
 ) -> Result<(Delivered, Vec<OutputFile>), RunError> {
     let Collected { files, folders } = collected;
@@ -195,7 +198,7 @@ pub(crate) fn deliver(
             }
             Ok((Delivered::Memory(delivered), hashed))
         }
-        Destination::Folder { path, force } => deliver_to_folder(&files, &folders, out, path, *force, cancel)
+        Destination::Folder { path, force } => deliver_to_folder(&files, &folders, out, path, *force, sync, cancel)
             .map(|hashed| (Delivered::Folder(path.clone()), hashed)),
         Destination::Tar { path, force } => deliver_to_tar(&files, &folders, out, path, *force, cancel)
             .map(|hashed| (Delivered::Tar(path.clone()), hashed)),
@@ -257,6 +260,7 @@ fn deliver_to_folder(
     out: &Dir,
     path: &Path,
     force: bool,
+    sync: bool,
     cancel: &Cancel,
 ) -> Result<Vec<OutputFile>, RunError> {
     let fail = |err: io::Error| RunError::Delivery { path: path.to_owned(), reason: DeliveryError::Io(err) };
@@ -269,7 +273,7 @@ fn deliver_to_folder(
         fail(io::Error::new(io::Error::from(err).kind(), format!("cannot create a staging folder beside it: {err}")))
     })?;
 
-    let staged = stage_files(files, folders, out, &parent, &staging, cancel).and_then(|hashed| {
+    let staged = stage_files(files, folders, out, &parent, &staging, sync, cancel).and_then(|hashed| {
         match existing {
             // rename(2) replaces a missing or empty folder atomically.
             None | Some(true) => rustix::fs::renameat(&parent, staging.as_str(), &parent, name)?,
@@ -298,8 +302,9 @@ fn deliver_to_folder(
     Ok(hashed)
 }
 
-/// Puts every output into the staging folder, hashed and flushed to disk,
-/// and returns them with their SHA-256, in the order of `files`.
+/// Puts every output into the staging folder, hashed and (with `sync`)
+/// flushed to disk, and returns them with their SHA-256, in the order of
+/// `files`.
 ///
 /// Flushing waits on the disk and hashing on the CPU, so for large or many
 /// outputs they overlap: [`FLUSHERS`] threads flush the outputs while
@@ -311,6 +316,7 @@ fn stage_files(
     out: &Dir,
     parent: &Dir,
     staging: &str,
+    sync: bool,
     cancel: &Cancel,
 ) -> io::Result<Vec<OutputFile>> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -334,16 +340,18 @@ fn stage_files(
             if !file.is_hashed() {
                 file.set_sha256(hash(&file.listed, &handle, &mut buffer)?);
             }
-            finish(&handle)?;
+            finish(&handle, sync)?;
         }
     } else {
-        flush_and_hash(&staged, &staging_dir, largest, cancel)?;
+        flush_and_hash(&staged, &staging_dir, largest, sync, cancel)?;
     }
     // The folder's entries, once every file in it is flushed.
-    for folder in folders {
-        rustix::fs::fsync(open_beneath(&staging_dir, folder, OFlags::RDONLY | OFlags::DIRECTORY)?)?;
+    if sync {
+        for folder in folders {
+            rustix::fs::fsync(open_beneath(&staging_dir, folder, OFlags::RDONLY | OFlags::DIRECTORY)?)?;
+        }
+        rustix::fs::fsync(&staging_dir)?;
     }
-    rustix::fs::fsync(&staging_dir)?;
     staged
         .into_iter()
         .map(|file| {
@@ -366,12 +374,18 @@ pub const HASHERS: usize = 2;
 
 /// The flushers and hashers of [`stage_files`], each taking the next output,
 /// largest first, and holding one output open at a time.
-fn flush_and_hash(staged: &[Staged], staging_dir: &OwnedFd, largest: u64, cancel: &Cancel) -> io::Result<()> {
+fn flush_and_hash(
+    staged: &[Staged],
+    staging_dir: &OwnedFd,
+    largest: u64,
+    sync: bool,
+    cancel: &Cancel,
+) -> io::Result<()> {
     let mut order: Vec<&Staged> = staged.iter().collect();
     order.sort_by_key(|file| std::cmp::Reverse(file.listed.file.bytes));
     let unhashed: Vec<&Staged> = order.iter().copied().filter(|file| !file.is_hashed()).collect();
     let (next_flush, next_hash, failed) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicBool::new(false));
-    let flush = || drain(&order, &next_flush, &failed, cancel, |file| finish(&file.listed.open_in(staging_dir)?));
+    let flush = || drain(&order, &next_flush, &failed, cancel, |file| finish(&file.listed.open_in(staging_dir)?, sync));
     let hash_all = || {
         let mut buffer = read_buffer(largest);
         drain(&unhashed, &next_hash, &failed, cancel, |file| {
@@ -443,11 +457,11 @@ fn hash(listed: &Listed, handle: &File, buffer: &mut [u8]) -> io::Result<String>
 
 /// Makes a staged output the user's: owner-only, the host's time (a guest may
 /// set its files' times to anything, and copying or reading may have moved
-/// them), flushed to disk.
-fn finish(handle: &File) -> io::Result<()> {
+/// them), and with `sync` flushed to disk.
+fn finish(handle: &File, sync: bool) -> io::Result<()> {
     rustix::fs::fchmod(handle, Mode::from_raw_mode(PRIVATE_FILE))?;
     rustix::fs::futimens(handle, &host_now())?;
-    handle.sync_all()
+    if sync { handle.sync_all() } else { Ok(()) }
 }
 
 /// Puts one output into `staging_dir`, not yet flushed. On the same

@@ -417,7 +417,7 @@ impl Runner {
                         .map_err(|err| RunError::Host(format!("cannot open the program's folder: {err}")))
                         .and_then(|out| {
                             let files = collect_tree(out, max_output)?;
-                            deliver::deliver(files, out, &destination, &cancel)
+                            deliver::deliver(files, out, &destination, true, &cancel)
                         })
                         .map(|(delivered, outputs)| (Some(delivered), outputs)),
                     _ => Ok((None, Vec::new())),

@@ -133,6 +133,7 @@ pub struct Invocation {
     pub(crate) input: Input,
     pub(crate) admit: Admit,
     pub(crate) destination: Destination,
+    pub(crate) sync_outputs: bool,
     pub(crate) progress: Option<Arc<Progress>>,
 }
 
@@ -142,13 +143,34 @@ impl Invocation {
     /// An invocation of `component` on `input`, with outputs in memory.
     #[must_use]
     pub fn new(component: Component, input: Input) -> Self {
-        Self { component, input, admit: Admit::default(), destination: Destination::Memory, progress: None }
+        Self {
+            component,
+            input,
+            admit: Admit::default(),
+            destination: Destination::Memory,
+            sync_outputs: true,
+            progress: None,
+        }
     }
 
     /// Delivers the outputs to `destination` (default: in memory).
     #[must_use]
     pub fn destination(mut self, destination: Destination) -> Self {
         self.destination = destination;
+        self
+    }
+
+    /// Whether a [`Destination::Folder`] delivery flushes every output and
+    /// folder to disk before the invocation returns (the default: `true`).
+    /// With `false` the folder is still staged beside its place and renamed
+    /// into it, so other processes see all of it or none of it, but a crash
+    /// of the machine may lose or cut outputs the invocation reported: it is
+    /// for a caller that makes them durable itself before it relies on them,
+    /// e.g. with one `syncfs` of their filesystem for many invocations
+    /// instead of an fsync per file each. Other destinations always flush.
+    #[must_use]
+    pub fn sync_outputs(mut self, sync: bool) -> Self {
+        self.sync_outputs = sync;
         self
     }
 

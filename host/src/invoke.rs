@@ -115,6 +115,7 @@ impl Runner {
             input,
             admit: Admit { tenant, limits, admission, queue_timeout, deadline },
             destination,
+            sync_outputs,
             progress,
         } = invocation;
 
@@ -214,7 +215,7 @@ impl Runner {
                     let collected = collecting.elapsed();
                     tracing::info!(outputs = files.files.len(), "outputs collected");
                     let delivering = Instant::now();
-                    let (delivered, files) = deliver(files, out, &destination, &cancel)?;
+                    let (delivered, files) = deliver(files, out, &destination, sync_outputs, &cancel)?;
                     Ok((delivered, files, collected, delivering.elapsed()))
                 })();
                 let (delivered, outputs, collected, delivering) = match delivered {

@@ -12,7 +12,7 @@ use orders_host::{Destination, Input, Invocation, Limits};
 use sha2::Digest as _;
 use test_programs_artifacts as programs;
 
-use crate::util::{TestHost, staging_leftovers};
+use crate::util::{TestHost, seven_rows, staging_leftovers};
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
@@ -175,4 +175,53 @@ async fn delivered_files_get_the_host_s_time_not_the_guest_s() {
         }
         host.assert_recovers().await;
     }
+}
+
+/// The files of a delivered folder: name, mode and contents.
+fn folder_files(folder: &Path) -> Vec<(String, u32, Vec<u8>)> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut files: Vec<_> = std::fs::read_dir(folder)
+        .expect("the delivered folder")
+        .map(|entry| {
+            let entry = entry.expect("an entry");
+            let mode = entry.metadata().expect("metadata").permissions().mode() & 0o777;
+            let contents = std::fs::read(entry.path()).expect("a delivered file");
+            (entry.file_name().to_string_lossy().into_owned(), mode, contents)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_delivered_without_its_own_syncs_is_the_same_folder() {
+    let host = TestHost::new("unsynced");
+    // Five small outputs (delivered by one thread), then twenty (by the
+    // flushers and hashers): both paths skip their syncs.
+    let runs = [(host.bundled(), seven_rows()), (host.component(programs::MANY_OUTPUTS), b"20".to_vec())];
+    for (index, (component, input)) in runs.into_iter().enumerate() {
+        let mut delivered = Vec::new();
+        for sync in [true, false] {
+            let folder = host.scratch.join(&format!("out-{index}-{sync}"));
+            let destination = Destination::Folder { path: folder.clone(), force: false };
+            let invocation = Invocation::new(component.clone(), Input::Bytes(input.clone()))
+                .destination(destination)
+                .sync_outputs(sync);
+            let outcome = host.runner.invoke(invocation).await.expect("delivered");
+            let mut hashes: Vec<_> = outcome.outputs.iter().map(|o| (o.name.clone(), o.sha256.clone())).collect();
+            hashes.sort();
+            let files = folder_files(&folder);
+            for (name, mode, contents) in &files {
+                assert_eq!(*mode, 0o600, "{name}");
+                let listed = hashes.iter().find(|(listed, _)| listed == name).expect("every file is listed");
+                assert_eq!(listed.1, format!("{:x}", sha2::Sha256::digest(contents)), "{name}");
+            }
+            assert_eq!(files.len(), hashes.len());
+            assert!(staging_leftovers(&host.scratch.join("")).is_empty());
+            delivered.push(files);
+        }
+        assert_eq!(delivered[0], delivered[1], "the unsynced delivery left other files");
+    }
+    host.runner.shutdown().expect("shutdown");
+    host.assert_root_empty();
 }

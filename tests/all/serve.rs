@@ -352,6 +352,102 @@ async fn a_body_over_max_input_is_413_while_streaming_and_nothing_stays_on_disk(
     assert!(job_files(&scratch).iter().all(|file| !file.ends_with("input.csv")), "the input goes once the job ends");
 }
 
+/// Connects to the server as a plain TCP client.
+fn connect(base: &str) -> std::net::TcpStream {
+    let address = base.strip_prefix("http://").expect("http");
+    std::net::TcpStream::connect(address).expect("connect")
+}
+
+/// What the server sends until it closes the connection. A client the
+/// server never cuts fails the test after a minute instead of hanging it.
+fn until_cut(stream: &mut std::net::TcpStream) -> String {
+    stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+    let mut answer = Vec::new();
+    match stream.read_to_end(&mut answer) {
+        Ok(_) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(err) => panic!("the stalled client was not cut ({err}); it got {:?}", String::from_utf8_lossy(&answer)),
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Every file under the data folder that holds `marker`, and every file
+/// but the database's own.
+fn data_files_holding(scratch: &Scratch, marker: &[u8]) -> (Vec<String>, Vec<String>) {
+    let (mut holding, mut others) = (Vec::new(), Vec::new());
+    let mut pending = vec![scratch.join("data")];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).expect("the data folder") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            let contents = std::fs::read(&path).expect("a file of the data folder");
+            if contents.windows(marker.len()).any(|window| window == marker) {
+                holding.push(path.display().to_string());
+            }
+            let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+            if !name.starts_with("jobs.db") {
+                others.push(path.display().to_string());
+            }
+        }
+    }
+    (holding, others)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_in_its_headers_is_cut_after_header_read_timeout() {
+    let scratch = Scratch::new("serve-slow-headers");
+    let server = Server::start(&scratch, &format!("header_read_timeout = \"300ms\"\n{}", tenant("acme", ACME, "")));
+    let base = server.base.clone();
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut stream = connect(&base);
+        // Half the headers, then nothing.
+        stream.write_all(b"GET /v1/jobs HTTP/1.1\r\nHost: localhost\r\nAuthoriz").expect("half the headers");
+        until_cut(&mut stream)
+    })
+    .await
+    .expect("task");
+    assert!(!answer.contains(" 200 "), "a request without its headers was answered: {answer}");
+    // The server goes on taking requests.
+    let job = json(server.post(ACME, "?wait=30", seven_rows()).await).await;
+    assert_eq!(job["outcome"], "success", "{job}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_in_its_body_is_cut_and_nothing_of_the_body_stays() {
+    let scratch = Scratch::new("serve-slow-body");
+    let server = Server::start(&scratch, &format!("body_read_timeout = \"300ms\"\n{}", tenant("acme", ACME, "")));
+    let base = server.base.clone();
+    // Past the 1 MiB kept in memory, so the server has written part of it
+    // into the job's file when the client stalls.
+    let marker = b"stalled-body-0123456789";
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut stream = connect(&base);
+        write!(
+            stream,
+            "POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {ACME}\r\n\
+             Content-Length: {}\r\n\r\n",
+            4 << 20
+        )
+        .expect("headers");
+        let line: Vec<u8> = marker.iter().chain(b"\n").copied().collect();
+        let part: Vec<u8> = line.iter().copied().cycle().take(2 << 20).collect();
+        stream.write_all(&part).expect("half the body");
+        until_cut(&mut stream)
+    })
+    .await
+    .expect("task");
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let listed = json(server.get(ACME, "/v1/jobs").await).await;
+    assert_eq!(listed["jobs"], serde_json::json!([]), "no job was created");
+    let (holding, others) = data_files_holding(&scratch, marker);
+    assert!(holding.is_empty() && others.is_empty(), "the body stayed: {holding:?}, {others:?}");
+    let job = json(server.post(ACME, "?wait=30", seven_rows()).await).await;
+    assert_eq!(job["outcome"], "success", "the server goes on: {job}");
+}
+
 pub(crate) fn sleep_config(server_extra: &str, tenants: &str) -> String {
     format!("{server_extra}\n[components]\nsleep = {:?}\n{tenants}", programs::SLEEP)
 }

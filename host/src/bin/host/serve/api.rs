@@ -22,7 +22,8 @@ use super::jobs::{Job, JobList, MAX_WAIT};
 use super::metrics::CodeLabels;
 use super::openapi::{self, BadRequest, InternalError, NotFound, ServerBusy, TooLarge, TooManyQueued, Unauthorized};
 
-/// A client that sends nothing of its body for this long is cut.
+/// A client that sends nothing of its body for this long is cut (the
+/// config's `body_read_timeout` when it has none).
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 const DEFAULT_LIST_LIMIT: u32 = 100;
@@ -143,7 +144,7 @@ pub fn router(service: Arc<Backend>) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::openapi_json))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not-found", "no such route; see /openapi.json") })
-        .layer(RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT))
+        .layer(RequestBodyTimeoutLayer::new(service.config().body_read_timeout))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&service), count_status))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(

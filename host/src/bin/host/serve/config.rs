@@ -22,6 +22,10 @@ pub struct Config {
     pub max_concurrent: usize,
     pub max_queued: usize,
     pub result_ttl: Duration,
+    /// A client that has not sent its request's headers in this time is cut.
+    pub header_read_timeout: Duration,
+    /// A client that sends nothing of its body for this long is cut.
+    pub body_read_timeout: Duration,
     /// Extra components by name, paths resolved against the config's folder.
     pub components: BTreeMap<String, PathBuf>,
     pub tenants: BTreeMap<String, TenantConfig>,
@@ -135,6 +139,8 @@ struct File {
     max_concurrent: Option<Positive>,
     max_queued: Option<Positive>,
     result_ttl: Option<Figure<Seconds>>,
+    header_read_timeout: Option<Figure<Seconds>>,
+    body_read_timeout: Option<Figure<Seconds>>,
     #[serde(default)]
     components: BTreeMap<String, PathBuf>,
     #[serde(default)]
@@ -299,6 +305,13 @@ impl Config {
             };
             tenants.insert(name, config);
         }
+        let header_read_timeout = file.header_read_timeout.map_or(super::HEADER_READ_TIMEOUT, |f| f.0.0);
+        let body_read_timeout = file.body_read_timeout.map_or(super::api::BODY_READ_TIMEOUT, |f| f.0.0);
+        for (key, timeout) in [("header_read_timeout", header_read_timeout), ("body_read_timeout", body_read_timeout)] {
+            if timeout.is_zero() {
+                anyhow::bail!("{key} is 0: every client would be cut; give it a duration such as \"10s\"");
+            }
+        }
         if tenants.is_empty() {
             anyhow::bail!("no [tenants.NAME] table: add one with the line `host token` prints");
         }
@@ -311,6 +324,8 @@ impl Config {
             max_concurrent,
             max_queued,
             result_ttl: file.result_ttl.map_or(DEFAULT_RESULT_TTL, |f| f.0.0),
+            header_read_timeout,
+            body_read_timeout,
             components,
             tenants,
             nats: file.nats.settings(base)?,
@@ -386,6 +401,8 @@ data_dir = "/var/lib/orders-host"
 max_concurrent = 8
 max_queued = 1024
 result_ttl = "24h"
+header_read_timeout = "5s"
+body_read_timeout = "1m"
 
 [components]
 hostile = "plugins/hostile.wasm"
@@ -411,6 +428,10 @@ stderr_limit = "1KiB"
         assert_eq!(config.data_dir, Path::new("/var/lib/orders-host"));
         assert_eq!((config.max_concurrent, config.max_queued), (8, 1024));
         assert_eq!(config.result_ttl, Duration::from_secs(86_400));
+        assert_eq!(
+            (config.header_read_timeout, config.body_read_timeout),
+            (Duration::from_secs(5), Duration::from_secs(60))
+        );
         assert_eq!(config.components["hostile"], Path::new("/etc/orders/plugins/hostile.wasm"));
         let acme = &config.tenants["acme"];
         assert_eq!(hex(&acme.token_sha256), HASH);
@@ -433,6 +454,10 @@ stderr_limit = "1KiB"
         assert_eq!(tenant.limits, Limits::default());
         assert_eq!((tenant.max_concurrent, tenant.max_queued), (3, DEFAULT_MAX_QUEUED));
         assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(
+            (config.header_read_timeout, config.body_read_timeout),
+            (Duration::from_secs(10), Duration::from_secs(30))
+        );
         assert!(!config.needs_fuel());
     }
 
@@ -454,6 +479,12 @@ stderr_limit = "1KiB"
         let err =
             parse(&format!("result_ttl = \"soon\"\n[tenants.a]\ntoken_sha256 = \"{HASH}\"\n")).expect_err("bad ttl");
         assert!(err.to_string().contains("line 1"), "{err}");
+        let err = parse(&format!("body_read_timeout = \"slowly\"\n[tenants.a]\ntoken_sha256 = \"{HASH}\"\n"))
+            .expect_err("a timeout that is no duration");
+        assert!(err.to_string().contains("line 1"), "{err}");
+        let err = parse(&format!("header_read_timeout = \"0s\"\n[tenants.a]\ntoken_sha256 = \"{HASH}\"\n"))
+            .expect_err("a timeout that would cut every client");
+        assert!(err.to_string().contains("header_read_timeout"), "{err}");
         let err = parse("[tenants.a]\ntoken_sha256 = \"abc\"\n").expect_err("bad hash");
         assert!(err.to_string().contains("line 2") && err.to_string().contains("host token"), "{err}");
         let err = parse(&format!("max_concurrent = 0\n[tenants.a]\ntoken_sha256 = \"{HASH}\"\n")).expect_err("zero");

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -62,6 +62,10 @@ pub struct Service {
     pub metrics: Metrics,
     jobs_dir: PathBuf,
     running: Mutex<HashMap<String, oneshot::Sender<Stop>>>,
+    /// Jobs started and not yet ended: a job gives its slot back once its
+    /// guest is done, before its end is recorded, so the drain waits for
+    /// these, not for the slots.
+    in_flight: AtomicUsize,
     /// Bumped whenever a job changes state, for `DELETE` and the drain.
     changes: watch::Sender<u64>,
     /// The id of each job whose run ended (or that was cancelled before it
@@ -97,6 +101,7 @@ impl Service {
             metrics: Metrics::new(),
             jobs_dir,
             running: Mutex::default(),
+            in_flight: AtomicUsize::new(0),
             changes: watch::Sender::new(0),
             ended: broadcast::Sender::new(ENDED_CAPACITY),
             draining: AtomicBool::new(false),
@@ -153,10 +158,24 @@ impl Service {
             return self.same_request(tenant, &existing, &component, &received.sha256).await;
         }
         folder.keep = true;
+        // The record as just written, not read back: nothing can have
+        // changed it, as the job is queued only now.
+        let job = JobRecord {
+            id: id.clone(),
+            tenant: tenant.to_owned(),
+            component,
+            state: State::Queued,
+            outcome: None,
+            report: None,
+            outputs: Vec::new(),
+            error: None,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+        };
         reservation.commit(id.clone());
         self.metrics.set_queued(tenant, self.scheduler.queued(tenant));
         tracing::info!(job = %id, bytes = received.bytes, "accepted");
-        let job = self.job(tenant, &id).await?;
         Ok(Accepted { job })
     }
 
@@ -397,6 +416,8 @@ impl Service {
             while let Some((tenant, id)) = self.scheduler.next() {
                 self.metrics.running.set(i64::try_from(self.scheduler.running()).unwrap_or(i64::MAX));
                 self.metrics.set_queued(&tenant, self.scheduler.queued(&tenant));
+                // Counted before it is spawned, so a drain cannot miss it.
+                self.in_flight.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(Arc::clone(&self).run(tenant, id));
             }
             if self.is_draining() && self.scheduler.running() == 0 {
@@ -409,23 +430,24 @@ impl Service {
     async fn run(self: Arc<Self>, tenant: String, id: String) {
         let started = Instant::now();
         let span = tracing::info_span!("job", tenant = %tenant, job = %id);
-        let outcome = tracing::Instrument::instrument(self.run_job(&tenant, &id), span).await;
-        let seconds = started.elapsed().as_secs_f64();
+        let mut slot = Slot { service: &self, tenant: &tenant, started, held: true };
+        let outcome = tracing::Instrument::instrument(self.run_job(&tenant, &id, &mut slot), span).await;
+        slot.release();
         match outcome {
-            Ok(Some(outcome)) => self.metrics.job_ended(&tenant, &outcome, seconds),
+            Ok(Some(outcome)) => self.metrics.job_ended(&tenant, &outcome, started.elapsed().as_secs_f64()),
             Ok(None) => {}
             Err(err) => tracing::error!(tenant, job = id, "the job could not be recorded: {err:#}"),
         }
         self.running.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
-        self.scheduler.done(&tenant, seconds);
-        self.metrics.running.set(i64::try_from(self.scheduler.running()).unwrap_or(i64::MAX));
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.changed();
         self.announce_end(&id);
     }
 
     /// Runs one job to its recorded end; the outcome's name, or `None` when
     /// it did not end (deleted before it started, or put back by a drain).
-    async fn run_job(&self, tenant: &str, id: &str) -> anyhow::Result<Option<String>> {
+    /// Its slot is given back as soon as its guest is done.
+    async fn run_job(&self, tenant: &str, id: &str, slot: &mut Slot<'_>) -> anyhow::Result<Option<String>> {
         let (stop_sender, stop) = oneshot::channel();
         self.running.lock().unwrap_or_else(PoisonError::into_inner).insert(id.to_owned(), stop_sender);
         let Some(record) = self.store.get(tenant.to_owned(), id.to_owned()).await? else { return Ok(None) };
@@ -436,14 +458,16 @@ impl Service {
             Some(bytes) => Input::Bytes(bytes),
             None => Input::Path(folder.join(INPUT_FILE)),
         };
-        // A rerun after a crash starts from its input alone.
-        clear_job_folder(&folder, &[INPUT_FILE]).await;
-        make_job_folder(&folder).await?;
+        prepare_job_folder(&folder).await?;
         let result = match self.components.get(&record.component) {
             Some(component) => {
+                // No fsync per output: the store flushes the filesystem once
+                // for every job whose end it commits together, before it
+                // records them succeeded (`Store::finish`).
                 let invocation = Invocation::new(component.clone(), input)
                     .tenant(tenant)
-                    .destination(Destination::Folder { path: folder.join(OUTPUT_FOLDER), force: true });
+                    .destination(Destination::Folder { path: folder.join(OUTPUT_FOLDER), force: true })
+                    .sync_outputs(false);
                 tokio::select! {
                     result = self.runner.invoke(invocation) => Ok(result),
                     // Dropping the invocation removes its sandbox.
@@ -455,6 +479,8 @@ impl Service {
                 record.component
             )))),
         };
+        // The next job's guest need not wait for this one's end to be on disk.
+        slot.release();
         match result {
             Ok(result) => self.record_end(id, result).await.map(Some),
             Err(Stop::Delete) => {
@@ -552,7 +578,7 @@ impl Service {
         self.scheduler.drain();
         let mut changes = self.changes.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
-        while self.scheduler.running() > 0 {
+        while self.in_flight.load(Ordering::SeqCst) > 0 {
             changes.borrow_and_update();
             if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
                 break;
@@ -565,7 +591,7 @@ impl Service {
         for (_, stop) in stops {
             let _ = stop.send(Stop::Drain);
         }
-        while self.scheduler.running() > 0 {
+        while self.in_flight.load(Ordering::SeqCst) > 0 {
             changes.borrow_and_update();
             if changes.changed().await.is_err() {
                 break;
@@ -624,6 +650,25 @@ pub fn ending(result: &Result<RunOutcome, RunError>) -> anyhow::Result<Ending> {
     })
 }
 
+/// A running job's place among the server's `max_concurrent`.
+struct Slot<'a> {
+    service: &'a Service,
+    tenant: &'a str,
+    started: Instant,
+    held: bool,
+}
+
+impl Slot<'_> {
+    /// Gives the place back (once), for the next job to start.
+    fn release(&mut self) {
+        if std::mem::take(&mut self.held) {
+            let scheduler = &self.service.scheduler;
+            scheduler.done(self.tenant, self.started.elapsed().as_secs_f64());
+            self.service.metrics.running.set(i64::try_from(scheduler.running()).unwrap_or(i64::MAX));
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Received {
     memory: Option<Vec<u8>>,
@@ -654,12 +699,14 @@ impl Drop for FolderGuard {
 /// The job's folder, owner-only (0700); it may exist (it holds a large input).
 async fn make_job_folder(folder: &Path) -> std::io::Result<()> {
     let folder = folder.to_owned();
-    tokio::task::spawn_blocking(move || match std::fs::DirBuilder::new().mode(0o700).create(&folder) {
+    tokio::task::spawn_blocking(move || make_job_folder_now(&folder)).await.map_err(std::io::Error::other)?
+}
+
+fn make_job_folder_now(folder: &Path) -> std::io::Result<()> {
+    match std::fs::DirBuilder::new().mode(0o700).create(folder) {
         Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => Err(err),
         _ => Ok(()),
-    })
-    .await
-    .map_err(std::io::Error::other)?
+    }
 }
 
 async fn create_input_file(folder: &Path) -> std::io::Result<tokio::fs::File> {
@@ -674,28 +721,45 @@ async fn create_input_file(folder: &Path) -> std::io::Result<tokio::fs::File> {
 async fn clear_job_folder(folder: &Path, keep: &[&str]) {
     let folder = folder.to_owned();
     let keep: Vec<String> = keep.iter().map(|name| (*name).to_owned()).collect();
-    let result = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        let entries = match std::fs::read_dir(&folder) {
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            entries => entries?,
-        };
-        for entry in entries {
-            let entry = entry?;
-            if keep.iter().any(|name| entry.file_name() == name.as_str()) {
-                continue;
-            }
-            if entry.file_type()?.is_dir() {
-                std::fs::remove_dir_all(entry.path())?;
-            } else {
-                std::fs::remove_file(entry.path())?;
-            }
-        }
-        Ok(())
-    })
-    .await;
+    let result = tokio::task::spawn_blocking(move || clear_job_folder_now(&folder, &keep)).await;
     if let Ok(Err(err)) | Err(err) = result.map_err(std::io::Error::other) {
         tracing::error!("cannot clear a job folder: {err}");
     }
+}
+
+/// A job's folder as its run starts: made if missing, and emptied of all
+/// but its input (a rerun after a crash starts from its input alone), in
+/// one trip to the blocking pool.
+async fn prepare_job_folder(folder: &Path) -> std::io::Result<()> {
+    let folder = folder.to_owned();
+    tokio::task::spawn_blocking(move || {
+        if let Err(err) = clear_job_folder_now(&folder, &[INPUT_FILE.to_owned()]) {
+            // What is left is replaced by the delivery (it forces).
+            tracing::error!("cannot clear a job folder: {err}");
+        }
+        make_job_folder_now(&folder)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+fn clear_job_folder_now(folder: &Path, keep: &[String]) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(folder) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        entries => entries?,
+    };
+    for entry in entries {
+        let entry = entry?;
+        if keep.iter().any(|name| entry.file_name() == name.as_str()) {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// 128 bits from the OS RNG, as 32 hex digits.

@@ -34,7 +34,8 @@ mod store;
 use backend::Backend;
 use config::{BUNDLED, Config};
 
-/// A client that has not sent its request's headers in this time is cut.
+/// A client that has not sent its request's headers in this time is cut
+/// (the config's `header_read_timeout` when it has none).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connections served at once; more wait in the listen backlog.
@@ -187,6 +188,7 @@ async fn serve_http(
     // Scripts and tests read the bound address (`--listen 127.0.0.1:0`) here.
     println!("listening on http://{address}");
 
+    let header_read_timeout = backend.config().header_read_timeout;
     let router = api::router(Arc::new(backend));
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -209,7 +211,7 @@ async fn serve_http(
                 let Some((stream, permit)) = accepted else { continue };
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .header_read_timeout(header_read_timeout)
                     .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone()));
                 let connection = graceful.watch(connection);
                 tokio::spawn(async move {

@@ -1,15 +1,27 @@
 //! The job records, the queue's order, idempotency keys and per-tenant
-//! stored bytes, in SQLite (WAL, synchronous commits): a record is written
-//! whole or not at all, and a committed one survives a crash. Small inputs
-//! live in their record; larger ones and the outputs are 0600 files under
-//! `jobs/ID/` beside the database.
+//! stored bytes, in SQLite (WAL): a record is written whole or not at all.
+//! Small inputs live in their record; larger ones and the outputs are 0600
+//! files under `jobs/ID/` beside the database.
+//!
+//! Writes go to one writer thread, which owns the writing connection and
+//! commits every write waiting in one transaction (group commit): one
+//! fsync for all the jobs accepted or finished meanwhile instead of one
+//! each. A caller is answered once its write is committed, and, when the
+//! write must survive a crash (an accepted job, an ended one), once it is
+//! on disk. A job's end that lists output files first goes through a
+//! flusher thread, which flushes their filesystem once for all the ends
+//! waiting (see [`Store::finish`]). Reads go through connections of their
+//! own, beside the writer (WAL lets them), so a `GET` never waits behind a
+//! commit.
 
 use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Context as _;
-use rusqlite::{Connection, OptionalExtension as _, params};
+use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
+use tokio::sync::oneshot;
 
 /// Where a job is in its life. A job that ended has one result: it is never run again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -137,10 +149,146 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 const COLUMNS: &str =
     "id, tenant, component, state, outcome, report, outputs, error, created_at, started_at, finished_at";
 
-/// The database, shared; every call runs on tokio's blocking pool.
-#[derive(Clone, Debug)]
+/// Each tenant's stored bytes, kept by triggers in the transaction that
+/// changes them, so that the check of every `POST` reads one row instead of
+/// summing all the tenant's jobs. A database made before this table has it
+/// filled from the jobs at the next start.
+const TENANT_BYTES: &str = "
+CREATE TABLE IF NOT EXISTS tenant_bytes (
+    tenant TEXT PRIMARY KEY,
+    bytes INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS jobs_bytes_inserted AFTER INSERT ON jobs BEGIN
+    INSERT INTO tenant_bytes (tenant, bytes) VALUES (new.tenant, new.stored_bytes)
+        ON CONFLICT (tenant) DO UPDATE SET bytes = bytes + excluded.bytes;
+END;
+CREATE TRIGGER IF NOT EXISTS jobs_bytes_updated AFTER UPDATE OF stored_bytes ON jobs BEGIN
+    UPDATE tenant_bytes SET bytes = bytes - old.stored_bytes + new.stored_bytes WHERE tenant = new.tenant;
+END;
+CREATE TRIGGER IF NOT EXISTS jobs_bytes_deleted AFTER DELETE ON jobs BEGIN
+    UPDATE tenant_bytes SET bytes = bytes - old.stored_bytes WHERE tenant = old.tenant;
+END;
+INSERT OR IGNORE INTO tenant_bytes (tenant, bytes) SELECT tenant, SUM(stored_bytes) FROM jobs GROUP BY tenant;
+";
+
+/// Writes committed in one transaction at most: past it the batch is
+/// committed and the rest wait for the next, so one commit's answer is not
+/// held back without bound while writes keep coming.
+const MAX_BATCH: usize = 256;
+
+/// Commits of the writer between two checkpoints of the WAL into the
+/// database (SQLite's own default is every 1000 pages, on the committing
+/// connection; each commit here writes a few pages).
+const COMMITS_PER_CHECKPOINT: u32 = 256;
+
+/// Read connections kept open between reads; more are opened while many
+/// reads run at once, and closed after.
+const IDLE_READERS: usize = 8;
+
+/// How much of a write must be on disk before its caller is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// Committed and seen by every read after it, and on disk with the next
+    /// synced commit: a crash may lose it, so only for what recovery does
+    /// again anyway (a job marked running runs again from queued).
+    Lazy,
+    /// On disk when answered.
+    Synced,
+    /// On disk when answered, and only committed once every file written
+    /// under the data folder before the write was asked is on disk too (a
+    /// job's outputs, delivered without syncs of their own): it goes
+    /// through the flusher to the writer.
+    Files,
+}
+
+/// A write waiting for the writer.
+enum Write {
+    /// Run with the other writes waiting, in one transaction.
+    Batched(Durability, Box<dyn Pending>),
+    /// Run alone, on the connection itself, synced ([`Store::call`]).
+    Alone(Box<dyn FnOnce(&mut Connection) + Send>),
+}
+
+/// A batched write and the caller waiting for it.
+trait Pending: Send {
+    /// Runs the write; false when it failed (it is then rolled back alone).
+    fn run(&mut self, connection: &Connection) -> bool;
+    /// Answers the caller once the batch is committed, or with why not.
+    fn answer(self: Box<Self>, committed: Result<(), &str>);
+}
+
+struct Call<F, R> {
+    write: Option<F>,
+    result: Option<rusqlite::Result<R>>,
+    caller: oneshot::Sender<anyhow::Result<R>>,
+}
+
+impl<F, R> Pending for Call<F, R>
+where
+    F: FnOnce(&Connection) -> rusqlite::Result<R> + Send,
+    R: Send,
+{
+    fn run(&mut self, connection: &Connection) -> bool {
+        let Some(write) = self.write.take() else { return false };
+        let result = write(connection);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn answer(self: Box<Self>, committed: Result<(), &str>) {
+        let answer = match (committed, self.result) {
+            (Err(why), _) => Err(anyhow::anyhow!("the job database failed: {why}")),
+            (Ok(()), Some(result)) => result.context("the job database failed"),
+            (Ok(()), None) => Err(anyhow::anyhow!("the job database did not run a write")),
+        };
+        // The caller may have gone (its request was cut, or it does not
+        // wait, as for a start): a write done stands, one failed is logged.
+        if let Err(Err(err)) = self.caller.send(answer) {
+            tracing::error!("a write of the job database failed: {err:#}");
+        }
+    }
+}
+
+/// The database, shared: writes through the writer thread, reads on
+/// tokio's blocking pool.
+#[derive(Clone)]
 pub struct Store {
-    connection: Arc<Mutex<Connection>>,
+    writes: Sender<Write>,
+    flushes: Sender<Box<dyn Pending>>,
+    readers: Arc<Readers>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.readers.path).finish_non_exhaustive()
+    }
+}
+
+/// Read connections, opened as needed and kept for the next read.
+#[derive(Debug)]
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    fn take(&self) -> rusqlite::Result<Connection> {
+        if let Some(connection) = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop() {
+            return Ok(connection);
+        }
+        let connection = Connection::open(&self.path)?;
+        connection.pragma_update(None, "query_only", "ON")?;
+        connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(connection)
+    }
+
+    fn keep(&self, connection: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < IDLE_READERS {
+            idle.push(connection);
+        }
+    }
 }
 
 impl Store {
@@ -153,48 +301,130 @@ impl Store {
             .mode(0o600)
             .open(path)
             .with_context(|| format!("cannot create the job database {}", path.display()))?;
-        let connection =
+        let mut connection =
             Connection::open(path).with_context(|| format!("cannot open the job database {}", path.display()))?;
-        // WAL: readers never see a half-written record; FULL: a commit is on
-        // disk when it returns, so a 202 is never lost.
+        // WAL: readers never see a half-written record, and read beside the
+        // writer. FULL until the writer says otherwise for a lazy batch.
         connection
             .pragma_update(None, "journal_mode", "WAL")
             .and_then(|()| connection.pragma_update(None, "synchronous", "FULL"))
             .and_then(|()| connection.pragma_update(None, "foreign_keys", "ON"))
             .and_then(|()| connection.busy_timeout(std::time::Duration::from_secs(5)))
-            .and_then(|()| connection.execute_batch(SCHEMA))
+            .and_then(|()| {
+                let tx = connection.transaction()?;
+                tx.execute_batch(SCHEMA)?;
+                tx.execute_batch(TENANT_BYTES)?;
+                tx.commit()
+            })
             .with_context(|| format!("cannot set up the job database {}", path.display()))?;
-        Ok(Self { connection: Arc::new(Mutex::new(connection)) })
+        // The folder of the database and the jobs' files: `syncfs` on it
+        // flushes the filesystem they are on.
+        let folder = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        let data_dir =
+            std::fs::File::open(folder).with_context(|| format!("cannot open the data folder {}", folder.display()))?;
+        // Checkpoints on a thread and connection of their own: a commit
+        // that checkpoints holds every write behind it for the copy and
+        // the database's fsync.
+        connection
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .with_context(|| format!("cannot set up the job database {}", path.display()))?;
+        let checkpointer = Connection::open(path)
+            .and_then(|checkpointer| {
+                checkpointer.busy_timeout(std::time::Duration::from_secs(5)).map(|()| checkpointer)
+            })
+            .with_context(|| format!("cannot open the job database {}", path.display()))?;
+        let (checkpoint, checkpoint_queue) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("job-store-checkpointer".into())
+            .spawn(move || checkpoint_loop(&checkpointer, &checkpoint_queue))
+            .context("cannot start the job database's checkpointer thread")?;
+        let (writes, write_queue) = std::sync::mpsc::channel();
+        let (flushes, flush_queue) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("job-store-writer".into())
+            .spawn(move || write_loop(connection, &write_queue, &checkpoint))
+            .context("cannot start the job database's writer thread")?;
+        let flushed = writes.clone();
+        std::thread::Builder::new()
+            .name("job-store-flusher".into())
+            .spawn(move || flush_loop(&data_dir, &flush_queue, &flushed))
+            .context("cannot start the job database's flusher thread")?;
+        Ok(Self { writes, flushes, readers: Arc::new(Readers { path: path.to_owned(), idle: Mutex::default() }) })
     }
 
-    /// Runs `f` with the connection on a blocking thread.
+    /// Runs `f` alone on the writer's connection (it may open its own
+    /// transaction), synced: for writes that do not fit a batch.
     pub async fn call<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
     ) -> anyhow::Result<R> {
-        let connection = Arc::clone(&self.connection);
+        let (caller, answer) = oneshot::channel();
+        let write = Write::Alone(Box::new(move |connection: &mut Connection| {
+            let _ = caller.send(f(connection).context("the job database failed"));
+        }));
+        self.writes.send(write).map_err(|_| anyhow::anyhow!("the job database's writer has stopped"))?;
+        answer.await.context("the job database's writer has stopped")?
+    }
+
+    /// Runs `f` in the next batch of writes; answers once the batch is
+    /// committed as `durability` asks.
+    async fn write<R: Send + 'static>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    ) -> anyhow::Result<R> {
+        let answer = self.send(durability, f)?;
+        answer.await.context("the job database's writer has stopped")?
+    }
+
+    /// Sends `f` to the writer now; its answer comes on the receiver.
+    fn send<R: Send + 'static>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    ) -> anyhow::Result<oneshot::Receiver<anyhow::Result<R>>> {
+        let (caller, answer) = oneshot::channel();
+        let pending = Box::new(Call { write: Some(f), result: None, caller });
+        let sent = match durability {
+            Durability::Files => self.flushes.send(pending).is_ok(),
+            _ => self.writes.send(Write::Batched(durability, pending)).is_ok(),
+        };
+        anyhow::ensure!(sent, "the job database's writer has stopped");
+        Ok(answer)
+    }
+
+    /// Runs `f` on a read connection, on a blocking thread.
+    async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    ) -> anyhow::Result<R> {
+        let readers = Arc::clone(&self.readers);
         tokio::task::spawn_blocking(move || {
-            let mut connection = connection.lock().unwrap_or_else(PoisonError::into_inner);
-            f(&mut connection)
+            let connection = readers.take()?;
+            let result = f(&connection);
+            readers.keep(connection);
+            result
         })
         .await
         .context("the database task failed")?
         .context("the job database failed")
     }
 
-    /// Records a new queued job, with its idempotency key. When the key is
-    /// taken (a concurrent request with the same key won), nothing is
-    /// written and the job it names is returned.
+    /// Records a new queued job, with its idempotency key, on disk before
+    /// it answers. When the key is taken (a concurrent request with the
+    /// same key won), nothing is written and the job it names is returned.
     pub async fn insert(&self, job: NewJob, key: Option<String>) -> anyhow::Result<Option<KeyedJob>> {
-        self.call(move |connection| {
-            let tx = connection.transaction()?;
-            if let Some(existing) = key.as_deref().map(|key| keyed(&tx, &job.tenant, key)).transpose()?.flatten() {
+        self.write(Durability::Synced, move |connection| {
+            if let Some(existing) =
+                key.as_deref().map(|key| keyed(connection, &job.tenant, key)).transpose()?.flatten()
+            {
                 return Ok(Some(existing));
             }
-            tx.execute(
-                "INSERT INTO jobs (id, tenant, component, state, input, input_file, input_sha256, stored_bytes, created_at)
-                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8)",
-                params![
+            connection.prepare_cached("INSERT INTO jobs (id, tenant, component, state, input, input_file, input_sha256, stored_bytes, created_at)
+                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8)")?.execute(params![
                     job.id,
                     job.tenant,
                     job.component,
@@ -206,30 +436,24 @@ impl Store {
                 ],
             )?;
             if let Some(key) = &key {
-                tx.execute(
-                    "INSERT INTO idempotency_keys (tenant, key, job_id) VALUES (?1, ?2, ?3)",
-                    params![job.tenant, key, job.id],
+                connection.prepare_cached("INSERT INTO idempotency_keys (tenant, key, job_id) VALUES (?1, ?2, ?3)")?.execute(params![job.tenant, key, job.id],
                 )?;
             }
-            tx.commit()?;
             Ok(None)
         })
         .await
     }
 
     pub async fn keyed(&self, tenant: String, key: String) -> anyhow::Result<Option<KeyedJob>> {
-        self.call(move |connection| keyed(connection, &tenant, &key)).await
+        self.read(move |connection| keyed(connection, &tenant, &key)).await
     }
 
     /// The job, if it is `tenant`'s: another tenant's job is not found.
     pub async fn get(&self, tenant: String, id: String) -> anyhow::Result<Option<JobRecord>> {
-        self.call(move |connection| {
+        self.read(move |connection| {
             connection
-                .query_row(
-                    &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1 AND tenant = ?2"),
-                    params![id, tenant],
-                    row,
-                )
+                .prepare_cached(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1 AND tenant = ?2"))?
+                .query_row(params![id, tenant], row)
                 .optional()
         })
         .await
@@ -237,7 +461,7 @@ impl Store {
 
     /// The tenant's newest `limit` jobs, newest first.
     pub async fn list(&self, tenant: String, limit: u32) -> anyhow::Result<Vec<JobRecord>> {
-        self.call(move |connection| {
+        self.read(move |connection| {
             let mut statement = connection
                 .prepare_cached(&format!("SELECT {COLUMNS} FROM jobs WHERE tenant = ?1 ORDER BY seq DESC LIMIT ?2"))?;
             statement.query_map(params![tenant, limit], row)?.collect()
@@ -247,46 +471,73 @@ impl Store {
 
     /// What the tenant keeps: queued inputs and finished outputs.
     pub async fn stored_bytes(&self, tenant: String) -> anyhow::Result<u64> {
-        self.call(move |connection| {
-            connection.query_row(
-                "SELECT COALESCE(SUM(stored_bytes), 0) FROM jobs WHERE tenant = ?1",
-                params![tenant],
-                |row| row.get(0),
-            )
+        self.read(move |connection| {
+            connection
+                .prepare_cached("SELECT bytes FROM tenant_bytes WHERE tenant = ?1")?
+                .query_row(params![tenant], |row| row.get(0))
+                .optional()
+                .map(Option::unwrap_or_default)
         })
         .await
     }
 
     /// Marks a queued job running and returns its in-record input; `None`
-    /// when it is no longer queued (it was deleted meanwhile).
+    /// when it has ended (cancelled meanwhile).
+    ///
+    /// The mark is sent to the writer at once and not waited for, so a
+    /// job's guest does not wait behind other jobs' commits: it is ordered
+    /// before any write the caller sends after this returns (the writer
+    /// commits lazy writes first), it is seen by reads once committed, and
+    /// a crash may lose it (a running job is queued again at the next
+    /// start anyway). [`Store::finish`] records an end only for a job
+    /// marked running.
     pub async fn start(&self, id: String, now: i64) -> anyhow::Result<Option<Option<Vec<u8>>>> {
-        self.call(move |connection| {
-            let tx = connection.transaction()?;
-            let changed = tx.execute(
-                "UPDATE jobs SET state = 'running', started_at = ?2 WHERE id = ?1 AND state = 'queued'",
-                params![id, now],
-            )?;
-            if changed == 0 {
-                return Ok(None);
+        let marked = id.clone();
+        let mark = self.send(Durability::Lazy, move |connection| {
+            connection
+                .prepare_cached(
+                    "UPDATE jobs SET state = 'running', started_at = ?2 WHERE id = ?1 AND state = 'queued'",
+                )?
+                .execute(params![marked, now])
+        })?;
+        // Its failure is logged by the writer (no one waits for it).
+        drop(mark);
+        self.read(move |connection| {
+            let found: Option<(String, Option<Vec<u8>>)> = connection
+                .prepare_cached("SELECT state, input FROM jobs WHERE id = ?1")?
+                .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            match found {
+                Some((state, input)) if !State::parse(&state)?.ended() => Ok(Some(input)),
+                _ => Ok(None),
             }
-            let input: Option<Vec<u8>> =
-                tx.query_row("SELECT input FROM jobs WHERE id = ?1", params![id], |r| r.get(0))?;
-            tx.commit()?;
-            Ok(Some(input))
         })
         .await
     }
 
-    /// Records how a running job ended; false when it is no longer running
-    /// (deleted meanwhile). The input is dropped with it.
+    /// Records how a running job ended, on disk before it answers; false
+    /// when it is no longer running (deleted meanwhile). The input is
+    /// dropped with it.
+    ///
+    /// A job that succeeded lists outputs that were delivered into its
+    /// folder without syncs of their own: its record is committed only
+    /// after a `syncfs` of the data folder's filesystem that began after
+    /// they were written (the flusher does one for all the ends waiting,
+    /// then hands them to the writer). A crash before that commit leaves
+    /// the job running, to run again from its input; after it, both the
+    /// files and the record that lists them are on disk. So a record never
+    /// says `succeeded` of outputs that a crash could lose or cut.
     pub async fn finish(&self, id: String, ending: Ending) -> anyhow::Result<bool> {
-        self.call(move |connection| {
+        let durability = if ending.state == State::Succeeded && !ending.outputs.is_empty() {
+            Durability::Files
+        } else {
+            Durability::Synced
+        };
+        self.write(durability, move |connection| {
             let json = |value: &Option<serde_json::Value>| value.as_ref().map(serde_json::Value::to_string);
-            let changed = connection.execute(
-                "UPDATE jobs SET state = ?2, outcome = ?3, report = ?4, outputs = ?5, error = ?6, stored_bytes = ?7,
+            let changed = connection.prepare_cached("UPDATE jobs SET state = ?2, outcome = ?3, report = ?4, outputs = ?5, error = ?6, stored_bytes = ?7,
                      finished_at = ?8, input = NULL, input_file = 0
-                 WHERE id = ?1 AND state = 'running'",
-                params![
+                 WHERE id = ?1 AND state = 'running'")?.execute(params![
                     id,
                     ending.state.name(),
                     ending.outcome,
@@ -302,9 +553,10 @@ impl Store {
         .await
     }
 
-    /// Puts a running job back in the queue (the server is stopping).
+    /// Puts a running job back in the queue (the server is stopping). Not
+    /// waited on disk for: a running job is queued again at the next start.
     pub async fn requeue(&self, id: String) -> anyhow::Result<()> {
-        self.call(move |connection| {
+        self.write(Durability::Lazy, move |connection| {
             connection
                 .execute(
                     "UPDATE jobs SET state = 'queued', started_at = NULL WHERE id = ?1 AND state = 'running'",
@@ -317,11 +569,9 @@ impl Store {
 
     /// Cancels a queued or running job: it keeps its record, its input is gone.
     pub async fn cancel(&self, id: String, now: i64) -> anyhow::Result<bool> {
-        self.call(move |connection| {
-            let changed = connection.execute(
-                "UPDATE jobs SET state = 'cancelled', input = NULL, input_file = 0, stored_bytes = 0, finished_at = ?2
-                 WHERE id = ?1 AND state IN ('queued', 'running')",
-                params![id, now],
+        self.write(Durability::Synced, move |connection| {
+            let changed = connection.prepare_cached("UPDATE jobs SET state = 'cancelled', input = NULL, input_file = 0, stored_bytes = 0, finished_at = ?2
+                 WHERE id = ?1 AND state IN ('queued', 'running')")?.execute(params![id, now],
             )?;
             Ok(changed == 1)
         })
@@ -330,7 +580,10 @@ impl Store {
 
     /// Removes the record (its idempotency key goes with it).
     pub async fn delete(&self, id: String) -> anyhow::Result<()> {
-        self.call(move |connection| connection.execute("DELETE FROM jobs WHERE id = ?1", params![id]).map(drop)).await
+        self.write(Durability::Synced, move |connection| {
+            connection.prepare_cached("DELETE FROM jobs WHERE id = ?1")?.execute(params![id]).map(drop)
+        })
+        .await
     }
 
     /// At start: jobs that were running when the server died are queued
@@ -347,7 +600,7 @@ impl Store {
 
     /// Jobs that ended before `before` (ms since the epoch).
     pub async fn ended_before(&self, before: i64) -> anyhow::Result<Vec<String>> {
-        self.call(move |connection| {
+        self.read(move |connection| {
             let mut statement = connection.prepare_cached(
                 "SELECT id FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at < ?1",
             )?;
@@ -358,7 +611,7 @@ impl Store {
 
     /// Whether a record with this id exists (for sweeping job folders).
     pub async fn exists(&self, id: String) -> anyhow::Result<Option<State>> {
-        self.call(move |connection| {
+        self.read(move |connection| {
             connection
                 .query_row("SELECT state FROM jobs WHERE id = ?1", params![id], |r| r.get::<_, String>(0))
                 .optional()?
@@ -369,14 +622,136 @@ impl Store {
     }
 }
 
+/// The writer thread: takes the first write waiting, every other one
+/// waiting with it, and commits them together, until every [`Store`] and
+/// the flusher are gone.
+fn write_loop(mut connection: Connection, queue: &Receiver<Write>, checkpoint: &SyncSender<()>) {
+    // What the connection's `synchronous` is: FULL as opened.
+    let mut synced = true;
+    let mut commits: u32 = 0;
+    while let Ok(first) = queue.recv() {
+        commits += 1;
+        if commits >= COMMITS_PER_CHECKPOINT {
+            // One asked is enough: a full channel means one is coming.
+            let _ = checkpoint.try_send(());
+            commits = 0;
+        }
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(write) = next {
+            match write {
+                Write::Batched(durability, pending) => batch.push((durability, pending)),
+                Write::Alone(write) => {
+                    flush(&mut connection, &mut synced, std::mem::take(&mut batch));
+                    if set_synced(&connection, &mut synced, true).is_ok() {
+                        write(&mut connection);
+                    }
+                    // Else its caller is dropped unanswered: it hears that the writer failed.
+                }
+            }
+            next = if batch.len() < MAX_BATCH { queue.try_recv().ok() } else { None };
+        }
+        flush(&mut connection, &mut synced, batch);
+    }
+}
+
+/// The checkpointer thread: copies the WAL into the database when the
+/// writer asks, without stopping it (PASSIVE: the writer goes on appending;
+/// what is left is copied next time).
+fn checkpoint_loop(connection: &Connection, queue: &Receiver<()>) {
+    while queue.recv().is_ok() {
+        if let Err(err) = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!("cannot checkpoint the job database's WAL: {err}");
+        }
+    }
+}
+
+/// The flusher thread: takes the writes that list files (a job's end and
+/// its outputs), all those waiting at once, flushes the data folder's
+/// filesystem once for them, and only then hands them to the writer, as
+/// synced writes. The writer meanwhile goes on committing the others, so
+/// an accepted job does not wait for other jobs' outputs to reach the disk.
+fn flush_loop(data_dir: &std::fs::File, queue: &Receiver<Box<dyn Pending>>, writes: &Sender<Write>) {
+    while let Ok(first) = queue.recv() {
+        let batch: Vec<_> = std::iter::once(first).chain(queue.try_iter()).collect();
+        // Begun after every file these writes list was written (they were
+        // asked for afterwards), done before any of them is committed.
+        match rustix::fs::syncfs(data_dir) {
+            Ok(()) => {
+                for pending in batch {
+                    // A writer gone drops it: its caller hears the writer stopped.
+                    let _ = writes.send(Write::Batched(Durability::Synced, pending));
+                }
+            }
+            Err(err) => {
+                let why = format!("cannot flush the data folder's filesystem: {err}");
+                for pending in batch {
+                    pending.answer(Err(&why));
+                }
+            }
+        }
+    }
+}
+
+/// Makes commits wait for the disk (FULL) or not (NORMAL: in WAL mode the
+/// commit is then synced with the next FULL one, or at a checkpoint).
+fn set_synced(connection: &Connection, synced: &mut bool, want: bool) -> rusqlite::Result<()> {
+    if *synced != want {
+        connection.pragma_update(None, "synchronous", if want { "FULL" } else { "NORMAL" })?;
+        *synced = want;
+    }
+    Ok(())
+}
+
+/// Commits the lazy writes of `batch` first, in a transaction of their
+/// own, then the others together: a lazy write (a job marked running, just
+/// before its guest starts) is not held back by the fsync the others wait
+/// for. The writes of one batch were all waiting at once, so any order of
+/// them is one they could have arrived in.
+fn flush(connection: &mut Connection, synced: &mut bool, batch: Vec<(Durability, Box<dyn Pending>)>) {
+    let (lazy, synced_writes) = batch.into_iter().partition(|(durability, _)| *durability == Durability::Lazy);
+    commit(connection, synced, false, lazy);
+    commit(connection, synced, true, synced_writes);
+}
+
+/// Commits `batch` in one transaction (on disk when it returns with
+/// `sync`), each write in a savepoint of its own so that one failing is
+/// rolled back alone, then answers every caller.
+fn commit(connection: &mut Connection, synced: &mut bool, sync: bool, batch: Vec<(Durability, Box<dyn Pending>)>) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut batch = batch.into_iter().map(|(_, pending)| pending);
+    let mut ran = Vec::with_capacity(batch.len());
+    let result = (|| {
+        set_synced(connection, synced, sync)?;
+        let mut tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for mut pending in batch.by_ref() {
+            let step = tx.savepoint().and_then(|savepoint| {
+                let ok =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pending.run(&savepoint))).unwrap_or(false);
+                if ok { savepoint.commit() } else { savepoint.finish() }
+            });
+            ran.push(pending);
+            step?;
+        }
+        tx.commit()
+    })();
+    let why = result.err().map(|err| err.to_string());
+    for pending in ran.into_iter().chain(batch) {
+        pending.answer(why.as_deref().map_or(Ok(()), Err));
+    }
+}
+
 fn keyed(connection: &Connection, tenant: &str, key: &str) -> rusqlite::Result<Option<KeyedJob>> {
     connection
-        .query_row(
+        .prepare_cached(
             "SELECT k.job_id, j.input_sha256, j.component FROM idempotency_keys k JOIN jobs j ON j.id = k.job_id
              WHERE k.tenant = ?1 AND k.key = ?2",
-            params![tenant, key],
-            |r| Ok(KeyedJob { job_id: r.get(0)?, input_sha256: r.get(1)?, component: r.get(2)? }),
-        )
+        )?
+        .query_row(params![tenant, key], |r| {
+            Ok(KeyedJob { job_id: r.get(0)?, input_sha256: r.get(1)?, component: r.get(2)? })
+        })
         .optional()
 }
 
@@ -455,12 +830,88 @@ mod tests {
             finished_at: 4,
         };
         assert!(store.finish("j1".into(), ending).await.expect("finish"));
+        assert_eq!(store.stored_bytes("a".into()).await.expect("sum"), 1, "the outputs replace the input");
         assert!(store.start("j1".into(), 5).await.expect("start").is_none(), "one result per job");
         let record = store.get("a".into(), "j1".into()).await.expect("get").expect("kept");
         assert_eq!((record.state, record.outputs.len()), (State::Succeeded, 1));
         assert_eq!(store.ended_before(5).await.expect("expired"), vec!["j1".to_owned()]);
         store.delete("j1".into()).await.expect("delete");
         assert!(store.keyed("a".into(), "k".into()).await.expect("key").is_none(), "the key goes with its job");
+        assert_eq!(store.stored_bytes("a".into()).await.expect("sum"), 0);
+        drop(store);
+        std::fs::remove_dir_all(&dir).expect("clean");
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("serve-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        dir
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_sent_together_are_each_answered_and_one_failing_does_not_undo_the_others() {
+        let dir = scratch("batch");
+        let store = Store::open(&dir.join("jobs.db")).expect("open");
+        // Sent at once, so the writer finds most of them waiting together:
+        // j7 twice (one of the two breaks the id's uniqueness), and a write
+        // that inserts a job, then fails, so its insert is undone alone.
+        let ids: Vec<String> = (0..40).map(|n| format!("j{n}")).chain(["j7".to_owned()]).collect();
+        let mut writes: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let store = store.clone();
+                let job = job(id, "a");
+                tokio::spawn(async move { store.insert(job, None).await.map(drop) })
+            })
+            .collect();
+        let half = store.clone();
+        writes.insert(
+            20,
+            tokio::spawn(async move {
+                half.write(Durability::Synced, |connection| {
+                    connection.execute(
+                        "INSERT INTO jobs (id, tenant, component, state, input_file, input_sha256, stored_bytes, created_at)
+                         VALUES ('half', 'a', 'bundled', 'queued', 0, 'h', 1000, 1)",
+                        [],
+                    )?;
+                    Err(rusqlite::Error::QueryReturnedNoRows)
+                })
+                .await
+            }),
+        );
+        let answers = futures_util::future::join_all(writes).await;
+        let failed = answers.iter().filter(|answer| !matches!(answer, Ok(Ok(())))).count();
+        assert_eq!(failed, 2, "only the second j7 and the failing write fail");
+        let jobs = store.list("a".into(), 100).await.expect("list");
+        assert_eq!(jobs.len(), 40, "the failing write's job is undone, every other one kept");
+        assert_eq!(store.stored_bytes("a".into()).await.expect("sum"), 40 * 4);
+        drop(store);
+        std::fs::remove_dir_all(&dir).expect("clean");
+    }
+
+    #[tokio::test]
+    async fn a_database_made_before_the_byte_counts_gets_them_from_its_jobs() {
+        let dir = scratch("upgrade");
+        let path = dir.join("jobs.db");
+        {
+            let connection = Connection::open(&path).expect("open");
+            connection.execute_batch(SCHEMA).expect("the schema before the counts");
+            connection
+                .execute(
+                    "INSERT INTO jobs (id, tenant, component, state, input_file, input_sha256, stored_bytes, created_at)
+                     VALUES ('old', 'a', 'bundled', 'succeeded', 0, 'h', 123, 1)",
+                    [],
+                )
+                .expect("a job of before");
+        }
+        let store = Store::open(&path).expect("open");
+        assert_eq!(store.stored_bytes("a".into()).await.expect("sum"), 123);
+        store.insert(job("new", "a"), None).await.expect("insert");
+        assert_eq!(store.stored_bytes("a".into()).await.expect("sum"), 127);
+        drop(store);
+        let store = Store::open(&path).expect("reopen");
+        assert_eq!(store.stored_bytes("a".into()).await.expect("sum"), 127, "counted once");
         drop(store);
         std::fs::remove_dir_all(&dir).expect("clean");
     }
