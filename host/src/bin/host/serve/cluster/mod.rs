@@ -348,8 +348,22 @@ impl Cluster {
                 }
             }
         }
+        self.remove_all(&names).await;
+    }
+
+    pub async fn remove_all(&self, names: &[String]) {
         for name in names {
-            self.remove_object(&name).await;
+            self.remove_object(name).await;
+        }
+    }
+
+    /// Adds `delta` to the tenant's stored bytes, logging (not failing)
+    /// when it cannot: the change of the job it is for is already recorded.
+    pub async fn count_usage(&self, tenant: &str, delta: i64) {
+        if delta != 0
+            && let Err(err) = self.add_usage(tenant, delta).await
+        {
+            tracing::error!(tenant, "cannot count {delta} stored bytes: {err:#}");
         }
     }
 
@@ -497,6 +511,11 @@ fn object_subject(name: &str) -> String {
 fn base64_url(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE.encode(bytes)
+}
+
+/// A byte count as a usage change.
+pub fn signed(bytes: u64) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
 /// Whether a revision-checked write lost to another writer.

@@ -16,7 +16,7 @@ use futures_util::{Stream, StreamExt as _};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::broadcast;
 
-use super::{Cluster, PutFailure, Stored, idempotency_key, input_object, job_key, output_object};
+use super::{Cluster, PutFailure, Stored, idempotency_key, input_object, job_key, output_object, signed};
 use crate::serve::api::ApiError;
 use crate::serve::config::{Config, hex};
 use crate::serve::jobs::{MAX_WAIT, check_request, is_job_id, new_job_id, now_ms};
@@ -139,7 +139,7 @@ impl Replica {
         let (bytes, sha256) = (metered.total, metered.sha256());
         // From here on, a failure removes what was stored.
         let mut undo = Undo { cluster: &self.cluster, id: &id, tenant, bytes: 0, key_entry: None, record: false };
-        let now_stored = match self.cluster.add_usage(tenant, i64::try_from(bytes).unwrap_or(i64::MAX)).await {
+        let now_stored = match self.cluster.add_usage(tenant, signed(bytes)).await {
             Ok(now_stored) => now_stored,
             Err(err) => {
                 undo.run().await;
@@ -337,10 +337,8 @@ impl Replica {
                     continue;
                 }
                 self.cluster.remove_object(&input_object(id)).await;
-                for name in &stored.uploading {
-                    self.cluster.remove_object(name).await;
-                }
-                self.release(tenant, stored.input_bytes).await;
+                self.cluster.remove_all(&stored.uploading).await;
+                self.cluster.count_usage(tenant, -signed(stored.input_bytes)).await;
                 self.announce(id);
                 return Ok(());
             }
@@ -359,7 +357,7 @@ impl Replica {
             return if super::is_conflict(&err) { Ok(false) } else { Err(err) };
         }
         self.cluster.remove_objects(stored).await;
-        self.release(&stored.record.tenant, stored.stored_bytes).await;
+        self.cluster.count_usage(&stored.record.tenant, -signed(stored.stored_bytes)).await;
         if let Some(entry) = &stored.key_entry
             && let Err(err) = self.cluster.jobs.purge(entry).await
         {
@@ -367,14 +365,6 @@ impl Replica {
         }
         self.announce(&stored.record.id);
         Ok(true)
-    }
-
-    async fn release(&self, tenant: &str, bytes: u64) {
-        if bytes > 0
-            && let Err(err) = self.cluster.add_usage(tenant, -i64::try_from(bytes).unwrap_or(i64::MAX)).await
-        {
-            tracing::error!(tenant, "cannot give back {bytes} stored bytes: {err:#}");
-        }
     }
 
     fn announce(&self, id: &str) {
@@ -542,11 +532,7 @@ impl Undo<'_> {
             tracing::warn!(job = self.id, "cannot remove the idempotency key of a refused job: {err}");
         }
         self.cluster.remove_object(&input_object(self.id)).await;
-        if self.bytes > 0
-            && let Err(err) = self.cluster.add_usage(self.tenant, -i64::try_from(self.bytes).unwrap_or(i64::MAX)).await
-        {
-            tracing::error!(tenant = self.tenant, "cannot give back the bytes of a refused job: {err:#}");
-        }
+        self.cluster.count_usage(self.tenant, -signed(self.bytes)).await;
     }
 }
 

@@ -27,7 +27,7 @@ use futures_util::StreamExt as _;
 use orders_host::{Component, Destination, Input, Invocation, Runner};
 use tokio::sync::{Semaphore, oneshot, watch};
 
-use super::{Cluster, PutFailure, Stored, input_object, output_object};
+use super::{Cluster, PutFailure, Stored, input_object, output_object, signed};
 use crate::RootArgs;
 use crate::serve::config::{Config, hex};
 use crate::serve::jobs::{SPOOL_THRESHOLD, ending, now_ms};
@@ -366,9 +366,9 @@ impl Worker {
                     continue;
                 }
                 tracing::warn!("gave up after {max_deliveries} run(s)");
-                self.remove_all(&abandoned).await;
+                self.cluster.remove_all(&abandoned).await;
                 self.cluster.remove_object(&input_object(id)).await;
-                self.add_usage(tenant, -signed(stored.input_bytes)).await;
+                self.cluster.count_usage(tenant, -signed(stored.input_bytes)).await;
                 return Ok(Verdict::Done);
             }
             let mut random = [0u8; 4];
@@ -380,7 +380,7 @@ impl Worker {
             stored.worker = Some(self.name.clone());
             match self.cluster.write(&stored, revision).await? {
                 Some(revision) => {
-                    self.remove_all(&abandoned).await;
+                    self.cluster.remove_all(&abandoned).await;
                     break (stored, revision, run);
                 }
                 None => continue,
@@ -478,7 +478,7 @@ impl Worker {
                     Err(err) => Err(PutFailure::Read(err)),
                 };
                 if let Err(err) = stored_object {
-                    self.remove_all(&uploaded).await;
+                    self.cluster.remove_all(&uploaded).await;
                     return Err(match err {
                         PutFailure::Read(err) => anyhow::Error::from(err),
                         PutFailure::Store(err) => err,
@@ -499,7 +499,7 @@ impl Worker {
         if self.cluster.write(stored, revision).await?.is_some() {
             tracing::info!(outcome = stored.record.outcome.as_deref().unwrap_or(""), "ended");
             self.cluster.remove_object(&input_object(&id)).await;
-            self.add_usage(&tenant, signed(stored.stored_bytes) - signed(stored.input_bytes)).await;
+            self.cluster.count_usage(&tenant, signed(stored.stored_bytes) - signed(stored.input_bytes)).await;
             return Ok(Verdict::Done);
         }
         self.lost(&tenant, &id, &uploaded).await
@@ -508,30 +508,12 @@ impl Worker {
     /// The job was cancelled, or taken over by another worker, while this
     /// one ran it: what this run stored goes.
     async fn lost(&self, tenant: &str, id: &str, uploaded: &[String]) -> anyhow::Result<Verdict> {
-        self.remove_all(uploaded).await;
+        self.cluster.remove_all(uploaded).await;
         Ok(match self.cluster.read(tenant, id).await? {
             Some((now, _)) if !now.record.state.ended() => Verdict::Leave,
             _ => Verdict::Done,
         })
     }
-
-    async fn remove_all(&self, names: &[String]) {
-        for name in names {
-            self.cluster.remove_object(name).await;
-        }
-    }
-
-    async fn add_usage(&self, tenant: &str, delta: i64) {
-        if delta != 0
-            && let Err(err) = self.cluster.add_usage(tenant, delta).await
-        {
-            tracing::error!(tenant, "cannot count {delta} stored bytes: {err:#}");
-        }
-    }
-}
-
-fn signed(bytes: u64) -> i64 {
-    i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
 /// One message of the consumer, waiting up to a few seconds for it.
