@@ -54,6 +54,18 @@ pub enum Destination {
     },
     /// Returned in memory, as (name, contents) pairs.
     Memory,
+    /// Returned in memory when the outputs come to at most `max_bytes`
+    /// together, else delivered into the folder at `path` as
+    /// [`Destination::Folder`] does: small results cost no file, large
+    /// ones no memory.
+    MemoryOrFolder {
+        /// The most output bytes, all outputs together, kept in memory.
+        max_bytes: u64,
+        /// The folder for larger results.
+        path: PathBuf,
+        /// Replace an existing non-empty folder.
+        force: bool,
+    },
     /// One tar archive (files 0600), written beside `path` and renamed into
     /// place; an existing file is replaced only with `force`.
     Tar {
@@ -157,7 +169,7 @@ fn host_now() -> Timestamps {
 pub fn check_destination(destination: &Destination) -> Result<(), RunError> {
     match destination {
         Destination::Memory => Ok(()),
-        Destination::Folder { path, force } => {
+        Destination::Folder { path, force } | Destination::MemoryOrFolder { path, force, .. } => {
             let (parent, name) = split_destination(path)?;
             existing_destination(&open_parent(&parent, path)?, name, path, *force).map(drop)
         }
@@ -185,24 +197,35 @@ pub(crate) fn deliver(
 ) -> Result<(Delivered, Vec<OutputFile>), RunError> {
     let Collected { files, folders } = collected;
     match destination {
-        Destination::Memory => {
-            let mut delivered = Vec::with_capacity(files.len());
-            let mut hashed = Vec::with_capacity(files.len());
-            for listed in files {
-                cancel.check().map_err(|err| RunError::Host(err.to_string()))?;
-                let (contents, sha256) = read_whole(&listed, out).map_err(|err| {
-                    RunError::Host(format!("cannot read the output `{}`: {err}", shown(&listed.file.name)))
-                })?;
-                hashed.push(OutputFile { sha256, ..listed.file.clone() });
-                delivered.push((listed.file.name, contents));
-            }
-            Ok((Delivered::Memory(delivered), hashed))
+        Destination::Memory => deliver_to_memory(files, out, cancel),
+        Destination::MemoryOrFolder { max_bytes, .. }
+            if files
+                .iter()
+                .try_fold(0u64, |sum, listed| sum.checked_add(listed.file.bytes))
+                .is_some_and(|total| total <= *max_bytes) =>
+        {
+            deliver_to_memory(files, out, cancel)
         }
-        Destination::Folder { path, force } => deliver_to_folder(&files, &folders, out, path, *force, sync, cancel)
-            .map(|hashed| (Delivered::Folder(path.clone()), hashed)),
+        Destination::Folder { path, force } | Destination::MemoryOrFolder { path, force, .. } => {
+            deliver_to_folder(&files, &folders, out, path, *force, sync, cancel)
+                .map(|hashed| (Delivered::Folder(path.clone()), hashed))
+        }
         Destination::Tar { path, force } => deliver_to_tar(&files, &folders, out, path, *force, cancel)
             .map(|hashed| (Delivered::Tar(path.clone()), hashed)),
     }
+}
+
+fn deliver_to_memory(files: Vec<Listed>, out: &Dir, cancel: &Cancel) -> Result<(Delivered, Vec<OutputFile>), RunError> {
+    let mut delivered = Vec::with_capacity(files.len());
+    let mut hashed = Vec::with_capacity(files.len());
+    for listed in files {
+        cancel.check().map_err(|err| RunError::Host(err.to_string()))?;
+        let (contents, sha256) = read_whole(&listed, out)
+            .map_err(|err| RunError::Host(format!("cannot read the output `{}`: {err}", shown(&listed.file.name))))?;
+        hashed.push(OutputFile { sha256, ..listed.file.clone() });
+        delivered.push((listed.file.name, contents));
+    }
+    Ok((Delivered::Memory(delivered), hashed))
 }
 
 /// One output's contents and SHA-256, read through a checked handle.

@@ -160,7 +160,8 @@ impl Invocation {
         self
     }
 
-    /// Whether a [`Destination::Folder`] delivery flushes every output and
+    /// Whether a [`Destination::Folder`] delivery (or the folder of a
+    /// [`Destination::MemoryOrFolder`]) flushes every output and
     /// folder to disk before the invocation returns (the default: `true`).
     /// With `false` the folder is still staged beside its place and renamed
     /// into it, so other processes see all of it or none of it, but a crash

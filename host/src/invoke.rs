@@ -213,7 +213,7 @@ impl Runner {
                     let collecting = Instant::now();
                     let files = collect(out, &report, max_output)?;
                     let collected = collecting.elapsed();
-                    tracing::info!(outputs = files.files.len(), "outputs collected");
+                    tracing::debug!(outputs = files.files.len(), "outputs collected");
                     let delivering = Instant::now();
                     let (delivered, files) = deliver(files, out, &destination, sync_outputs, &cancel)?;
                     Ok((delivered, files, collected, delivering.elapsed()))
@@ -222,7 +222,7 @@ impl Runner {
                     Ok(delivered) => delivered,
                     Err(err) => return Err(runner.remove_after_failure(sandbox, err, ends)),
                 };
-                tracing::info!(elapsed = ?delivering, "outputs delivered");
+                tracing::debug!(elapsed = ?delivering, "outputs delivered");
                 let removing = Instant::now();
                 let path = sandbox.path().to_owned();
                 runner

@@ -225,3 +225,39 @@ async fn a_folder_delivered_without_its_own_syncs_is_the_same_folder() {
     host.runner.shutdown().expect("shutdown");
     host.assert_root_empty();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_or_folder_keeps_results_up_to_its_bound_in_memory_and_larger_ones_in_the_folder() {
+    let host = TestHost::new("memory-or-folder");
+    let component = host.bundled();
+    let run = |max_bytes: u64, folder: &Path| {
+        let destination = Destination::MemoryOrFolder { max_bytes, path: folder.to_owned(), force: false };
+        host.runner.invoke(Invocation::new(component.clone(), Input::Bytes(seven_rows())).destination(destination))
+    };
+    let measured = host.scratch.join("measured");
+    let outcome = run(u64::MAX, &measured).await.expect("delivered");
+    let total: u64 = outcome.outputs.iter().map(|output| output.bytes).sum();
+    assert!(!measured.exists(), "nothing is written to the folder for a result kept in memory");
+
+    let at_bound = host.scratch.join("at-bound");
+    let outcome = run(total, &at_bound).await.expect("delivered");
+    let orders_host::Delivered::Memory(files) = &outcome.delivered else {
+        panic!("{total} bytes with a bound of {total} stay in memory: {:?}", outcome.delivered)
+    };
+    assert_eq!(files.iter().map(|(_, contents)| contents.len() as u64).sum::<u64>(), total);
+    for ((name, contents), output) in files.iter().zip(&outcome.outputs) {
+        assert_eq!(name, &output.name);
+        assert_eq!(format!("{:x}", sha2::Sha256::digest(contents)), output.sha256, "{name} is hashed as delivered");
+    }
+    assert!(!at_bound.exists());
+
+    let past_bound = host.scratch.join("past-bound");
+    let outcome = run(total - 1, &past_bound).await.expect("delivered");
+    assert!(matches!(&outcome.delivered, orders_host::Delivered::Folder(path) if path == &past_bound));
+    for output in &outcome.outputs {
+        let contents = std::fs::read(past_bound.join(&output.name)).expect("delivered into the folder");
+        assert_eq!(contents.len() as u64, output.bytes);
+    }
+    assert!(staging_leftovers(&host.scratch.join(".")).is_empty());
+    host.assert_root_empty();
+}

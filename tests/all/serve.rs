@@ -132,10 +132,11 @@ pub(crate) fn id_of(job: &Value) -> String {
     job["id"].as_str().expect("an id").to_owned()
 }
 
-/// Every file and folder under the data folder's `jobs/`.
+/// Every file and folder under the data folder's `jobs/` (large inputs)
+/// and `results/` (large results).
 fn job_files(scratch: &Scratch) -> Vec<String> {
     let mut found = Vec::new();
-    let mut pending = vec![scratch.join("data/jobs")];
+    let mut pending = vec![scratch.join("data/jobs"), scratch.join("data/results")];
     while let Some(dir) = pending.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
         for entry in entries {
@@ -268,9 +269,78 @@ async fn the_seven_row_example_runs_with_the_outputs_and_report_of_host_run() {
         let path = Path::new(&file);
         assert_eq!(mode(path), if path.is_dir() { 0o700 } else { 0o600 }, "{file}");
     }
+    assert!(job_files(&scratch).is_empty(), "a small result is kept in the database: {:?}", job_files(&scratch));
     let listed = json(server.get(ACME, "/v1/jobs?limit=5").await).await;
     assert_eq!(listed["jobs"][0]["id"], id.as_str());
     assert_eq!(sandboxes_after_removal(&scratch).await, Vec::<String>::new());
+}
+
+/// A generated export whose outputs come to more than the service keeps
+/// in its database (128 KiB), so they are files.
+fn large_result_input() -> Vec<u8> {
+    crate::util::gen_orders(&["--rows", "10000", "--seed", "3"])
+}
+
+/// Each output of a succeeded job as served, checked against its listing,
+/// and the job's tar: both by name.
+async fn served_outputs(server: &Server, id: &str, job: &Value) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut served = std::collections::BTreeMap::new();
+    for output in job["outputs"].as_array().expect("outputs") {
+        let name = output["name"].as_str().expect("name");
+        let response = server.get(ACME, &format!("/v1/jobs/{id}/outputs/{name}")).await;
+        assert_eq!(response.status(), StatusCode::OK, "{name}");
+        let bytes = response.bytes().await.expect("body").to_vec();
+        assert_eq!(sha256_hex(&bytes), output["sha256"].as_str().expect("sha"), "{name}");
+        served.insert(name.to_owned(), bytes);
+    }
+    let tar = server.get(ACME, &format!("/v1/jobs/{id}/outputs.tar")).await;
+    assert_eq!(tar.status(), StatusCode::OK);
+    let tar = tar.bytes().await.expect("tar").to_vec();
+    let mut tarred = std::collections::BTreeMap::new();
+    for entry in tar::Archive::new(tar.as_slice()).entries().expect("a tar") {
+        let mut entry = entry.expect("entry");
+        let name = entry.path().expect("path").display().to_string();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).expect("read");
+        tarred.insert(name, bytes);
+    }
+    assert_eq!(tarred, served, "the tar holds what is served");
+    served
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_result_is_files_served_like_a_small_one_and_kept_across_an_upgrade_of_the_layout() {
+    let scratch = Scratch::new("serve-large-result");
+    let config = tenant("acme", ACME, "");
+    let path = scratch.write("service.toml", format!("data_dir = {:?}\n{config}", scratch.join("data")));
+    let mut server = Server::start_with(&scratch, &path, &[]);
+    let job = json(server.post(ACME, "?wait=60", large_result_input()).await).await;
+    assert_eq!(job["outcome"], "success", "{job}");
+    let id = id_of(&job);
+    let total: u64 = job["outputs"].as_array().expect("outputs").iter().filter_map(|o| o["bytes"].as_u64()).sum();
+    assert!(total > 128 << 10, "the input makes a large result: {total} bytes");
+    let results = scratch.join("data/results").join(&id);
+    let mode = |path: &Path| std::fs::metadata(path).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&results), 0o700);
+    for output in job["outputs"].as_array().expect("outputs") {
+        assert_eq!(mode(&results.join(output["name"].as_str().expect("name"))), 0o600, "{output}");
+    }
+    assert!(!scratch.join("data/jobs").join(&id).exists(), "the input went once the result was recorded");
+    let served = served_outputs(&server, &id, &job).await;
+
+    // A data folder of the version before results folders kept them in
+    // `jobs/ID/out/`: the next start moves them, and they are served alike.
+    server.signal("-TERM");
+    assert!(server.wait().success());
+    drop(server);
+    std::fs::create_dir(scratch.join("data/jobs").join(&id)).expect("a legacy job folder");
+    std::fs::rename(&results, scratch.join("data/jobs").join(&id).join("out")).expect("the legacy layout");
+    let server = Server::start_with(&scratch, &path, &[]);
+    assert_eq!(served_outputs(&server, &id, &job).await, served);
+    assert!(!scratch.join("data/jobs").join(&id).exists(), "moved to the results folder");
+
+    assert_eq!(server.delete(ACME, &id).await.status(), StatusCode::NO_CONTENT);
+    assert!(job_files(&scratch).is_empty(), "{:?}", job_files(&scratch));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -541,12 +611,17 @@ async fn delete_cancels_a_running_job_and_removes_every_file() {
     let left = sandboxes_after_removal(&scratch).await;
     assert!(left.is_empty(), "the running job's sandbox is gone: {left:?}");
 
-    let done = json(server.post(ACME, "?wait=30", seven_rows()).await).await;
-    let done = id_of(&done);
-    assert!(!job_files(&scratch).is_empty());
-    assert_eq!(server.delete(ACME, &done).await.status(), StatusCode::NO_CONTENT);
-    assert_eq!(server.get(ACME, &format!("/v1/jobs/{done}")).await.status(), StatusCode::NOT_FOUND);
-    assert!(job_files(&scratch).is_empty());
+    // Ended jobs, a small result (in the database) and a large one (files).
+    for input in [seven_rows(), large_result_input()] {
+        let done = json(server.post(ACME, "?wait=60", input).await).await;
+        assert_eq!(done["outcome"], "success", "{done}");
+        let (done, name) = (id_of(&done), done["outputs"][0]["name"].as_str().expect("an output").to_owned());
+        assert_eq!(server.delete(ACME, &done).await.status(), StatusCode::NO_CONTENT);
+        assert_eq!(server.get(ACME, &format!("/v1/jobs/{done}")).await.status(), StatusCode::NOT_FOUND);
+        let output = server.get(ACME, &format!("/v1/jobs/{done}/outputs/{name}")).await;
+        assert_eq!(output.status(), StatusCode::NOT_FOUND);
+        assert!(job_files(&scratch).is_empty(), "{:?}", job_files(&scratch));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -697,8 +772,8 @@ async fn sigterm_drains_running_jobs_and_leaves_the_rest_queued_for_the_next_sta
 async fn results_past_result_ttl_are_deleted_by_the_server() {
     let scratch = Scratch::new("serve-ttl");
     let server = Server::start(&scratch, &format!("result_ttl = \"1s\"\n{}", tenant("acme", ACME, "")));
-    let id = id_of(&json(server.post(ACME, "?wait=30", seven_rows()).await).await);
-    assert!(!job_files(&scratch).is_empty());
+    let id = id_of(&json(server.post(ACME, "?wait=60", large_result_input()).await).await);
+    assert!(!job_files(&scratch).is_empty(), "a large result is files");
     let mut gone = false;
     for _ in 0..600 {
         if server.get(ACME, &format!("/v1/jobs/{id}")).await.status() == StatusCode::NOT_FOUND {

@@ -123,7 +123,9 @@ fn main() -> ExitCode {
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| render::LogWriter).init();
+    // Colours only for a person watching; a log file gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(|| render::LogWriter).init();
 }
 
 fn sweep_command(args: &RootArgs) -> anyhow::Result<()> {

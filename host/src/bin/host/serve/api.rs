@@ -64,6 +64,17 @@ impl ApiError {
         )
     }
 
+    pub fn storage_full(stored: u64, max_stored: u64) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "storage-full",
+            format!(
+                "this tenant keeps {stored} bytes of inputs and results, its max_stored is {max_stored}; DELETE \
+                 finished jobs or wait for their results to expire"
+            ),
+        )
+    }
+
     pub fn draining() -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "draining", "the server is stopping; send the job to it again later")
             .retry_after(5)
@@ -299,12 +310,8 @@ pub(super) async fn create_job(State(service): Shared, request: Request) -> Resu
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
-    let accepted = service.accept(&tenant, params.component, key, length, body).await?;
-    record_job(&accepted.id);
-    let job = match wait {
-        Some(wait) => service.wait_for(&tenant, &accepted.id, wait).await?,
-        None => accepted,
-    };
+    let job = service.accept(&tenant, params.component, key, length, body, wait).await?;
+    record_job(&job.id);
     let status = if wait.is_some() && job.state.ended() { StatusCode::OK } else { StatusCode::ACCEPTED };
     job_response(status, &job)
 }

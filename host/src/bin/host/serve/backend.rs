@@ -2,7 +2,6 @@
 //! files, guests run here) or an API replica over NATS JetStream. The
 //! handlers of `api.rs` call these methods and do not know which.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +10,7 @@ use axum::body::{Body, Bytes};
 use super::api::ApiError;
 use super::cluster::replica::Replica;
 use super::config::Config;
-use super::jobs::{ChannelWriter, Service, write_tar};
+use super::jobs::{ChannelWriter, Service, StoredOutput, write_tar};
 use super::metrics::Metrics;
 use super::store::JobRecord;
 
@@ -53,10 +52,17 @@ impl Backend {
         key: Option<String>,
         declared_length: Option<u64>,
         body: Body,
+        wait: Option<Duration>,
     ) -> Result<JobRecord, ApiError> {
         match self {
-            Self::Local(service) => Ok(service.accept(tenant, component, key, declared_length, body).await?.job),
-            Self::Nats(replica) => replica.accept(tenant, component, key, declared_length, body).await,
+            Self::Local(service) => service.accept(tenant, component, key, declared_length, body, wait).await,
+            Self::Nats(replica) => {
+                let job = replica.accept(tenant, component, key, declared_length, body).await?;
+                match wait {
+                    Some(wait) => replica.wait_for(tenant, &job.id, wait).await,
+                    None => Ok(job),
+                }
+            }
         }
     }
 
@@ -91,13 +97,18 @@ impl Backend {
     /// Output `name` of a succeeded job, streamed, and its length.
     pub async fn output(&self, tenant: &str, id: &str, name: &str) -> Result<(Body, u64), ApiError> {
         match self {
-            Self::Local(service) => {
-                let path = service.output_path(tenant, id, name).await?;
-                // Removed by DELETE or expiry since the record was read: not found.
-                let file = tokio::fs::File::open(&path).await.map_err(|_| ApiError::not_found())?;
-                let length = file.metadata().await?.len();
-                Ok((Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 64 << 10)), length))
-            }
+            Self::Local(service) => match service.output(tenant, id, name).await? {
+                StoredOutput::Bytes(bytes) => {
+                    let length = bytes.len() as u64;
+                    Ok((Body::from(bytes), length))
+                }
+                StoredOutput::File(path) => {
+                    // Removed by DELETE or expiry since the record was read: not found.
+                    let file = tokio::fs::File::open(&path).await.map_err(|_| ApiError::not_found())?;
+                    let length = file.metadata().await?.len();
+                    Ok((Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 64 << 10)), length))
+                }
+            },
             Self::Nats(replica) => replica.output(tenant, id, name).await,
         }
     }
@@ -106,15 +117,17 @@ impl Backend {
     pub async fn outputs_tar(&self, tenant: &str, id: &str) -> Result<Body, ApiError> {
         match self {
             Self::Local(service) => {
-                let files: Vec<(String, PathBuf)> = service.outputs(tenant, id).await?;
-                // Open them all first, so a job deleted meanwhile is a 404, not a cut tar.
-                for (_, path) in &files {
-                    tokio::fs::metadata(path).await.map_err(|_| ApiError::not_found())?;
+                let (outputs, finished_at) = service.outputs(tenant, id).await?;
+                // Look at them all first, so a job deleted meanwhile is a 404, not a cut tar.
+                for (_, output) in &outputs {
+                    if let StoredOutput::File(path) = output {
+                        tokio::fs::metadata(path).await.map_err(|_| ApiError::not_found())?;
+                    }
                 }
                 let (sender, mut receiver) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
                 tokio::task::spawn_blocking(move || {
                     let failure = sender.clone();
-                    if let Err(err) = write_tar(&files, ChannelWriter(sender)) {
+                    if let Err(err) = write_tar(&outputs, finished_at, ChannelWriter(sender)) {
                         // Ends the body with an error: the client sees a cut transfer, not a short tar.
                         let _ = failure.blocking_send(Err(err));
                     }

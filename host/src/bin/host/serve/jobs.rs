@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use axum::body::{Body, Bytes};
 use futures_util::StreamExt as _;
-use orders_host::{Component, Destination, Input, Invocation, RunError, RunOutcome, Runner};
+use orders_host::{Component, Delivered, Destination, Input, Invocation, RunError, RunOutcome, Runner};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt as _;
@@ -25,7 +25,7 @@ use super::api::ApiError;
 use super::config::{BUNDLED, Config, TenantConfig, hex};
 use super::metrics::Metrics;
 use super::queue::{Refusal, Scheduler};
-use super::store::{Ending, JobRecord, NewJob, State, Store};
+use super::store::{Ending, Insertion, JobRecord, NewJob, State, Store};
 use crate::render;
 
 /// Bodies up to this size are kept in memory while they arrive, then in
@@ -40,8 +40,15 @@ const ENDED_CAPACITY: usize = 1024;
 /// connection for ever.
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
 
+/// A result of at most this many bytes, all outputs together, is kept in
+/// the database with the job's end (no files, no flush of their own);
+/// larger ones are files in the job's results folder.
+pub const RESULT_IN_DATABASE: u64 = 128 << 10;
+
 const INPUT_FILE: &str = "input.csv";
-const OUTPUT_FOLDER: &str = "out";
+/// Where a version before results folders kept a job's outputs, inside
+/// its job folder; moved to its results folder at the next start.
+const LEGACY_OUTPUT_FOLDER: &str = "out";
 
 /// Why a running job is stopped.
 #[derive(Debug, Clone, Copy)]
@@ -60,7 +67,10 @@ pub struct Service {
     pub store: Store,
     scheduler: Arc<Scheduler>,
     pub metrics: Metrics,
+    /// `jobs/ID/`: a large input, while its job waits or runs.
     jobs_dir: PathBuf,
+    /// `results/ID/`: a large result's outputs.
+    results_dir: PathBuf,
     running: Mutex<HashMap<String, oneshot::Sender<Stop>>>,
     /// Jobs started and not yet ended: a job gives its slot back once its
     /// guest is done, before its end is recorded, so the drain waits for
@@ -68,18 +78,29 @@ pub struct Service {
     in_flight: AtomicUsize,
     /// Bumped whenever a job changes state, for `DELETE` and the drain.
     changes: watch::Sender<u64>,
-    /// The id of each job whose run ended (or that was cancelled before it
-    /// ran), for `?wait=`: a waiter reads its job again only when its own id
-    /// comes by, not on every other job's change, so many waiters do not
+    /// Each job whose run ended (or that was cancelled before it ran),
+    /// for `?wait=`: a waiter looks only at its own job's end, which
+    /// carries the record as committed when it can, so many waiters do not
     /// each query the store for every job that moves.
-    ended: broadcast::Sender<Arc<str>>,
+    ended: broadcast::Sender<Ended>,
     draining: AtomicBool,
 }
 
-/// A job just accepted, or the one its idempotency key names.
+/// A job's end, announced to its waiters.
+#[derive(Debug, Clone)]
+struct Ended {
+    id: Arc<str>,
+    /// The record as committed; `None`: read it again.
+    job: Option<Arc<JobRecord>>,
+}
+
+/// Where one output of a succeeded job is.
 #[derive(Debug)]
-pub struct Accepted {
-    pub job: JobRecord,
+pub enum StoredOutput {
+    /// In the database (a small result): its bytes.
+    Bytes(Vec<u8>),
+    /// A file in the job's results folder.
+    File(PathBuf),
 }
 
 impl Service {
@@ -89,6 +110,7 @@ impl Service {
         components: HashMap<String, Component>,
         store: Store,
         jobs_dir: PathBuf,
+        results_dir: PathBuf,
     ) -> Arc<Self> {
         let lanes = config.tenants.iter().map(|(name, t)| (name.clone(), t.max_concurrent, t.max_queued));
         let scheduler = Arc::new(Scheduler::new(config.max_concurrent, config.max_queued, lanes));
@@ -100,6 +122,7 @@ impl Service {
             scheduler,
             metrics: Metrics::new(),
             jobs_dir,
+            results_dir,
             running: Mutex::default(),
             in_flight: AtomicUsize::new(0),
             changes: watch::Sender::new(0),
@@ -116,8 +139,13 @@ impl Service {
         self.jobs_dir.join(id)
     }
 
+    fn result_dir(&self, id: &str) -> PathBuf {
+        self.results_dir.join(id)
+    }
+
     /// Accepts a body as a new job of `tenant`, or answers with the job its
-    /// idempotency key already names.
+    /// idempotency key already names; with `wait`, the job once it ended or
+    /// when the wait is over.
     pub async fn accept(
         &self,
         tenant: &str,
@@ -125,7 +153,8 @@ impl Service {
         key: Option<String>,
         declared_length: Option<u64>,
         body: Body,
-    ) -> Result<Accepted, ApiError> {
+        wait: Option<Duration>,
+    ) -> Result<JobRecord, ApiError> {
         let (settings, component) = check_request(&self.config, tenant, component, declared_length)?;
         let existing = match &key {
             Some(key) => self.store.keyed(tenant.to_owned(), key.clone()).await.map_err(ApiError::from)?,
@@ -134,15 +163,22 @@ impl Service {
         if let Some(existing) = existing {
             // A retry: the same body under the same key names the same job.
             let received = self.receive(settings, None, body).await?;
-            return self.same_request(tenant, &existing, &component, &received.sha256).await;
+            return self.same_request(tenant, &existing, &component, &received.sha256, wait).await;
         }
         let reservation = self.scheduler.admit(tenant).map_err(|refusal| self.refused(refusal))?;
-        self.check_storage(tenant, settings, 0).await?;
+        // A body that may be large is refused before it is read when the
+        // tenant's storage is full; every body is checked again, with its
+        // size, in the transaction that records it.
+        if declared_length.is_none_or(|length| length > SPOOL_THRESHOLD as u64) {
+            let stored = self.store.stored_bytes(tenant.to_owned()).await.map_err(ApiError::from)?;
+            if stored >= settings.max_stored {
+                return Err(ApiError::storage_full(stored, settings.max_stored));
+            }
+        }
 
         let id = new_job_id().map_err(ApiError::from)?;
         let mut folder = FolderGuard { path: self.job_dir(&id), keep: false };
         let received = self.receive(settings, Some(&folder.path), body).await?;
-        self.check_storage(tenant, settings, received.bytes).await?;
         let now = now_ms();
         let job = NewJob {
             id: id.clone(),
@@ -153,9 +189,13 @@ impl Service {
             input_sha256: received.sha256.clone(),
             created_at: now,
         };
-        if let Some(existing) = self.store.insert(job, key).await.map_err(ApiError::from)? {
+        match self.store.insert(job, key, settings.max_stored).await.map_err(ApiError::from)? {
+            Insertion::Queued => {}
             // A concurrent request with the same key was recorded first.
-            return self.same_request(tenant, &existing, &component, &received.sha256).await;
+            Insertion::Keyed(existing) => {
+                return self.same_request(tenant, &existing, &component, &received.sha256, wait).await;
+            }
+            Insertion::StorageFull(stored) => return Err(ApiError::storage_full(stored, settings.max_stored)),
         }
         folder.keep = true;
         // The record as just written, not read back: nothing can have
@@ -173,10 +213,15 @@ impl Service {
             started_at: None,
             finished_at: None,
         };
+        // Subscribed before it is queued, so its end is not missed.
+        let ended = wait.map(|_| self.ended.subscribe());
         reservation.commit(id.clone());
         self.metrics.set_queued(tenant, self.scheduler.queued(tenant));
         tracing::info!(job = %id, bytes = received.bytes, "accepted");
-        Ok(Accepted { job })
+        match wait.zip(ended) {
+            Some((wait, ended)) => Ok(self.wait_on(tenant, job, wait, ended).await?),
+            None => Ok(job),
+        }
     }
 
     async fn same_request(
@@ -185,7 +230,8 @@ impl Service {
         existing: &super::store::KeyedJob,
         component: &str,
         sha256: &str,
-    ) -> Result<Accepted, ApiError> {
+        wait: Option<Duration>,
+    ) -> Result<JobRecord, ApiError> {
         if existing.input_sha256 != sha256 || existing.component != component {
             return Err(ApiError::new(
                 axum::http::StatusCode::CONFLICT,
@@ -193,8 +239,10 @@ impl Service {
                 "this Idempotency-Key was used for another body or component; use a new key for a new job",
             ));
         }
-        let job = self.job(tenant, &existing.job_id).await?;
-        Ok(Accepted { job })
+        match wait {
+            Some(wait) => self.wait_for(tenant, &existing.job_id, wait).await,
+            None => self.job(tenant, &existing.job_id).await,
+        }
     }
 
     fn refused(&self, refusal: Refusal) -> ApiError {
@@ -214,22 +262,6 @@ impl Service {
             .retry_after(retry_after),
             Refusal::Draining => ApiError::draining(),
         }
-    }
-
-    async fn check_storage(&self, tenant: &str, settings: &TenantConfig, adding: u64) -> Result<(), ApiError> {
-        let stored = self.store.stored_bytes(tenant.to_owned()).await.map_err(ApiError::from)?;
-        if stored.saturating_add(adding) > settings.max_stored || (adding == 0 && stored >= settings.max_stored) {
-            return Err(ApiError::new(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                "storage-full",
-                format!(
-                    "this tenant keeps {stored} bytes of inputs and results, its max_stored is {}; \
-                     DELETE finished jobs or wait for their results to expire",
-                    settings.max_stored
-                ),
-            ));
-        }
-        Ok(())
     }
 
     /// Reads the body, hashing it: in memory up to the spool threshold,
@@ -288,16 +320,29 @@ impl Service {
 
     /// The job once it has ended, or as it is when `wait` is over.
     pub async fn wait_for(&self, tenant: &str, id: &str, wait: Duration) -> Result<JobRecord, ApiError> {
-        let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
         // Subscribed before reading, so an end after the read is seen.
-        let mut ended = self.ended.subscribe();
-        let mut job = self.job(tenant, id).await?;
+        let ended = self.ended.subscribe();
+        let job = self.job(tenant, id).await?;
+        self.wait_on(tenant, job, wait, ended).await
+    }
+
+    /// `job` (as read after `ended` subscribed) once it has ended, or as
+    /// it is when `wait` is over.
+    async fn wait_on(
+        &self,
+        tenant: &str,
+        mut job: JobRecord,
+        wait: Duration,
+        mut ended: broadcast::Receiver<Ended>,
+    ) -> Result<JobRecord, ApiError> {
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
         while !job.state.ended() {
             match tokio::time::timeout_at(deadline, ended.recv()).await {
-                Err(_elapsed) => return self.job(tenant, id).await,
-                Ok(Ok(other)) if &*other != id => continue,
-                // Its own end, or ends were missed (lagged): read it again.
-                Ok(Ok(_) | Err(broadcast::error::RecvError::Lagged(_))) => job = self.job(tenant, id).await?,
+                Err(_elapsed) => return self.job(tenant, &job.id).await,
+                Ok(Ok(other)) if *other.id != *job.id => continue,
+                Ok(Ok(Ended { job: Some(end), .. })) => job = JobRecord::clone(&end),
+                // Its own end without its record, or ends were missed (lagged): read it again.
+                Ok(Ok(_) | Err(broadcast::error::RecvError::Lagged(_))) => job = self.job(tenant, &job.id).await?,
                 Ok(Err(broadcast::error::RecvError::Closed)) => return Ok(job),
             }
         }
@@ -308,8 +353,8 @@ impl Service {
         self.store.list(tenant.to_owned(), limit).await.map_err(ApiError::from)
     }
 
-    /// The file of output `name` of a succeeded job.
-    pub async fn output_path(&self, tenant: &str, id: &str, name: &str) -> Result<PathBuf, ApiError> {
+    /// Output `name` of a job, if its record lists it.
+    pub async fn output(&self, tenant: &str, id: &str, name: &str) -> Result<StoredOutput, ApiError> {
         let job = self.job(tenant, id).await?;
         let listed = job.outputs.iter().any(|output| output["name"].as_str() == Some(name));
         if !listed {
@@ -319,11 +364,15 @@ impl Service {
                 format!("job {id} has no output of that name; its job lists its outputs"),
             ));
         }
-        Ok(self.job_dir(id).join(OUTPUT_FOLDER).join(name))
+        match self.store.output(id.to_owned(), name.to_owned()).await.map_err(ApiError::from)? {
+            Some(bytes) => Ok(StoredOutput::Bytes(bytes)),
+            None => Ok(StoredOutput::File(self.result_dir(id).join(name))),
+        }
     }
 
-    /// The names and files of a succeeded job's outputs, for its tar.
-    pub async fn outputs(&self, tenant: &str, id: &str) -> Result<Vec<(String, PathBuf)>, ApiError> {
+    /// The names and places of a succeeded job's outputs, for its tar, and
+    /// when it ended (the entries' time).
+    pub async fn outputs(&self, tenant: &str, id: &str) -> Result<(Vec<(String, StoredOutput)>, i64), ApiError> {
         let job = self.job(tenant, id).await?;
         if job.state != State::Succeeded {
             return Err(ApiError::new(
@@ -332,13 +381,20 @@ impl Service {
                 format!("job {id} is {}: only a succeeded job has outputs", job.state.name()),
             ));
         }
-        let folder = self.job_dir(id).join(OUTPUT_FOLDER);
-        Ok(job
-            .outputs
-            .iter()
-            .filter_map(|output| output["name"].as_str())
-            .map(|name| (name.to_owned(), folder.join(name)))
-            .collect())
+        let names = job.outputs.iter().filter_map(|output| output["name"].as_str());
+        let mut in_database: HashMap<String, Vec<u8>> =
+            self.store.output_contents(id.to_owned()).await.map_err(ApiError::from)?.into_iter().collect();
+        let folder = self.result_dir(id);
+        let outputs = names
+            .map(|name| {
+                let output = match in_database.remove(name) {
+                    Some(bytes) => StoredOutput::Bytes(bytes),
+                    None => StoredOutput::File(folder.join(name)),
+                };
+                (name.to_owned(), output)
+            })
+            .collect();
+        Ok((outputs, job.finished_at.unwrap_or_else(now_ms)))
     }
 
     /// `DELETE`: a queued job is cancelled, a running one stopped (its
@@ -352,7 +408,7 @@ impl Service {
             self.metrics.set_queued(tenant, self.scheduler.queued(tenant));
             self.remove_files(id).await;
             self.changed();
-            self.announce_end(id);
+            self.announce_end(id, None);
             return Ok(());
         }
         if matches!(state, State::Queued | State::Running) {
@@ -390,16 +446,23 @@ impl Service {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// Tells the waiters of job `id` to read it again (no receiver is fine).
-    fn announce_end(&self, id: &str) {
-        let _ = self.ended.send(Arc::from(id));
+    /// Tells the waiters of job `id` that it ended, with its record as
+    /// committed, or `None` to read it again (no receiver is fine).
+    fn announce_end(&self, id: &str, job: Option<JobRecord>) {
+        let _ = self.ended.send(Ended { id: Arc::from(id), job: job.map(Arc::new) });
     }
 
+    /// Removes the job's input and result folders, whichever exist.
     async fn remove_files(&self, id: &str) {
-        let folder = self.job_dir(id);
-        let result = tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&folder) {
-            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
-            _ => Ok(()),
+        self.remove_folders(id, vec![self.job_dir(id), self.result_dir(id)]).await;
+    }
+
+    async fn remove_folders(&self, id: &str, folders: Vec<PathBuf>) {
+        let result = tokio::task::spawn_blocking(move || {
+            folders.iter().try_for_each(|folder| match std::fs::remove_dir_all(folder) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
+                _ => Ok(()),
+            })
         })
         .await;
         match result {
@@ -433,40 +496,56 @@ impl Service {
         let mut slot = Slot { service: &self, tenant: &tenant, started, held: true };
         let outcome = tracing::Instrument::instrument(self.run_job(&tenant, &id, &mut slot), span).await;
         slot.release();
-        match outcome {
-            Ok(Some(outcome)) => self.metrics.job_ended(&tenant, &outcome, started.elapsed().as_secs_f64()),
-            Ok(None) => {}
-            Err(err) => tracing::error!(tenant, job = id, "the job could not be recorded: {err:#}"),
-        }
+        let ended = match outcome {
+            Ok(Some((outcome, ended))) => {
+                self.metrics.job_ended(&tenant, &outcome, started.elapsed().as_secs_f64());
+                ended
+            }
+            Ok(None) => None,
+            Err(err) => {
+                tracing::error!(tenant, job = id, "the job could not be recorded: {err:#}");
+                None
+            }
+        };
         self.running.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.changed();
-        self.announce_end(&id);
+        self.announce_end(&id, ended);
     }
 
-    /// Runs one job to its recorded end; the outcome's name, or `None` when
-    /// it did not end (deleted before it started, or put back by a drain).
+    /// Runs one job to its recorded end; the outcome's name and the
+    /// record as committed (when there is one to tell), or `None` when it
+    /// did not end (deleted before it started, or put back by a drain).
     /// Its slot is given back as soon as its guest is done.
-    async fn run_job(&self, tenant: &str, id: &str, slot: &mut Slot<'_>) -> anyhow::Result<Option<String>> {
+    async fn run_job(
+        &self,
+        tenant: &str,
+        id: &str,
+        slot: &mut Slot<'_>,
+    ) -> anyhow::Result<Option<(String, Option<JobRecord>)>> {
         let (stop_sender, stop) = oneshot::channel();
         self.running.lock().unwrap_or_else(PoisonError::into_inner).insert(id.to_owned(), stop_sender);
-        let Some(record) = self.store.get(tenant.to_owned(), id.to_owned()).await? else { return Ok(None) };
-        let Some(stored_input) = self.store.start(id.to_owned(), now_ms()).await? else { return Ok(None) };
+        let Some((record, stored_input)) = self.store.start(id.to_owned(), now_ms()).await? else { return Ok(None) };
         self.changed();
-        let folder = self.job_dir(id);
+        let input_file = stored_input.is_none();
         let input = match stored_input {
             Some(bytes) => Input::Bytes(bytes),
-            None => Input::Path(folder.join(INPUT_FILE)),
+            None => Input::Path(self.job_dir(id).join(INPUT_FILE)),
         };
-        prepare_job_folder(&folder).await?;
         let result = match self.components.get(&record.component) {
             Some(component) => {
-                // No fsync per output: the store flushes the filesystem once
-                // for every job whose end it commits together, before it
-                // records them succeeded (`Store::finish`).
+                // A large result's files get no fsync each: the store
+                // flushes the filesystem once for every job whose end it
+                // commits together, before it records them succeeded
+                // (`Store::finish`). A small one is committed with the end.
+                let destination = Destination::MemoryOrFolder {
+                    max_bytes: RESULT_IN_DATABASE,
+                    path: self.result_dir(id),
+                    force: true,
+                };
                 let invocation = Invocation::new(component.clone(), input)
                     .tenant(tenant)
-                    .destination(Destination::Folder { path: folder.join(OUTPUT_FOLDER), force: true })
+                    .destination(destination)
                     .sync_outputs(false);
                 tokio::select! {
                     result = self.runner.invoke(invocation) => Ok(result),
@@ -482,36 +561,49 @@ impl Service {
         // The next job's guest need not wait for this one's end to be on disk.
         slot.release();
         match result {
-            Ok(result) => self.record_end(id, result).await.map(Some),
+            Ok(result) => self.record_end(record, input_file, result).await.map(Some),
             Err(Stop::Delete) => {
                 self.store.cancel(id.to_owned(), now_ms()).await?;
                 self.remove_files(id).await;
-                Ok(Some("cancelled".to_owned()))
+                Ok(Some(("cancelled".to_owned(), None)))
             }
             Err(Stop::Drain) => {
                 self.store.requeue(id.to_owned()).await?;
-                clear_job_folder(&folder, &[INPUT_FILE]).await;
+                // Whatever it delivered goes; its input stays for the next start.
+                self.remove_folders(id, vec![self.result_dir(id)]).await;
                 Ok(None)
             }
         }
     }
 
-    async fn record_end(&self, id: &str, result: Result<RunOutcome, RunError>) -> anyhow::Result<String> {
-        let ending = ending(&result)?;
+    /// Records the end of the run of `record` (its input a file when
+    /// `input_file`); the outcome's name and the record as committed.
+    async fn record_end(
+        &self,
+        record: JobRecord,
+        input_file: bool,
+        mut result: Result<RunOutcome, RunError>,
+    ) -> anyhow::Result<(String, Option<JobRecord>)> {
+        let id = record.id.clone();
+        let contents = match &mut result {
+            Ok(RunOutcome { delivered: Delivered::Memory(files), .. }) => std::mem::take(files),
+            _ => Vec::new(),
+        };
+        let ending = Ending { contents, ..ending(&result)? };
         let name = ending.outcome.clone().unwrap_or_default();
-        if self.store.finish(id.to_owned(), ending).await? {
-            // The result is committed: the input is no longer needed, and a
-            // failed job has nothing else to keep.
-            if result.is_ok() {
-                clear_job_folder(&self.job_dir(id), &[OUTPUT_FOLDER]).await;
-            } else {
-                self.remove_files(id).await;
+        let mut ended = record;
+        ended.end(&ending);
+        if self.store.finish(id.clone(), ending).await? {
+            // The result is committed: the input is no longer needed.
+            if input_file {
+                self.remove_folders(&id, vec![self.job_dir(&id)]).await;
             }
+            Ok((name, Some(ended)))
         } else {
             // Deleted while it ran: nothing of it stays.
-            self.remove_files(id).await;
+            self.remove_files(&id).await;
+            Ok((name, None))
         }
-        Ok(name)
     }
 
     /// At start: queued and interrupted jobs back in their lanes, job
@@ -523,22 +615,31 @@ impl Service {
         for (id, tenant) in queued {
             if !self.scheduler.requeue(&tenant, id.clone()) {
                 let err = RunError::Host(format!("tenant {tenant} is no longer in the server's config"));
-                self.store.start(id.clone(), now_ms()).await?;
-                self.record_end(&id, Err(err)).await?;
+                if let Some((record, input)) = self.store.start(id.clone(), now_ms()).await? {
+                    self.record_end(record, input.is_none(), Err(err)).await?;
+                }
             }
         }
-        let jobs_dir = self.jobs_dir.clone();
-        let names: Vec<String> = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<String>> {
-            std::fs::read_dir(jobs_dir)?
-                .map(|entry| entry.map(|entry| entry.file_name().to_string_lossy().into_owned()))
-                .collect()
-        })
-        .await??;
-        for name in names {
+        // Results first: a legacy job folder may move its outputs there.
+        for name in folder_names(&self.results_dir).await? {
+            // Staging folders of a delivery cut by the crash have no record.
+            if self.store.exists(name.clone()).await? != Some(State::Succeeded) {
+                self.remove_folders(&name, vec![self.results_dir.join(&name)]).await;
+            }
+        }
+        for name in folder_names(&self.jobs_dir).await? {
+            let folder = self.jobs_dir.join(&name);
             match self.store.exists(name.clone()).await? {
-                None | Some(State::Failed | State::Cancelled) => self.remove_files(&name).await,
-                Some(State::Queued | State::Running) => clear_job_folder(&self.job_dir(&name), &[INPUT_FILE]).await,
-                Some(State::Succeeded) => clear_job_folder(&self.job_dir(&name), &[OUTPUT_FOLDER]).await,
+                Some(State::Queued | State::Running) => clear_job_folder(&folder, &[INPUT_FILE]).await,
+                Some(State::Succeeded) => {
+                    let (legacy, results) = (folder.join(LEGACY_OUTPUT_FOLDER), self.result_dir(&name));
+                    if let Err(err) = move_legacy_outputs(&legacy, &results).await {
+                        tracing::error!(job = name, "cannot move the job's outputs to {}: {err}", results.display());
+                        continue;
+                    }
+                    self.remove_folders(&name, vec![folder]).await;
+                }
+                None | Some(State::Failed | State::Cancelled) => self.remove_folders(&name, vec![folder]).await,
             }
         }
         for tenant in self.config.tenants.keys() {
@@ -626,7 +727,8 @@ pub fn check_request<'c>(
     Ok((settings, component))
 }
 
-/// How a run ended, as a job records it (`host serve`, and its workers on NATS).
+/// How a run ended, as a job records it (`host serve`, and its workers on
+/// NATS), with its outputs' files.
 pub fn ending(result: &Result<RunOutcome, RunError>) -> anyhow::Result<Ending> {
     Ok(match result {
         Ok(outcome) => Ending {
@@ -637,6 +739,7 @@ pub fn ending(result: &Result<RunOutcome, RunError>) -> anyhow::Result<Ending> {
             error: None,
             stored_bytes: outcome.outputs.iter().map(|output| output.bytes).sum(),
             finished_at: now_ms(),
+            contents: Vec::new(),
         },
         Err(err) => Ending {
             state: State::Failed,
@@ -646,6 +749,7 @@ pub fn ending(result: &Result<RunOutcome, RunError>) -> anyhow::Result<Ending> {
             error: Some(render::job_error_json(err)),
             stored_bytes: 0,
             finished_at: now_ms(),
+            contents: Vec::new(),
         },
     })
 }
@@ -727,17 +831,30 @@ async fn clear_job_folder(folder: &Path, keep: &[&str]) {
     }
 }
 
-/// A job's folder as its run starts: made if missing, and emptied of all
-/// but its input (a rerun after a crash starts from its input alone), in
-/// one trip to the blocking pool.
-async fn prepare_job_folder(folder: &Path) -> std::io::Result<()> {
+/// The names in `folder`.
+async fn folder_names(folder: &Path) -> anyhow::Result<Vec<String>> {
     let folder = folder.to_owned();
+    let names = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<String>> {
+        std::fs::read_dir(folder)?
+            .map(|entry| entry.map(|entry| entry.file_name().to_string_lossy().into_owned()))
+            .collect()
+    })
+    .await??;
+    Ok(names)
+}
+
+/// Moves the outputs a version before results folders kept in the job's
+/// folder (`legacy`) to its results folder, unless there is none or they
+/// are there already.
+async fn move_legacy_outputs(legacy: &Path, results: &Path) -> std::io::Result<()> {
+    let (legacy, results) = (legacy.to_owned(), results.to_owned());
     tokio::task::spawn_blocking(move || {
-        if let Err(err) = clear_job_folder_now(&folder, &[INPUT_FILE.to_owned()]) {
-            // What is left is replaced by the delivery (it forces).
-            tracing::error!("cannot clear a job folder: {err}");
+        if !legacy.is_dir() || results.exists() {
+            return Ok(());
         }
-        make_job_folder_now(&folder)
+        std::fs::rename(&legacy, &results)?;
+        let parent = results.parent().map_or_else(|| PathBuf::from("."), Path::to_owned);
+        std::fs::File::open(parent)?.sync_all()
     })
     .await
     .map_err(std::io::Error::other)?
@@ -925,12 +1042,25 @@ impl std::io::Write for ChannelWriter {
     }
 }
 
-/// Writes a tar of `files` (0600 entries, as the library's tar delivery).
-pub fn write_tar(files: &[(String, PathBuf)], writer: ChannelWriter) -> std::io::Result<()> {
+/// Writes a tar of `outputs` (0600 entries, as the library's tar
+/// delivery); those kept in the database get the time `finished_at`.
+pub fn write_tar(outputs: &[(String, StoredOutput)], finished_at: i64, writer: ChannelWriter) -> std::io::Result<()> {
     let mut builder = tar::Builder::new(std::io::BufWriter::with_capacity(64 << 10, writer));
-    for (name, path) in files {
-        let mut file = std::fs::File::open(path)?;
-        builder.append_file(name, &mut file)?;
+    for (name, output) in outputs {
+        match output {
+            StoredOutput::File(path) => {
+                let mut file = std::fs::File::open(path)?;
+                builder.append_file(name, &mut file)?;
+            }
+            StoredOutput::Bytes(bytes) => {
+                let mut header = tar::Header::new_gnu();
+                header.set_size(bytes.len() as u64);
+                header.set_mode(0o600);
+                header.set_mtime(u64::try_from(finished_at / 1000).unwrap_or(0));
+                header.set_entry_type(tar::EntryType::Regular);
+                builder.append_data(&mut header, name, bytes.as_slice())?;
+            }
+        }
     }
     builder.into_inner()?.flush()
 }

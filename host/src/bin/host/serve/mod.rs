@@ -123,12 +123,14 @@ async fn serve(args: &ServeArgs, mut config: Config) -> anyhow::Result<()> {
     private_folder(&config.data_dir)?;
     let jobs_dir = config.data_dir.join("jobs");
     private_folder(&jobs_dir)?;
+    let results_dir = config.data_dir.join("results");
+    private_folder(&results_dir)?;
     let store = store::Store::open(&config.data_dir.join("jobs.db"))?;
 
     // Each tenant's own bound is the queue's; the runner's only caps it.
     let (runner, components) = start_runner(&args.root, &config, config.max_concurrent)?;
 
-    let service = jobs::Service::new(config, runner.clone(), components, store, jobs_dir);
+    let service = jobs::Service::new(config, runner.clone(), components, store, jobs_dir, results_dir);
     let recovered = service.recover().await?;
     if recovered > 0 {
         tracing::warn!("{recovered} job(s) accepted before the last stop will run");

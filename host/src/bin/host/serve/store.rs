@@ -1,7 +1,9 @@
 //! The job records, the queue's order, idempotency keys and per-tenant
 //! stored bytes, in SQLite (WAL): a record is written whole or not at all.
-//! Small inputs live in their record; larger ones and the outputs are 0600
-//! files under `jobs/ID/` beside the database.
+//! Small inputs live in their record and small results in the database
+//! beside it (no file, no fsync of their own); larger inputs are 0600 files
+//! under `jobs/ID/`, larger results under `results/ID/`, beside the
+//! database.
 //!
 //! Writes go to one writer thread, which owns the writing connection and
 //! commits every write waiting in one transaction (group commit): one
@@ -107,6 +109,33 @@ pub struct Ending {
     pub error: Option<serde_json::Value>,
     pub stored_bytes: u64,
     pub finished_at: i64,
+    /// Each output's name and bytes when the result is kept in the
+    /// database (a small one); empty when the outputs are files.
+    pub contents: Vec<(String, Vec<u8>)>,
+}
+
+impl JobRecord {
+    /// The record once `ending` is recorded.
+    pub fn end(&mut self, ending: &Ending) {
+        self.state = ending.state;
+        self.outcome.clone_from(&ending.outcome);
+        self.report.clone_from(&ending.report);
+        self.outputs.clone_from(&ending.outputs);
+        self.error.clone_from(&ending.error);
+        self.finished_at = Some(ending.finished_at);
+    }
+}
+
+/// What [`Store::insert`] did.
+#[derive(Debug)]
+pub enum Insertion {
+    /// The job is recorded, queued.
+    Queued,
+    /// Its idempotency key already names this job: nothing was written.
+    Keyed(KeyedJob),
+    /// The tenant keeps this many bytes already; the input would take it
+    /// past its `max_stored`: nothing was written.
+    StorageFull(u64),
 }
 
 /// What an idempotency key already names.
@@ -138,6 +167,12 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_tenant ON jobs (tenant, seq);
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, finished_at);
+CREATE TABLE IF NOT EXISTS output_contents (
+    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    contents BLOB NOT NULL,
+    PRIMARY KEY (job_id, name)
+);
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     tenant TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -148,6 +183,8 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 
 const COLUMNS: &str =
     "id, tenant, component, state, outcome, report, outputs, error, created_at, started_at, finished_at";
+/// The columns of [`COLUMNS`], read by [`row`].
+const COLUMN_COUNT: usize = 11;
 
 /// Each tenant's stored bytes, kept by triggers in the transaction that
 /// changes them, so that the check of every `POST` reads one row instead of
@@ -414,14 +451,20 @@ impl Store {
     }
 
     /// Records a new queued job, with its idempotency key, on disk before
-    /// it answers. When the key is taken (a concurrent request with the
-    /// same key won), nothing is written and the job it names is returned.
-    pub async fn insert(&self, job: NewJob, key: Option<String>) -> anyhow::Result<Option<KeyedJob>> {
+    /// it answers, unless the key is taken (a concurrent request with the
+    /// same key won) or the tenant's stored bytes would pass `max_stored`
+    /// with its input: checked in the transaction that adds them, so
+    /// concurrent requests cannot pass it together.
+    pub async fn insert(&self, job: NewJob, key: Option<String>, max_stored: u64) -> anyhow::Result<Insertion> {
         self.write(Durability::Synced, move |connection| {
             if let Some(existing) =
                 key.as_deref().map(|key| keyed(connection, &job.tenant, key)).transpose()?.flatten()
             {
-                return Ok(Some(existing));
+                return Ok(Insertion::Keyed(existing));
+            }
+            let stored = stored_bytes(connection, &job.tenant)?;
+            if stored.saturating_add(job.input_bytes) > max_stored {
+                return Ok(Insertion::StorageFull(stored));
             }
             connection.prepare_cached("INSERT INTO jobs (id, tenant, component, state, input, input_file, input_sha256, stored_bytes, created_at)
                  VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8)")?.execute(params![
@@ -439,7 +482,7 @@ impl Store {
                 connection.prepare_cached("INSERT INTO idempotency_keys (tenant, key, job_id) VALUES (?1, ?2, ?3)")?.execute(params![job.tenant, key, job.id],
                 )?;
             }
-            Ok(None)
+            Ok(Insertion::Queued)
         })
         .await
     }
@@ -471,18 +514,35 @@ impl Store {
 
     /// What the tenant keeps: queued inputs and finished outputs.
     pub async fn stored_bytes(&self, tenant: String) -> anyhow::Result<u64> {
+        self.read(move |connection| stored_bytes(connection, &tenant)).await
+    }
+
+    /// The bytes of output `name` of job `id`, when its result is kept in
+    /// the database; `None` when it is not (its outputs are files).
+    pub async fn output(&self, id: String, name: String) -> anyhow::Result<Option<Vec<u8>>> {
         self.read(move |connection| {
             connection
-                .prepare_cached("SELECT bytes FROM tenant_bytes WHERE tenant = ?1")?
-                .query_row(params![tenant], |row| row.get(0))
+                .prepare_cached("SELECT contents FROM output_contents WHERE job_id = ?1 AND name = ?2")?
+                .query_row(params![id, name], |row| row.get(0))
                 .optional()
-                .map(Option::unwrap_or_default)
         })
         .await
     }
 
-    /// Marks a queued job running and returns its in-record input; `None`
-    /// when it has ended (cancelled meanwhile).
+    /// Every output of job `id` kept in the database, by name; empty when
+    /// its outputs are files (or it has none).
+    pub async fn output_contents(&self, id: String) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        self.read(move |connection| {
+            let mut statement =
+                connection.prepare_cached("SELECT name, contents FROM output_contents WHERE job_id = ?1")?;
+            statement.query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+        })
+        .await
+    }
+
+    /// Marks a queued job running and returns its record (as it is once
+    /// marked) and its in-record input; `None` when it has ended (cancelled
+    /// meanwhile) or is gone.
     ///
     /// The mark is sent to the writer at once and not waited for, so a
     /// job's guest does not wait behind other jobs' commits: it is ordered
@@ -491,7 +551,7 @@ impl Store {
     /// a crash may lose it (a running job is queued again at the next
     /// start anyway). [`Store::finish`] records an end only for a job
     /// marked running.
-    pub async fn start(&self, id: String, now: i64) -> anyhow::Result<Option<Option<Vec<u8>>>> {
+    pub async fn start(&self, id: String, now: i64) -> anyhow::Result<Option<(JobRecord, Option<Vec<u8>>)>> {
         let marked = id.clone();
         let mark = self.send(Durability::Lazy, move |connection| {
             connection
@@ -503,14 +563,15 @@ impl Store {
         // Its failure is logged by the writer (no one waits for it).
         drop(mark);
         self.read(move |connection| {
-            let found: Option<(String, Option<Vec<u8>>)> = connection
-                .prepare_cached("SELECT state, input FROM jobs WHERE id = ?1")?
-                .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+            let found = connection
+                .prepare_cached(&format!("SELECT {COLUMNS}, input FROM jobs WHERE id = ?1"))?
+                .query_row(params![id], |r| Ok((row(r)?, r.get::<_, Option<Vec<u8>>>(COLUMN_COUNT)?)))
                 .optional()?;
-            match found {
-                Some((state, input)) if !State::parse(&state)?.ended() => Ok(Some(input)),
-                _ => Ok(None),
-            }
+            Ok(found.filter(|(record, _)| !record.state.ended()).map(|(mut record, input)| {
+                record.state = State::Running;
+                record.started_at = Some(now);
+                (record, input)
+            }))
         })
         .await
     }
@@ -519,8 +580,9 @@ impl Store {
     /// when it is no longer running (deleted meanwhile). The input is
     /// dropped with it.
     ///
-    /// A job that succeeded lists outputs that were delivered into its
-    /// folder without syncs of their own: its record is committed only
+    /// A small result goes into the database in the same transaction. A
+    /// job that succeeded with outputs delivered into its results folder
+    /// without syncs of their own has its record committed only
     /// after a `syncfs` of the data folder's filesystem that began after
     /// they were written (the flusher does one for all the ends waiting,
     /// then hands them to the writer). A crash before that commit leaves
@@ -528,11 +590,8 @@ impl Store {
     /// files and the record that lists them are on disk. So a record never
     /// says `succeeded` of outputs that a crash could lose or cut.
     pub async fn finish(&self, id: String, ending: Ending) -> anyhow::Result<bool> {
-        let durability = if ending.state == State::Succeeded && !ending.outputs.is_empty() {
-            Durability::Files
-        } else {
-            Durability::Synced
-        };
+        let files = ending.state == State::Succeeded && !ending.outputs.is_empty() && ending.contents.is_empty();
+        let durability = if files { Durability::Files } else { Durability::Synced };
         self.write(durability, move |connection| {
             let json = |value: &Option<serde_json::Value>| value.as_ref().map(serde_json::Value::to_string);
             let changed = connection.prepare_cached("UPDATE jobs SET state = ?2, outcome = ?3, report = ?4, outputs = ?5, error = ?6, stored_bytes = ?7,
@@ -548,6 +607,13 @@ impl Store {
                     ending.finished_at
                 ],
             )?;
+            if changed == 1 {
+                let mut insert = connection
+                    .prepare_cached("INSERT INTO output_contents (job_id, name, contents) VALUES (?1, ?2, ?3)")?;
+                for (name, contents) in &ending.contents {
+                    insert.execute(params![id, name, contents])?;
+                }
+            }
             Ok(changed == 1)
         })
         .await
@@ -743,6 +809,14 @@ fn commit(connection: &mut Connection, synced: &mut bool, sync: bool, batch: Vec
     }
 }
 
+fn stored_bytes(connection: &Connection, tenant: &str) -> rusqlite::Result<u64> {
+    connection
+        .prepare_cached("SELECT bytes FROM tenant_bytes WHERE tenant = ?1")?
+        .query_row(params![tenant], |row| row.get(0))
+        .optional()
+        .map(Option::unwrap_or_default)
+}
+
 fn keyed(connection: &Connection, tenant: &str, key: &str) -> rusqlite::Result<Option<KeyedJob>> {
     connection
         .prepare_cached(
@@ -807,13 +881,18 @@ mod tests {
         let path = dir.join("jobs.db");
         let _ = std::fs::remove_file(&path);
         let store = Store::open(&path).expect("open");
-        assert!(store.insert(job("j1", "a"), Some("k".into())).await.expect("insert").is_none());
-        let again = store.insert(job("j2", "a"), Some("k".into())).await.expect("insert").expect("the key is taken");
+        let inserted = store.insert(job("j1", "a"), Some("k".into()), u64::MAX).await.expect("insert");
+        assert!(matches!(inserted, Insertion::Queued));
+        let Insertion::Keyed(again) = store.insert(job("j2", "a"), Some("k".into()), u64::MAX).await.expect("insert")
+        else {
+            panic!("the key is taken")
+        };
         assert_eq!(again.job_id, "j1");
         assert!(store.get("b".into(), "j1".into()).await.expect("get").is_none(), "another tenant's job");
         assert_eq!(store.stored_bytes("a".into()).await.expect("sum"), 4);
-        let input = store.start("j1".into(), 2).await.expect("start").expect("was queued");
+        let (record, input) = store.start("j1".into(), 2).await.expect("start").expect("was queued");
         assert_eq!(input.as_deref(), Some(&b"a,b\n"[..]));
+        assert_eq!((record.state, record.started_at), (State::Running, Some(2)), "the record as marked");
         drop(store);
 
         // A crash while running: the job is queued again at the next start.
@@ -828,6 +907,7 @@ mod tests {
             error: None,
             stored_bytes: 1,
             finished_at: 4,
+            contents: Vec::new(),
         };
         assert!(store.finish("j1".into(), ending).await.expect("finish"));
         assert_eq!(store.stored_bytes("a".into()).await.expect("sum"), 1, "the outputs replace the input");
@@ -838,6 +918,60 @@ mod tests {
         store.delete("j1".into()).await.expect("delete");
         assert!(store.keyed("a".into(), "k".into()).await.expect("key").is_none(), "the key goes with its job");
         assert_eq!(store.stored_bytes("a".into()).await.expect("sum"), 0);
+        drop(store);
+        std::fs::remove_dir_all(&dir).expect("clean");
+    }
+
+    #[tokio::test]
+    async fn a_small_result_is_kept_with_its_end_and_goes_with_its_job() {
+        let dir = scratch("contents");
+        let store = Store::open(&dir.join("jobs.db")).expect("open");
+        store.insert(job("j1", "a"), None, u64::MAX).await.expect("insert");
+        store.start("j1".into(), 2).await.expect("start").expect("queued");
+        let ending = Ending {
+            state: State::Succeeded,
+            outcome: Some("success".into()),
+            report: None,
+            outputs: vec![serde_json::json!({"name": "x.csv", "bytes": 3, "sha256": "s"})],
+            error: None,
+            stored_bytes: 3,
+            finished_at: 4,
+            contents: vec![("x.csv".into(), b"a,b".to_vec())],
+        };
+        assert!(store.finish("j1".into(), ending).await.expect("finish"));
+        assert_eq!(store.output("j1".into(), "x.csv".into()).await.expect("read").as_deref(), Some(&b"a,b"[..]));
+        assert!(store.output("j1".into(), "y.csv".into()).await.expect("read").is_none());
+        assert_eq!(store.output_contents("j1".into()).await.expect("read"), vec![("x.csv".into(), b"a,b".to_vec())]);
+        store.delete("j1".into()).await.expect("delete");
+        assert!(store.output_contents("j1".into()).await.expect("read").is_empty(), "the contents go with the job");
+        drop(store);
+        std::fs::remove_dir_all(&dir).expect("clean");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_inserts_never_take_a_tenant_past_max_stored() {
+        let dir = scratch("max-stored");
+        let store = Store::open(&dir.join("jobs.db")).expect("open");
+        // 4 bytes each, a bound of 30: 7 fit, whatever the order.
+        let inserts: Vec<_> = (0..20)
+            .map(|n| {
+                let store = store.clone();
+                tokio::spawn(async move { store.insert(job(&format!("j{n}"), "a"), None, 30).await })
+            })
+            .collect();
+        let mut refused = 0;
+        for insert in futures_util::future::join_all(inserts).await {
+            match insert.expect("task").expect("insert") {
+                Insertion::Queued => {}
+                Insertion::StorageFull(stored) => {
+                    assert!(stored + 4 > 30, "refused at {stored} bytes");
+                    refused += 1;
+                }
+                Insertion::Keyed(_) => panic!("no key was sent"),
+            }
+        }
+        assert_eq!(refused, 13);
+        assert_eq!(store.stored_bytes("a".into()).await.expect("sum"), 28);
         drop(store);
         std::fs::remove_dir_all(&dir).expect("clean");
     }
@@ -862,7 +996,12 @@ mod tests {
             .map(|id| {
                 let store = store.clone();
                 let job = job(id, "a");
-                tokio::spawn(async move { store.insert(job, None).await.map(drop) })
+                tokio::spawn(async move {
+                    match store.insert(job, None, u64::MAX).await? {
+                        Insertion::Queued => Ok(()),
+                        other => Err(anyhow::anyhow!("not inserted: {other:?}")),
+                    }
+                })
             })
             .collect();
         let half = store.clone();
@@ -907,7 +1046,7 @@ mod tests {
         }
         let store = Store::open(&path).expect("open");
         assert_eq!(store.stored_bytes("a".into()).await.expect("sum"), 123);
-        store.insert(job("new", "a"), None).await.expect("insert");
+        store.insert(job("new", "a"), None, u64::MAX).await.expect("insert");
         assert_eq!(store.stored_bytes("a".into()).await.expect("sum"), 127);
         drop(store);
         let store = Store::open(&path).expect("reopen");

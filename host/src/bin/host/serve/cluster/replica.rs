@@ -124,7 +124,7 @@ impl Replica {
         }
         let stored = self.cluster.usage(tenant).await.map_err(unavailable)?;
         if stored >= settings.max_stored {
-            return Err(storage_full(stored, settings.max_stored));
+            return Err(ApiError::storage_full(stored, settings.max_stored));
         }
 
         let id = new_job_id().map_err(ApiError::from)?;
@@ -149,7 +149,7 @@ impl Replica {
         undo.bytes = bytes;
         if now_stored > settings.max_stored {
             undo.run().await;
-            return Err(storage_full(now_stored - bytes, settings.max_stored));
+            return Err(ApiError::storage_full(now_stored - bytes, settings.max_stored));
         }
         if let Some(entry) = &key_entry {
             let keyed = KeyedJob { job_id: id.clone(), input_sha256: sha256.clone(), component: component.clone() };
@@ -496,17 +496,6 @@ impl Replica {
             }
         }
     }
-}
-
-fn storage_full(stored: u64, max_stored: u64) -> ApiError {
-    ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "storage-full",
-        format!(
-            "this tenant keeps {stored} bytes of inputs and results, its max_stored is {max_stored}; DELETE finished \
-             jobs or wait for their results to expire"
-        ),
-    )
 }
 
 /// What an accept stored so far, removed when it cannot finish.

@@ -488,12 +488,7 @@ impl Worker {
                 uploaded.push(name);
             }
         }
-        stored.record.state = ending.state;
-        stored.record.outcome = ending.outcome;
-        stored.record.report = ending.report;
-        stored.record.outputs = ending.outputs;
-        stored.record.error = ending.error;
-        stored.record.finished_at = Some(ending.finished_at);
+        stored.record.end(&ending);
         stored.stored_bytes = ending.stored_bytes;
         stored.uploading = Vec::new();
         if self.cluster.write(stored, revision).await?.is_some() {
