@@ -357,6 +357,16 @@ fn measure_child(command: &mut Command) -> BenchResult<Measured> {
 }
 
 /// `VmHWM` (peak resident set) of a process, in KiB; `None` once it has exited.
+/// CPU time (user + system) process `pid` has used so far, from
+/// `/proc/PID/stat` (clock ticks of 10 ms, Linux's `USER_HZ` of 100).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
 fn read_vmhwm_kib(pid: u32) -> Option<u64> {
     let mut status = String::new();
     fs::File::open(format!("/proc/{pid}/status")).ok()?.read_to_string(&mut status).ok()?;
@@ -393,6 +403,7 @@ fn tiny_library(scratch: &Scratch, example: &Path, n: usize, background: bool) -
     let input: Arc<[u8]> = bytes.into();
 
     let joined = |err: tokio::task::JoinError| RunError::Host(format!("a benchmark task failed: {err}"));
+    let cpu_before = cpu_time(std::process::id());
     let (sequential, concurrent, wall_1, wall_2, wrong_rows) = runtime.block_on(async {
         // Every batch runs as a task, on the runtime's workers.
         let batch = |count| tokio::spawn(invocations(runner.clone(), component.clone(), input.clone(), count));
@@ -431,6 +442,7 @@ fn tiny_library(scratch: &Scratch, example: &Path, n: usize, background: bool) -
             best_1.zip(best_2).ok_or_else(|| RunError::Host("no benchmark run".into()))?;
         Ok::<_, RunError>((sequential, concurrent, wall_1, wall_2, wrong_rows))
     })?;
+    let cpu_used = cpu_time(std::process::id()).zip(cpu_before).map(|(after, before)| after.saturating_sub(before));
     drop(runtime);
     // Waits for sandboxes queued for background removal (when the config asks for it).
     runner.shutdown()?;
@@ -466,6 +478,10 @@ fn tiny_library(scratch: &Scratch, example: &Path, n: usize, background: bool) -
         ]);
     }
     table.print();
+    if let Some(cpu) = cpu_used {
+        let invocations = u32::try_from((TINY_WARM_UP + 2 * RUNS * n).max(1)).unwrap_or(u32::MAX);
+        println!("CPU per invocation (user + system, this process, every run above): {}", micros(cpu / invocations));
+    }
 
     println!("\nwhere the time goes, 1 worker (mean of RunOutcome::timings over {n} invocations):");
     let mean = |d: Duration| micros(d / u32::try_from(n.max(1)).unwrap_or(u32::MAX));
@@ -704,7 +720,11 @@ fn service(
     );
     let clients = (0..SERVICE_CONNECTIONS).map(|_| client()).collect::<Result<Vec<_>, _>>()?;
     runtime.block_on(load(&clients, &base, TOKEN_A, &example_bytes, SERVICE_WARM_UP))?;
+    let cpu = |pid: u32| cpu_time(pid).ok_or_else(|| format!("cannot read the CPU time of process {pid}"));
+    let (server_cpu, client_cpu) = (cpu(server.child.id())?, cpu(std::process::id())?);
     let (mut latencies, wall) = runtime.block_on(load(&clients, &base, TOKEN_A, &example_bytes, jobs))?;
+    let server_cpu = cpu(server.child.id())?.saturating_sub(server_cpu);
+    let client_cpu = cpu(std::process::id())?.saturating_sub(client_cpu);
     latencies.sort_unstable();
     let service_rate = latencies.len() as f64 / wall.as_secs_f64();
     let ratio = service_rate / library_rate;
@@ -736,6 +756,9 @@ fn service(
         String::new(),
         String::new(),
     ]);
+    let per_job = |cpu: Duration| micros(cpu / u32::try_from(jobs.max(1)).unwrap_or(u32::MAX));
+    table.row(["server CPU per job (user + system)".into(), per_job(server_cpu), "(info)".into(), String::new()]);
+    table.row(["this bench's CPU per job (the clients)".into(), per_job(client_cpu), "(info)".into(), String::new()]);
     table.print();
 
     // 5.2 Fairness: tenant B's jobs alone, then while tenant A floods.

@@ -57,7 +57,8 @@ pub enum Destination {
     /// Returned in memory when the outputs come to at most `max_bytes`
     /// together, else delivered into the folder at `path` as
     /// [`Destination::Folder`] does: small results cost no file, large
-    /// ones no memory.
+    /// ones no memory. The folder is checked only when a result goes
+    /// there, after the run.
     MemoryOrFolder {
         /// The most output bytes, all outputs together, kept in memory.
         max_bytes: u64,
@@ -168,8 +169,10 @@ fn host_now() -> Timestamps {
 /// `force`), or is not a folder.
 pub fn check_destination(destination: &Destination) -> Result<(), RunError> {
     match destination {
-        Destination::Memory => Ok(()),
-        Destination::Folder { path, force } | Destination::MemoryOrFolder { path, force, .. } => {
+        // A result's size is known only after the run: its folder is
+        // checked when it is delivered there.
+        Destination::Memory | Destination::MemoryOrFolder { .. } => Ok(()),
+        Destination::Folder { path, force } => {
             let (parent, name) = split_destination(path)?;
             existing_destination(&open_parent(&parent, path)?, name, path, *force).map(drop)
         }

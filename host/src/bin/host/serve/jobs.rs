@@ -71,7 +71,9 @@ pub struct Service {
     jobs_dir: PathBuf,
     /// `results/ID/`: a large result's outputs.
     results_dir: PathBuf,
-    running: Mutex<HashMap<String, oneshot::Sender<Stop>>>,
+    /// Jobs started and not yet ended, by id: the store records a job
+    /// only when it is accepted and when it ends.
+    running: Mutex<HashMap<String, Running>>,
     /// Jobs started and not yet ended: a job gives its slot back once its
     /// guest is done, before its end is recorded, so the drain waits for
     /// these, not for the slots.
@@ -84,6 +86,15 @@ pub struct Service {
     /// each query the store for every job that moves.
     ended: broadcast::Sender<Ended>,
     draining: AtomicBool,
+}
+
+/// A job between its start and its recorded end.
+#[derive(Debug)]
+struct Running {
+    /// Milliseconds since the Unix epoch.
+    started_at: i64,
+    /// Stops its run; taken by the first to stop it.
+    stop: Option<oneshot::Sender<Stop>>,
 }
 
 /// A job's end, announced to its waiters.
@@ -315,7 +326,35 @@ impl Service {
         if !is_job_id(id) {
             return Err(ApiError::not_found());
         }
-        self.store.get(tenant.to_owned(), id.to_owned()).await.map_err(ApiError::from)?.ok_or_else(ApiError::not_found)
+        let started = self.started(|running| running.get(id).map(|job| job.started_at));
+        let mut job = self
+            .store
+            .get(tenant.to_owned(), id.to_owned())
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(ApiError::not_found)?;
+        if let Some(started_at) = started {
+            job.mark_running(started_at);
+        }
+        Ok(job)
+    }
+
+    /// What `look` finds among the running jobs. Looked at before the
+    /// store is read: a job the store has not seen end and that was
+    /// running then is running (its end is committed before it leaves
+    /// them), while a job that starts after the look shows queued.
+    fn started<T>(&self, look: impl FnOnce(&HashMap<String, Running>) -> T) -> T {
+        look(&self.running.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Stops the run of job `id` with `why`, unless it is not running or
+    /// has been stopped already.
+    fn stop(&self, id: &str, why: Stop) {
+        let sender =
+            self.running.lock().unwrap_or_else(PoisonError::into_inner).get_mut(id).and_then(|job| job.stop.take());
+        if let Some(sender) = sender {
+            let _ = sender.send(why);
+        }
     }
 
     /// The job once it has ended, or as it is when `wait` is over.
@@ -350,21 +389,38 @@ impl Service {
     }
 
     pub async fn list(&self, tenant: &str, limit: u32) -> Result<Vec<JobRecord>, ApiError> {
-        self.store.list(tenant.to_owned(), limit).await.map_err(ApiError::from)
+        let started: HashMap<String, i64> =
+            self.started(|running| running.iter().map(|(id, job)| (id.clone(), job.started_at)).collect());
+        let mut jobs = self.store.list(tenant.to_owned(), limit).await.map_err(ApiError::from)?;
+        for job in &mut jobs {
+            if let Some(started_at) = started.get(&job.id) {
+                job.mark_running(*started_at);
+            }
+        }
+        Ok(jobs)
     }
 
     /// Output `name` of a job, if its record lists it.
     pub async fn output(&self, tenant: &str, id: &str, name: &str) -> Result<StoredOutput, ApiError> {
         let job = self.job(tenant, id).await?;
-        let listed = job.outputs.iter().any(|output| output["name"].as_str() == Some(name));
-        if !listed {
+        let mut offset = 0u64;
+        let mut found = None;
+        for output in &job.outputs {
+            let bytes = output["bytes"].as_u64().unwrap_or_default();
+            if output["name"].as_str() == Some(name) {
+                found = Some(bytes);
+                break;
+            }
+            offset = offset.saturating_add(bytes);
+        }
+        let Some(length) = found else {
             return Err(ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,
                 "not-found",
                 format!("job {id} has no output of that name; its job lists its outputs"),
             ));
-        }
-        match self.store.output(id.to_owned(), name.to_owned()).await.map_err(ApiError::from)? {
+        };
+        match self.store.results_part(id.to_owned(), offset, length).await.map_err(ApiError::from)? {
             Some(bytes) => Ok(StoredOutput::Bytes(bytes)),
             None => Ok(StoredOutput::File(self.result_dir(id).join(name))),
         }
@@ -381,19 +437,25 @@ impl Service {
                 format!("job {id} is {}: only a succeeded job has outputs", job.state.name()),
             ));
         }
-        let names = job.outputs.iter().filter_map(|output| output["name"].as_str());
-        let mut in_database: HashMap<String, Vec<u8>> =
-            self.store.output_contents(id.to_owned()).await.map_err(ApiError::from)?.into_iter().collect();
-        let folder = self.result_dir(id);
-        let outputs = names
-            .map(|name| {
-                let output = match in_database.remove(name) {
-                    Some(bytes) => StoredOutput::Bytes(bytes),
-                    None => StoredOutput::File(folder.join(name)),
-                };
-                (name.to_owned(), output)
-            })
-            .collect();
+        let listed =
+            job.outputs.iter().filter_map(|output| Some((output["name"].as_str()?, output["bytes"].as_u64()?)));
+        let outputs = match self.store.results(id.to_owned()).await.map_err(ApiError::from)? {
+            Some(results) => {
+                let mut rest = results.as_slice();
+                let mut outputs = Vec::new();
+                for (name, bytes) in listed {
+                    let length = usize::try_from(bytes).unwrap_or(usize::MAX).min(rest.len());
+                    let (contents, after) = rest.split_at(length);
+                    outputs.push((name.to_owned(), StoredOutput::Bytes(contents.to_vec())));
+                    rest = after;
+                }
+                outputs
+            }
+            None => {
+                let folder = self.result_dir(id);
+                listed.map(|(name, _)| (name.to_owned(), StoredOutput::File(folder.join(name)))).collect()
+            }
+        };
         Ok((outputs, job.finished_at.unwrap_or_else(now_ms)))
     }
 
@@ -414,10 +476,7 @@ impl Service {
         if matches!(state, State::Queued | State::Running) {
             // Running (or starting): stop it, and wait for its task to say so.
             let mut changes = self.changes.subscribe();
-            let stop = self.running.lock().unwrap_or_else(PoisonError::into_inner).remove(id);
-            if let Some(stop) = stop {
-                let _ = stop.send(Stop::Delete);
-            }
+            self.stop(id, Stop::Delete);
             loop {
                 changes.borrow_and_update();
                 state = self.job(tenant, id).await?.state;
@@ -426,10 +485,7 @@ impl Service {
                 }
                 if tokio::time::timeout(Duration::from_secs(1), changes.changed()).await.is_err() {
                     // A job between the queue and its start: stop it once it is registered.
-                    let stop = self.running.lock().unwrap_or_else(PoisonError::into_inner).remove(id);
-                    if let Some(stop) = stop {
-                        let _ = stop.send(Stop::Delete);
-                    }
+                    self.stop(id, Stop::Delete);
                 }
             }
             if state == State::Cancelled {
@@ -524,8 +580,10 @@ impl Service {
         slot: &mut Slot<'_>,
     ) -> anyhow::Result<Option<(String, Option<JobRecord>)>> {
         let (stop_sender, stop) = oneshot::channel();
-        self.running.lock().unwrap_or_else(PoisonError::into_inner).insert(id.to_owned(), stop_sender);
-        let Some((record, stored_input)) = self.store.start(id.to_owned(), now_ms()).await? else { return Ok(None) };
+        let started_at = now_ms();
+        let running = Running { started_at, stop: Some(stop_sender) };
+        self.running.lock().unwrap_or_else(PoisonError::into_inner).insert(id.to_owned(), running);
+        let Some((record, stored_input)) = self.store.start(id.to_owned(), started_at).await? else { return Ok(None) };
         self.changed();
         let input_file = stored_input.is_none();
         let input = match stored_input {
@@ -568,8 +626,8 @@ impl Service {
                 Ok(Some(("cancelled".to_owned(), None)))
             }
             Err(Stop::Drain) => {
-                self.store.requeue(id.to_owned()).await?;
-                // Whatever it delivered goes; its input stays for the next start.
+                // Still queued in the store. Whatever it delivered goes; its
+                // input stays for the next start.
                 self.remove_folders(id, vec![self.result_dir(id)]).await;
                 Ok(None)
             }
@@ -585,15 +643,16 @@ impl Service {
         mut result: Result<RunOutcome, RunError>,
     ) -> anyhow::Result<(String, Option<JobRecord>)> {
         let id = record.id.clone();
-        let contents = match &mut result {
-            Ok(RunOutcome { delivered: Delivered::Memory(files), .. }) => std::mem::take(files),
-            _ => Vec::new(),
+        let results = match &mut result {
+            Ok(RunOutcome { delivered: Delivered::Memory(files), .. }) => Some(concatenated(std::mem::take(files))),
+            _ => None,
         };
-        let ending = Ending { contents, ..ending(&result)? };
+        let ending = Ending { results, ..ending(&result)? };
         let name = ending.outcome.clone().unwrap_or_default();
+        let started_at = record.started_at.unwrap_or(ending.finished_at);
         let mut ended = record;
         ended.end(&ending);
-        if self.store.finish(id.clone(), ending).await? {
+        if self.store.finish(id.clone(), started_at, ending).await? {
             // The result is committed: the input is no longer needed.
             if input_file {
                 self.remove_folders(&id, vec![self.job_dir(&id)]).await;
@@ -685,11 +744,17 @@ impl Service {
                 break;
             }
         }
-        let stops: Vec<_> = self.running.lock().unwrap_or_else(PoisonError::into_inner).drain().collect();
+        let stops: Vec<_> = self
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values_mut()
+            .filter_map(|job| job.stop.take())
+            .collect();
         if !stops.is_empty() {
             tracing::warn!("stopping {} job(s) still running; they will run again at the next start", stops.len());
         }
-        for (_, stop) in stops {
+        for stop in stops {
             let _ = stop.send(Stop::Drain);
         }
         while self.in_flight.load(Ordering::SeqCst) > 0 {
@@ -739,7 +804,7 @@ pub fn ending(result: &Result<RunOutcome, RunError>) -> anyhow::Result<Ending> {
             error: None,
             stored_bytes: outcome.outputs.iter().map(|output| output.bytes).sum(),
             finished_at: now_ms(),
-            contents: Vec::new(),
+            results: None,
         },
         Err(err) => Ending {
             state: State::Failed,
@@ -749,7 +814,7 @@ pub fn ending(result: &Result<RunOutcome, RunError>) -> anyhow::Result<Ending> {
             error: Some(render::job_error_json(err)),
             stored_bytes: 0,
             finished_at: now_ms(),
-            contents: Vec::new(),
+            results: None,
         },
     })
 }
@@ -829,6 +894,16 @@ async fn clear_job_folder(folder: &Path, keep: &[&str]) {
     if let Ok(Err(err)) | Err(err) = result.map_err(std::io::Error::other) {
         tracing::error!("cannot clear a job folder: {err}");
     }
+}
+
+/// Outputs delivered in memory as the database keeps them: their bytes one
+/// after the other, in the order the run listed them (and delivered them).
+fn concatenated(files: Vec<(String, Vec<u8>)>) -> Vec<u8> {
+    let mut results = Vec::with_capacity(files.iter().map(|(_, contents)| contents.len()).sum());
+    for (_, contents) in files {
+        results.extend_from_slice(&contents);
+    }
+    results
 }
 
 /// The names in `folder`.

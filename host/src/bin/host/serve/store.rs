@@ -10,7 +10,10 @@
 //! fsync for all the jobs accepted or finished meanwhile instead of one
 //! each. A caller is answered once its write is committed, and, when the
 //! write must survive a crash (an accepted job, an ended one), once it is
-//! on disk. A job's end that lists output files first goes through a
+//! on disk. A job is recorded twice in its life, accepted and ended: that
+//! it runs is the server's to know, in memory (after a crash nothing runs,
+//! and a job not ended is run again anyway). A job's end that lists output
+//! files first goes through a
 //! flusher thread, which flushes their filesystem once for all the ends
 //! waiting (see [`Store::finish`]). Reads go through connections of their
 //! own, beside the writer (WAL lets them), so a `GET` never waits behind a
@@ -25,7 +28,9 @@ use anyhow::Context as _;
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
-/// Where a job is in its life. A job that ended has one result: it is never run again.
+/// Where a job is in its life. A job that ended has one result: it is
+/// never run again. `Running` is never stored (the service knows which
+/// jobs run); a database of an earlier version may hold it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
@@ -109,12 +114,22 @@ pub struct Ending {
     pub error: Option<serde_json::Value>,
     pub stored_bytes: u64,
     pub finished_at: i64,
-    /// Each output's name and bytes when the result is kept in the
-    /// database (a small one); empty when the outputs are files.
-    pub contents: Vec<(String, Vec<u8>)>,
+    /// The outputs' bytes one after the other, in the order of `outputs`,
+    /// when the result is kept in the database (a small one); `None` when
+    /// the outputs are files.
+    pub results: Option<Vec<u8>>,
 }
 
 impl JobRecord {
+    /// The record of a job the store has as queued and the service is
+    /// running since `started_at`; an ended one stays as it is.
+    pub fn mark_running(&mut self, started_at: i64) {
+        if self.state == State::Queued {
+            self.state = State::Running;
+            self.started_at = Some(started_at);
+        }
+    }
+
     /// The record once `ending` is recorded.
     pub fn end(&mut self, ending: &Ending) {
         self.state = ending.state;
@@ -148,7 +163,7 @@ pub struct KeyedJob {
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
     tenant TEXT NOT NULL,
     component TEXT NOT NULL,
@@ -163,16 +178,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     created_at INTEGER NOT NULL,
     started_at INTEGER,
-    finished_at INTEGER
+    finished_at INTEGER,
+    results BLOB
 );
 CREATE INDEX IF NOT EXISTS jobs_by_tenant ON jobs (tenant, seq);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, finished_at);
-CREATE TABLE IF NOT EXISTS output_contents (
-    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
-    name TEXT NOT NULL,
-    contents BLOB NOT NULL,
-    PRIMARY KEY (job_id, name)
-);
+CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+DROP INDEX IF EXISTS jobs_by_state;
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     tenant TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -225,10 +236,6 @@ const IDLE_READERS: usize = 8;
 /// How much of a write must be on disk before its caller is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Durability {
-    /// Committed and seen by every read after it, and on disk with the next
-    /// synced commit: a crash may lose it, so only for what recovery does
-    /// again anyway (a job marked running runs again from queued).
-    Lazy,
     /// On disk when answered.
     Synced,
     /// On disk when answered, and only committed once every file written
@@ -241,7 +248,7 @@ enum Durability {
 /// A write waiting for the writer.
 enum Write {
     /// Run with the other writes waiting, in one transaction.
-    Batched(Durability, Box<dyn Pending>),
+    Batched(Box<dyn Pending>),
     /// Run alone, on the connection itself, synced ([`Store::call`]).
     Alone(Box<dyn FnOnce(&mut Connection) + Send>),
 }
@@ -341,15 +348,19 @@ impl Store {
         let mut connection =
             Connection::open(path).with_context(|| format!("cannot open the job database {}", path.display()))?;
         // WAL: readers never see a half-written record, and read beside the
-        // writer. FULL until the writer says otherwise for a lazy batch.
+        // writer; FULL: a commit is on disk when it returns. The journal of
+        // each write's savepoint stays in memory (SQLite would spill a
+        // batch's to a temporary file).
         connection
             .pragma_update(None, "journal_mode", "WAL")
             .and_then(|()| connection.pragma_update(None, "synchronous", "FULL"))
+            .and_then(|()| connection.pragma_update(None, "temp_store", "MEMORY"))
             .and_then(|()| connection.pragma_update(None, "foreign_keys", "ON"))
             .and_then(|()| connection.busy_timeout(std::time::Duration::from_secs(5)))
             .and_then(|()| {
                 let tx = connection.transaction()?;
                 tx.execute_batch(SCHEMA)?;
+                add_results_column(&tx)?;
                 tx.execute_batch(TENANT_BYTES)?;
                 tx.commit()
             })
@@ -427,7 +438,7 @@ impl Store {
         let pending = Box::new(Call { write: Some(f), result: None, caller });
         let sent = match durability {
             Durability::Files => self.flushes.send(pending).is_ok(),
-            _ => self.writes.send(Write::Batched(durability, pending)).is_ok(),
+            Durability::Synced => self.writes.send(Write::Batched(pending)).is_ok(),
         };
         anyhow::ensure!(sent, "the job database's writer has stopped");
         Ok(answer)
@@ -517,51 +528,35 @@ impl Store {
         self.read(move |connection| stored_bytes(connection, &tenant)).await
     }
 
-    /// The bytes of output `name` of job `id`, when its result is kept in
-    /// the database; `None` when it is not (its outputs are files).
-    pub async fn output(&self, id: String, name: String) -> anyhow::Result<Option<Vec<u8>>> {
+    /// `length` bytes from `offset` of job `id`'s results, when they are
+    /// kept in the database; `None` when they are not (its outputs are
+    /// files).
+    pub async fn results_part(&self, id: String, offset: u64, length: u64) -> anyhow::Result<Option<Vec<u8>>> {
         self.read(move |connection| {
             connection
-                .prepare_cached("SELECT contents FROM output_contents WHERE job_id = ?1 AND name = ?2")?
-                .query_row(params![id, name], |row| row.get(0))
+                .prepare_cached("SELECT substr(results, ?2, ?3) FROM jobs WHERE id = ?1 AND results IS NOT NULL")?
+                .query_row(params![id, offset.saturating_add(1), length], |row| row.get(0))
                 .optional()
         })
         .await
     }
 
-    /// Every output of job `id` kept in the database, by name; empty when
-    /// its outputs are files (or it has none).
-    pub async fn output_contents(&self, id: String) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    /// Job `id`'s results, when they are kept in the database.
+    pub async fn results(&self, id: String) -> anyhow::Result<Option<Vec<u8>>> {
         self.read(move |connection| {
-            let mut statement =
-                connection.prepare_cached("SELECT name, contents FROM output_contents WHERE job_id = ?1")?;
-            statement.query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+            connection
+                .prepare_cached("SELECT results FROM jobs WHERE id = ?1 AND results IS NOT NULL")?
+                .query_row(params![id], |row| row.get(0))
+                .optional()
         })
         .await
     }
 
-    /// Marks a queued job running and returns its record (as it is once
-    /// marked) and its in-record input; `None` when it has ended (cancelled
-    /// meanwhile) or is gone.
-    ///
-    /// The mark is sent to the writer at once and not waited for, so a
-    /// job's guest does not wait behind other jobs' commits: it is ordered
-    /// before any write the caller sends after this returns (the writer
-    /// commits lazy writes first), it is seen by reads once committed, and
-    /// a crash may lose it (a running job is queued again at the next
-    /// start anyway). [`Store::finish`] records an end only for a job
-    /// marked running.
+    /// A queued job's record, as it is once started at `now`, and its
+    /// in-record input, to run it; `None` when it has ended (cancelled
+    /// meanwhile) or is gone. Nothing is written: a job is `running` only
+    /// in the service's memory until its end is recorded.
     pub async fn start(&self, id: String, now: i64) -> anyhow::Result<Option<(JobRecord, Option<Vec<u8>>)>> {
-        let marked = id.clone();
-        let mark = self.send(Durability::Lazy, move |connection| {
-            connection
-                .prepare_cached(
-                    "UPDATE jobs SET state = 'running', started_at = ?2 WHERE id = ?1 AND state = 'queued'",
-                )?
-                .execute(params![marked, now])
-        })?;
-        // Its failure is logged by the writer (no one waits for it).
-        drop(mark);
         self.read(move |connection| {
             let found = connection
                 .prepare_cached(&format!("SELECT {COLUMNS}, input FROM jobs WHERE id = ?1"))?
@@ -576,9 +571,9 @@ impl Store {
         .await
     }
 
-    /// Records how a running job ended, on disk before it answers; false
-    /// when it is no longer running (deleted meanwhile). The input is
-    /// dropped with it.
+    /// Records how a job that started at `started_at` ended, on disk before
+    /// it answers; false when it has ended already (deleted meanwhile). The
+    /// input is dropped with it.
     ///
     /// A small result goes into the database in the same transaction. A
     /// job that succeeded with outputs delivered into its results folder
@@ -586,17 +581,17 @@ impl Store {
     /// after a `syncfs` of the data folder's filesystem that began after
     /// they were written (the flusher does one for all the ends waiting,
     /// then hands them to the writer). A crash before that commit leaves
-    /// the job running, to run again from its input; after it, both the
+    /// the job queued, to run again from its input; after it, both the
     /// files and the record that lists them are on disk. So a record never
     /// says `succeeded` of outputs that a crash could lose or cut.
-    pub async fn finish(&self, id: String, ending: Ending) -> anyhow::Result<bool> {
-        let files = ending.state == State::Succeeded && !ending.outputs.is_empty() && ending.contents.is_empty();
+    pub async fn finish(&self, id: String, started_at: i64, ending: Ending) -> anyhow::Result<bool> {
+        let files = ending.state == State::Succeeded && !ending.outputs.is_empty() && ending.results.is_none();
         let durability = if files { Durability::Files } else { Durability::Synced };
         self.write(durability, move |connection| {
             let json = |value: &Option<serde_json::Value>| value.as_ref().map(serde_json::Value::to_string);
             let changed = connection.prepare_cached("UPDATE jobs SET state = ?2, outcome = ?3, report = ?4, outputs = ?5, error = ?6, stored_bytes = ?7,
-                     finished_at = ?8, input = NULL, input_file = 0
-                 WHERE id = ?1 AND state = 'running'")?.execute(params![
+                     finished_at = ?8, started_at = ?9, results = ?10, input = NULL, input_file = 0
+                 WHERE id = ?1 AND state IN ('queued', 'running')")?.execute(params![
                     id,
                     ending.state.name(),
                     ending.outcome,
@@ -604,31 +599,12 @@ impl Store {
                     serde_json::Value::Array(ending.outputs).to_string(),
                     json(&ending.error),
                     ending.stored_bytes,
-                    ending.finished_at
+                    ending.finished_at,
+                    started_at,
+                    ending.results
                 ],
             )?;
-            if changed == 1 {
-                let mut insert = connection
-                    .prepare_cached("INSERT INTO output_contents (job_id, name, contents) VALUES (?1, ?2, ?3)")?;
-                for (name, contents) in &ending.contents {
-                    insert.execute(params![id, name, contents])?;
-                }
-            }
             Ok(changed == 1)
-        })
-        .await
-    }
-
-    /// Puts a running job back in the queue (the server is stopping). Not
-    /// waited on disk for: a running job is queued again at the next start.
-    pub async fn requeue(&self, id: String) -> anyhow::Result<()> {
-        self.write(Durability::Lazy, move |connection| {
-            connection
-                .execute(
-                    "UPDATE jobs SET state = 'queued', started_at = NULL WHERE id = ?1 AND state = 'running'",
-                    params![id],
-                )
-                .map(drop)
         })
         .await
     }
@@ -652,8 +628,8 @@ impl Store {
         .await
     }
 
-    /// At start: jobs that were running when the server died are queued
-    /// again; every queued job, in the order it was accepted.
+    /// At start: every job not ended, in the order it was accepted, queued
+    /// (an earlier version recorded running jobs as such).
     pub async fn recover(&self) -> anyhow::Result<Vec<(String, String)>> {
         self.call(|connection| {
             connection.execute("UPDATE jobs SET state = 'queued', started_at = NULL WHERE state = 'running'", [])?;
@@ -667,9 +643,7 @@ impl Store {
     /// Jobs that ended before `before` (ms since the epoch).
     pub async fn ended_before(&self, before: i64) -> anyhow::Result<Vec<String>> {
         self.read(move |connection| {
-            let mut statement = connection.prepare_cached(
-                "SELECT id FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at < ?1",
-            )?;
+            let mut statement = connection.prepare_cached("SELECT id FROM jobs WHERE finished_at < ?1")?;
             statement.query_map(params![before], |r| r.get(0))?.collect()
         })
         .await
@@ -692,8 +666,6 @@ impl Store {
 /// waiting with it, and commits them together, until every [`Store`] and
 /// the flusher are gone.
 fn write_loop(mut connection: Connection, queue: &Receiver<Write>, checkpoint: &SyncSender<()>) {
-    // What the connection's `synchronous` is: FULL as opened.
-    let mut synced = true;
     let mut commits: u32 = 0;
     while let Ok(first) = queue.recv() {
         commits += 1;
@@ -706,18 +678,15 @@ fn write_loop(mut connection: Connection, queue: &Receiver<Write>, checkpoint: &
         let mut next = Some(first);
         while let Some(write) = next {
             match write {
-                Write::Batched(durability, pending) => batch.push((durability, pending)),
+                Write::Batched(pending) => batch.push(pending),
                 Write::Alone(write) => {
-                    flush(&mut connection, &mut synced, std::mem::take(&mut batch));
-                    if set_synced(&connection, &mut synced, true).is_ok() {
-                        write(&mut connection);
-                    }
-                    // Else its caller is dropped unanswered: it hears that the writer failed.
+                    commit(&mut connection, std::mem::take(&mut batch));
+                    write(&mut connection);
                 }
             }
             next = if batch.len() < MAX_BATCH { queue.try_recv().ok() } else { None };
         }
-        flush(&mut connection, &mut synced, batch);
+        commit(&mut connection, batch);
     }
 }
 
@@ -746,7 +715,7 @@ fn flush_loop(data_dir: &std::fs::File, queue: &Receiver<Box<dyn Pending>>, writ
             Ok(()) => {
                 for pending in batch {
                     // A writer gone drops it: its caller hears the writer stopped.
-                    let _ = writes.send(Write::Batched(Durability::Synced, pending));
+                    let _ = writes.send(Write::Batched(pending));
                 }
             }
             Err(err) => {
@@ -759,38 +728,17 @@ fn flush_loop(data_dir: &std::fs::File, queue: &Receiver<Box<dyn Pending>>, writ
     }
 }
 
-/// Makes commits wait for the disk (FULL) or not (NORMAL: in WAL mode the
-/// commit is then synced with the next FULL one, or at a checkpoint).
-fn set_synced(connection: &Connection, synced: &mut bool, want: bool) -> rusqlite::Result<()> {
-    if *synced != want {
-        connection.pragma_update(None, "synchronous", if want { "FULL" } else { "NORMAL" })?;
-        *synced = want;
-    }
-    Ok(())
-}
-
-/// Commits the lazy writes of `batch` first, in a transaction of their
-/// own, then the others together: a lazy write (a job marked running, just
-/// before its guest starts) is not held back by the fsync the others wait
-/// for. The writes of one batch were all waiting at once, so any order of
-/// them is one they could have arrived in.
-fn flush(connection: &mut Connection, synced: &mut bool, batch: Vec<(Durability, Box<dyn Pending>)>) {
-    let (lazy, synced_writes) = batch.into_iter().partition(|(durability, _)| *durability == Durability::Lazy);
-    commit(connection, synced, false, lazy);
-    commit(connection, synced, true, synced_writes);
-}
-
-/// Commits `batch` in one transaction (on disk when it returns with
-/// `sync`), each write in a savepoint of its own so that one failing is
-/// rolled back alone, then answers every caller.
-fn commit(connection: &mut Connection, synced: &mut bool, sync: bool, batch: Vec<(Durability, Box<dyn Pending>)>) {
+/// Commits `batch` in one transaction, on disk when it returns, each
+/// write in a savepoint of its own so that one failing is rolled back
+/// alone, then answers every caller. The writes of one batch were all
+/// waiting at once, so their order is one they could have arrived in.
+fn commit(connection: &mut Connection, batch: Vec<Box<dyn Pending>>) {
     if batch.is_empty() {
         return;
     }
-    let mut batch = batch.into_iter().map(|(_, pending)| pending);
+    let mut batch = batch.into_iter();
     let mut ran = Vec::with_capacity(batch.len());
     let result = (|| {
-        set_synced(connection, synced, sync)?;
         let mut tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for mut pending in batch.by_ref() {
             let step = tx.savepoint().and_then(|savepoint| {
@@ -807,6 +755,19 @@ fn commit(connection: &mut Connection, synced: &mut bool, sync: bool, batch: Vec
     for pending in ran.into_iter().chain(batch) {
         pending.answer(why.as_deref().map_or(Ok(()), Err));
     }
+}
+
+/// A database made before small results were kept in it gets their column.
+fn add_results_column(connection: &Connection) -> rusqlite::Result<()> {
+    let has_it: bool = connection.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'results')",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has_it {
+        connection.execute_batch("ALTER TABLE jobs ADD COLUMN results BLOB")?;
+    }
+    Ok(())
 }
 
 fn stored_bytes(connection: &Connection, tenant: &str) -> rusqlite::Result<u64> {
@@ -907,13 +868,15 @@ mod tests {
             error: None,
             stored_bytes: 1,
             finished_at: 4,
-            contents: Vec::new(),
+            results: None,
         };
-        assert!(store.finish("j1".into(), ending).await.expect("finish"));
+        assert!(store.finish("j1".into(), 3, ending).await.expect("finish"));
         assert_eq!(store.stored_bytes("a".into()).await.expect("sum"), 1, "the outputs replace the input");
         assert!(store.start("j1".into(), 5).await.expect("start").is_none(), "one result per job");
         let record = store.get("a".into(), "j1".into()).await.expect("get").expect("kept");
         assert_eq!((record.state, record.outputs.len()), (State::Succeeded, 1));
+        assert_eq!((record.started_at, record.finished_at), (Some(3), Some(4)), "its run's times");
+        assert_eq!(store.ended_before(4).await.expect("expired"), Vec::<String>::new(), "ended at 4, not before");
         assert_eq!(store.ended_before(5).await.expect("expired"), vec!["j1".to_owned()]);
         store.delete("j1".into()).await.expect("delete");
         assert!(store.keyed("a".into(), "k".into()).await.expect("key").is_none(), "the key goes with its job");
@@ -932,18 +895,25 @@ mod tests {
             state: State::Succeeded,
             outcome: Some("success".into()),
             report: None,
-            outputs: vec![serde_json::json!({"name": "x.csv", "bytes": 3, "sha256": "s"})],
+            outputs: vec![
+                serde_json::json!({"name": "x.csv", "bytes": 3, "sha256": "s"}),
+                serde_json::json!({"name": "y.csv", "bytes": 2, "sha256": "t"}),
+            ],
             error: None,
-            stored_bytes: 3,
+            stored_bytes: 5,
             finished_at: 4,
-            contents: vec![("x.csv".into(), b"a,b".to_vec())],
+            results: Some(b"a,bc\n".to_vec()),
         };
-        assert!(store.finish("j1".into(), ending).await.expect("finish"));
-        assert_eq!(store.output("j1".into(), "x.csv".into()).await.expect("read").as_deref(), Some(&b"a,b"[..]));
-        assert!(store.output("j1".into(), "y.csv".into()).await.expect("read").is_none());
-        assert_eq!(store.output_contents("j1".into()).await.expect("read"), vec![("x.csv".into(), b"a,b".to_vec())]);
+        assert!(store.finish("j1".into(), 3, ending).await.expect("finish"));
+        let part = |offset, length| store.results_part("j1".into(), offset, length);
+        assert_eq!(part(0, 3).await.expect("read").as_deref(), Some(&b"a,b"[..]));
+        assert_eq!(part(3, 2).await.expect("read").as_deref(), Some(&b"c\n"[..]));
+        assert_eq!(part(5, 0).await.expect("read").as_deref(), Some(&b""[..]));
+        assert_eq!(store.results("j1".into()).await.expect("read").as_deref(), Some(&b"a,bc\n"[..]));
+        store.insert(job("j2", "a"), None, u64::MAX).await.expect("insert");
+        assert!(store.results_part("j2".into(), 0, 1).await.expect("read").is_none(), "no results kept");
         store.delete("j1".into()).await.expect("delete");
-        assert!(store.output_contents("j1".into()).await.expect("read").is_empty(), "the contents go with the job");
+        assert!(store.results("j1".into()).await.expect("read").is_none(), "the results go with the job");
         drop(store);
         std::fs::remove_dir_all(&dir).expect("clean");
     }
@@ -1035,7 +1005,9 @@ mod tests {
         let path = dir.join("jobs.db");
         {
             let connection = Connection::open(&path).expect("open");
-            connection.execute_batch(SCHEMA).expect("the schema before the counts");
+            let before = SCHEMA.replace(",\n    results BLOB", "");
+            assert_ne!(before, SCHEMA);
+            connection.execute_batch(&before).expect("the schema before the counts and results");
             connection
                 .execute(
                     "INSERT INTO jobs (id, tenant, component, state, input_file, input_sha256, stored_bytes, created_at)
@@ -1051,6 +1023,7 @@ mod tests {
         drop(store);
         let store = Store::open(&path).expect("reopen");
         assert_eq!(store.stored_bytes("a".into()).await.expect("sum"), 127, "counted once");
+        assert!(store.results("old".into()).await.expect("the results column was added").is_none());
         drop(store);
         std::fs::remove_dir_all(&dir).expect("clean");
     }
