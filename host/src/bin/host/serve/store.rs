@@ -1,23 +1,20 @@
 //! The job records, the queue's order, idempotency keys and per-tenant
 //! stored bytes, in SQLite (WAL): a record is written whole or not at all.
-//! Small inputs live in their record and small results in the database
-//! beside it (no file, no fsync of their own); larger inputs are 0600 files
-//! under `jobs/ID/`, larger results under `results/ID/`, beside the
-//! database.
+//! Small inputs and small results live in their job's record (no file, no
+//! fsync of their own); larger inputs are 0600 files under `jobs/ID/`,
+//! larger results under `results/ID/`, beside the database.
 //!
 //! Writes go to one writer thread, which owns the writing connection and
 //! commits every write waiting in one transaction (group commit): one
-//! fsync for all the jobs accepted or finished meanwhile instead of one
-//! each. A caller is answered once its write is committed, and, when the
-//! write must survive a crash (an accepted job, an ended one), once it is
-//! on disk. A job is recorded twice in its life, accepted and ended: that
-//! it runs is the server's to know, in memory (after a crash nothing runs,
+//! fdatasync for all the jobs accepted or finished meanwhile instead of
+//! one each. A caller is answered once its write is committed and on
+//! disk. A job is written twice in its life, accepted and ended: that it
+//! runs is the server's to know, in memory (after a crash nothing runs,
 //! and a job not ended is run again anyway). A job's end that lists output
-//! files first goes through a
-//! flusher thread, which flushes their filesystem once for all the ends
-//! waiting (see [`Store::finish`]). Reads go through connections of their
-//! own, beside the writer (WAL lets them), so a `GET` never waits behind a
-//! commit.
+//! files first goes through a flusher thread, which flushes their
+//! filesystem once for all the ends waiting (see [`Store::finish`]). Reads
+//! go through connections of their own, beside the writer (WAL lets
+//! them), so a `GET` never waits behind a commit.
 
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
