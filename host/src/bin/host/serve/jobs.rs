@@ -326,7 +326,10 @@ impl Service {
         if !is_job_id(id) {
             return Err(ApiError::not_found());
         }
-        let started = self.started(|running| running.get(id).map(|job| job.started_at));
+        // Looked at before the store is read: a job the store has not seen
+        // end and that was running then is running (its end is committed
+        // before it leaves them); one that starts after the look shows queued.
+        let started = self.running().get(id).map(|job| job.started_at);
         let mut job = self
             .store
             .get(tenant.to_owned(), id.to_owned())
@@ -339,19 +342,14 @@ impl Service {
         Ok(job)
     }
 
-    /// What `look` finds among the running jobs. Looked at before the
-    /// store is read: a job the store has not seen end and that was
-    /// running then is running (its end is committed before it leaves
-    /// them), while a job that starts after the look shows queued.
-    fn started<T>(&self, look: impl FnOnce(&HashMap<String, Running>) -> T) -> T {
-        look(&self.running.lock().unwrap_or_else(PoisonError::into_inner))
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Stops the run of job `id` with `why`, unless it is not running or
     /// has been stopped already.
     fn stop(&self, id: &str, why: Stop) {
-        let sender =
-            self.running.lock().unwrap_or_else(PoisonError::into_inner).get_mut(id).and_then(|job| job.stop.take());
+        let sender = self.running().get_mut(id).and_then(|job| job.stop.take());
         if let Some(sender) = sender {
             let _ = sender.send(why);
         }
@@ -389,8 +387,9 @@ impl Service {
     }
 
     pub async fn list(&self, tenant: &str, limit: u32) -> Result<Vec<JobRecord>, ApiError> {
+        // Looked at before the store is read, as for one job.
         let started: HashMap<String, i64> =
-            self.started(|running| running.iter().map(|(id, job)| (id.clone(), job.started_at)).collect());
+            self.running().iter().map(|(id, job)| (id.clone(), job.started_at)).collect();
         let mut jobs = self.store.list(tenant.to_owned(), limit).await.map_err(ApiError::from)?;
         for job in &mut jobs {
             if let Some(started_at) = started.get(&job.id) {
@@ -403,17 +402,7 @@ impl Service {
     /// Output `name` of a job, if its record lists it.
     pub async fn output(&self, tenant: &str, id: &str, name: &str) -> Result<StoredOutput, ApiError> {
         let job = self.job(tenant, id).await?;
-        let mut offset = 0u64;
-        let mut found = None;
-        for output in &job.outputs {
-            let bytes = output["bytes"].as_u64().unwrap_or_default();
-            if output["name"].as_str() == Some(name) {
-                found = Some(bytes);
-                break;
-            }
-            offset = offset.saturating_add(bytes);
-        }
-        let Some(length) = found else {
+        let Some((_, offset, length)) = result_spans(&job).find(|(listed, _, _)| *listed == name) else {
             return Err(ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,
                 "not-found",
@@ -437,25 +426,20 @@ impl Service {
                 format!("job {id} is {}: only a succeeded job has outputs", job.state.name()),
             ));
         }
-        let listed =
-            job.outputs.iter().filter_map(|output| Some((output["name"].as_str()?, output["bytes"].as_u64()?)));
-        let outputs = match self.store.results(id.to_owned()).await.map_err(ApiError::from)? {
-            Some(results) => {
-                let mut rest = results.as_slice();
-                let mut outputs = Vec::new();
-                for (name, bytes) in listed {
-                    let length = usize::try_from(bytes).unwrap_or(usize::MAX).min(rest.len());
-                    let (contents, after) = rest.split_at(length);
-                    outputs.push((name.to_owned(), StoredOutput::Bytes(contents.to_vec())));
-                    rest = after;
-                }
-                outputs
-            }
-            None => {
-                let folder = self.result_dir(id);
-                listed.map(|(name, _)| (name.to_owned(), StoredOutput::File(folder.join(name)))).collect()
-            }
-        };
+        let results = self.store.results(id.to_owned()).await.map_err(ApiError::from)?;
+        let folder = self.result_dir(id);
+        let outputs = result_spans(&job)
+            .map(|(name, offset, length)| {
+                let output = match &results {
+                    Some(results) => {
+                        let part = |at: u64| usize::try_from(at).unwrap_or(usize::MAX).min(results.len());
+                        StoredOutput::Bytes(results[part(offset)..part(offset.saturating_add(length))].to_vec())
+                    }
+                    None => StoredOutput::File(folder.join(name)),
+                };
+                (name.to_owned(), output)
+            })
+            .collect();
         Ok((outputs, job.finished_at.unwrap_or_else(now_ms)))
     }
 
@@ -563,7 +547,7 @@ impl Service {
                 None
             }
         };
-        self.running.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+        self.running().remove(&id);
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.changed();
         self.announce_end(&id, ended);
@@ -582,7 +566,7 @@ impl Service {
         let (stop_sender, stop) = oneshot::channel();
         let started_at = now_ms();
         let running = Running { started_at, stop: Some(stop_sender) };
-        self.running.lock().unwrap_or_else(PoisonError::into_inner).insert(id.to_owned(), running);
+        self.running().insert(id.to_owned(), running);
         let Some((record, stored_input)) = self.store.start(id.to_owned(), started_at).await? else { return Ok(None) };
         self.changed();
         let input_file = stored_input.is_none();
@@ -744,13 +728,7 @@ impl Service {
                 break;
             }
         }
-        let stops: Vec<_> = self
-            .running
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values_mut()
-            .filter_map(|job| job.stop.take())
-            .collect();
+        let stops: Vec<_> = self.running().values_mut().filter_map(|job| job.stop.take()).collect();
         if !stops.is_empty() {
             tracing::warn!("stopping {} job(s) still running; they will run again at the next start", stops.len());
         }
@@ -868,14 +846,12 @@ impl Drop for FolderGuard {
 /// The job's folder, owner-only (0700); it may exist (it holds a large input).
 async fn make_job_folder(folder: &Path) -> std::io::Result<()> {
     let folder = folder.to_owned();
-    tokio::task::spawn_blocking(move || make_job_folder_now(&folder)).await.map_err(std::io::Error::other)?
-}
-
-fn make_job_folder_now(folder: &Path) -> std::io::Result<()> {
-    match std::fs::DirBuilder::new().mode(0o700).create(folder) {
+    tokio::task::spawn_blocking(move || match std::fs::DirBuilder::new().mode(0o700).create(folder) {
         Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => Err(err),
         _ => Ok(()),
-    }
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 async fn create_input_file(folder: &Path) -> std::io::Result<tokio::fs::File> {
@@ -894,6 +870,17 @@ async fn clear_job_folder(folder: &Path, keep: &[&str]) {
     if let Ok(Err(err)) | Err(err) = result.map_err(std::io::Error::other) {
         tracing::error!("cannot clear a job folder: {err}");
     }
+}
+
+/// Each output a job lists, with where its bytes lie in the job's results
+/// as the database keeps them (`concatenated`): name, offset, length.
+fn result_spans(job: &JobRecord) -> impl Iterator<Item = (&str, u64, u64)> {
+    job.outputs.iter().scan(0u64, |offset, output| {
+        let length = output["bytes"].as_u64().unwrap_or_default();
+        let start = *offset;
+        *offset = offset.saturating_add(length);
+        Some((output["name"].as_str().unwrap_or_default(), start, length))
+    })
 }
 
 /// Outputs delivered in memory as the database keeps them: their bytes one
