@@ -768,6 +768,108 @@ async fn sigterm_drains_running_jobs_and_leaves_the_rest_queued_for_the_next_sta
     assert_eq!(server.delete(ACME, &long).await.status(), StatusCode::NO_CONTENT);
 }
 
+/// A job sent with `?wait=` and a small body is written once, when it
+/// ends, if it ends within the wait: the `200` comes after that write, and
+/// a `202` after a write of it queued, so a kill after either loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waited_job_is_on_disk_before_its_200_or_its_202_when_the_wait_runs_out() {
+    let scratch = Scratch::new("serve-waited");
+    let config = sleep_config("max_concurrent = 1", &tenant("acme", ACME, ""));
+    let mut server = Server::start(&scratch, &config);
+    let ended = server.post(ACME, "?wait=30", seven_rows()).await;
+    assert_eq!(ended.status(), StatusCode::OK);
+    let ended = json(ended).await;
+    assert_eq!(ended["state"], "succeeded", "{ended}");
+    let slow = server.post(ACME, "?component=sleep&wait=0.3", "1500").await;
+    assert_eq!(slow.status(), StatusCode::ACCEPTED, "the wait ran out");
+    let slow = json(slow).await;
+    assert!(["queued", "running"].contains(&slow["state"].as_str().unwrap_or_default()), "{slow}");
+    let queued = server.post(ACME, "?wait=0.2", seven_rows()).await;
+    assert_eq!(queued.status(), StatusCode::ACCEPTED, "behind the slow one: still queued");
+    let queued = json(queued).await;
+    assert_eq!(queued["state"], "queued", "{queued}");
+    server.signal("-KILL");
+    server.wait();
+
+    let config_path = server.config.clone();
+    drop(server);
+    let server = Server::start_with(&scratch, &config_path, &[]);
+    let again = json(server.get(ACME, &format!("/v1/jobs/{}", id_of(&ended))).await).await;
+    assert_eq!(again, ended, "the end answered is the end kept");
+    let outputs = served_outputs(&server, &id_of(&ended), &ended).await;
+    assert_eq!(outputs.len(), ended["outputs"].as_array().map_or(0, Vec::len));
+    for job in [&slow, &queued] {
+        assert_eq!(server.finished(ACME, &id_of(job)).await["state"], "succeeded", "accepted, so run after the kill");
+    }
+    let listed = json(server.get(ACME, "/v1/jobs").await).await;
+    assert_eq!(listed["jobs"].as_array().map(Vec::len), Some(3), "{listed}");
+}
+
+/// A drain answers the waiters of jobs not yet written with `202` once
+/// their jobs are on disk, queued for the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_writes_waited_jobs_queued_and_answers_their_waiters() {
+    let scratch = Scratch::new("serve-term-waited");
+    let config = sleep_config("max_concurrent = 1", &tenant("acme", ACME, ""));
+    let path = scratch.write("service.toml", format!("data_dir = {:?}\n{config}", scratch.join("data")));
+    let mut server = Server::start_with(&scratch, &path, &["--drain-timeout", "300ms"]);
+    let server_ref = &server;
+    let post = |body: &'static str| async move {
+        let response = server_ref.post(ACME, "?component=sleep&wait=120", body).await;
+        (response.status(), json(response).await)
+    };
+    let (running, queued) = tokio::join!(post("3600000"), async {
+        // Sent once the first is running, so the second waits in the queue.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let signal = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            server_ref.signal("-TERM");
+        };
+        let (answer, ()) = tokio::join!(post("1"), signal);
+        answer
+    });
+    assert_eq!(running.0, StatusCode::ACCEPTED, "{}", running.1);
+    assert_eq!(queued.0, StatusCode::ACCEPTED, "{}", queued.1);
+    assert!(server.wait().success(), "exits 0 after the drain");
+    drop(server);
+
+    let server = Server::start_with(&scratch, &path, &[]);
+    let long = id_of(&running.1);
+    let job = json(server.get(ACME, &format!("/v1/jobs/{long}")).await).await;
+    assert!(["queued", "running"].contains(&job["state"].as_str().unwrap_or_default()), "{job}");
+    assert_eq!(server.delete(ACME, &long).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(server.finished(ACME, &id_of(&queued.1)).await["state"], "succeeded", "kept queued, run now");
+}
+
+/// Jobs kept in memory while their client waits count against `max_stored`
+/// as the ones written at once do: together they never pass it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waited_and_queued_jobs_sent_together_never_pass_max_stored() {
+    let scratch = Scratch::new("serve-stored-waited");
+    // 7-byte inputs and a bound of 30 bytes: four fit; none ends meanwhile.
+    let config = sleep_config("max_concurrent = 1", &tenant("acme", ACME, "max_stored = \"30B\"\nmax_queued = 64"));
+    let server = Server::start(&scratch, &config);
+    let posts = (0..24).map(|n| {
+        let query = if n % 2 == 0 { "?component=sleep&wait=1" } else { "?component=sleep" };
+        server.post(ACME, query, "3600000")
+    });
+    let mut accepted = Vec::new();
+    for response in futures_util::future::join_all(posts).await {
+        match response.status() {
+            StatusCode::ACCEPTED => accepted.push(id_of(&json(response).await)),
+            StatusCode::TOO_MANY_REQUESTS => assert_eq!(json(response).await["error"]["kind"], "storage-full"),
+            other => panic!("unexpected {other}: {}", response.text().await.unwrap_or_default()),
+        }
+    }
+    assert!((1..=4).contains(&accepted.len()), "{} accepted under 30 bytes of 7-byte inputs", accepted.len());
+    for id in &accepted {
+        assert_eq!(server.delete(ACME, id).await.status(), StatusCode::NO_CONTENT);
+    }
+    let room = server.post(ACME, "?component=sleep", "3600000").await;
+    assert_eq!(room.status(), StatusCode::ACCEPTED, "every charge is given back");
+    assert_eq!(server.delete(ACME, &id_of(&json(room).await)).await.status(), StatusCode::NO_CONTENT);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_past_result_ttl_are_deleted_by_the_server() {
     let scratch = Scratch::new("serve-ttl");

@@ -18,13 +18,15 @@ use orders_host::{Component, Delivered, Destination, Input, Invocation, RunError
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt as _;
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use utoipa::ToSchema;
 
 use super::api::ApiError;
+use super::charges::{Charge, Charges};
 use super::config::{BUNDLED, Config, TenantConfig, hex};
+use super::ends::{End, EndWatch, Ends};
 use super::metrics::Metrics;
-use super::queue::{Refusal, Scheduler};
+use super::queue::{Refusal, Reservation, Scheduler};
 use super::store::{Ending, Insertion, JobRecord, NewJob, State, Store};
 use crate::render;
 
@@ -32,9 +34,6 @@ use crate::render;
 /// the job's record; larger ones go to the job's file from the first byte
 /// past it (the runner's spool threshold: such inputs also run in memory).
 pub const SPOOL_THRESHOLD: usize = 1 << 20;
-
-/// Job ends a slow waiter may miss before it reads its job again anyway.
-const ENDED_CAPACITY: usize = 1024;
 
 /// The longest `?wait=` honoured, so a request does not hold its
 /// connection for ever.
@@ -80,12 +79,30 @@ pub struct Service {
     in_flight: AtomicUsize,
     /// Bumped whenever a job changes state, for `DELETE` and the drain.
     changes: watch::Sender<u64>,
-    /// Each job whose run ended (or that was cancelled before it ran),
-    /// for `?wait=`: a waiter looks only at its own job's end, which
-    /// carries the record as committed when it can, so many waiters do not
-    /// each query the store for every job that moves.
-    ended: broadcast::Sender<Ended>,
+    /// The waiters of each job's end, for `?wait=`.
+    ends: Ends,
+    /// Jobs accepted with `?wait=`, a small body and no idempotency key,
+    /// not written yet: if one ends within its wait, its one write is its
+    /// end; if the wait runs out or the server drains first, it is written
+    /// queued before its `202`. Nobody else knows its id meanwhile.
+    unwritten: Mutex<HashMap<String, Unwritten>>,
+    /// Bytes of each tenant's `max_stored` the database does not count yet.
+    charges: Arc<Charges>,
     draining: AtomicBool,
+    /// Set when the drain begins: waiters of unwritten jobs stop waiting.
+    stopping: watch::Sender<bool>,
+}
+
+/// A job accepted and not yet written (see `Service::unwritten`).
+#[derive(Debug)]
+struct Unwritten {
+    /// Its input is in memory.
+    job: NewJob,
+    /// Its input, charged to its tenant until a write makes the database
+    /// count it (taken by that write, released once it is committed).
+    charge: Option<Charge>,
+    /// Sent to the store as queued: its end is then an update.
+    queued: bool,
 }
 
 /// A job between its start and its recorded end.
@@ -95,14 +112,6 @@ struct Running {
     started_at: i64,
     /// Stops its run; taken by the first to stop it.
     stop: Option<oneshot::Sender<Stop>>,
-}
-
-/// A job's end, announced to its waiters.
-#[derive(Debug, Clone)]
-struct Ended {
-    id: Arc<str>,
-    /// The record as committed; `None`: read it again.
-    job: Option<Arc<JobRecord>>,
 }
 
 /// Where one output of a succeeded job is.
@@ -137,8 +146,11 @@ impl Service {
             running: Mutex::default(),
             in_flight: AtomicUsize::new(0),
             changes: watch::Sender::new(0),
-            ended: broadcast::Sender::new(ENDED_CAPACITY),
+            ends: Ends::default(),
+            unwritten: Mutex::default(),
+            charges: Arc::default(),
             draining: AtomicBool::new(false),
+            stopping: watch::Sender::new(false),
         })
     }
 
@@ -181,7 +193,7 @@ impl Service {
         // tenant's storage is full; every body is checked again, with its
         // size, in the transaction that records it.
         if declared_length.is_none_or(|length| length > SPOOL_THRESHOLD as u64) {
-            let stored = self.store.stored_bytes(tenant.to_owned()).await.map_err(ApiError::from)?;
+            let stored = self.store.stored_bytes(tenant);
             if stored >= settings.max_stored {
                 return Err(ApiError::storage_full(stored, settings.max_stored));
             }
@@ -190,7 +202,6 @@ impl Service {
         let id = new_job_id().map_err(ApiError::from)?;
         let mut folder = FolderGuard { path: self.job_dir(&id), keep: false };
         let received = self.receive(settings, Some(&folder.path), body).await?;
-        let now = now_ms();
         let job = NewJob {
             id: id.clone(),
             tenant: tenant.to_owned(),
@@ -198,9 +209,29 @@ impl Service {
             input_bytes: received.bytes,
             input: received.memory,
             input_sha256: received.sha256.clone(),
-            created_at: now,
+            created_at: now_ms(),
         };
-        match self.store.insert(job, key, settings.max_stored).await.map_err(ApiError::from)? {
+        let record = queued_record(&job);
+        let charge = self.charges.charge(tenant, received.bytes);
+        let wait = wait.filter(|wait| !wait.is_zero());
+        if let Some(wait) = wait.filter(|_| key.is_none() && job.input.is_some()) {
+            // Checked as the insert checks (see `charges`), but without a write.
+            let stored = self.store.stored_bytes(tenant);
+            if stored.saturating_add(charge.total_then) > settings.max_stored {
+                return Err(ApiError::storage_full(stored, settings.max_stored));
+            }
+            // Its body is in memory: there is no folder to remove.
+            folder.keep = true;
+            let end = self.ends.watch(&id);
+            self.unwritten().insert(id.clone(), Unwritten { job, charge: Some(charge), queued: false });
+            self.queue(reservation, tenant, &id, received.bytes);
+            return self.wait_unwritten(tenant, record, wait, end).await;
+        }
+        let (charges, charged, max_stored) = (Arc::clone(&self.charges), tenant.to_owned(), settings.max_stored);
+        let fits = move |stored: u64| stored.saturating_add(charges.total(&charged)) <= max_stored;
+        let (insertion, charge) = self.store.insert(job, key, charge, fits).await.map_err(ApiError::from)?;
+        drop(charge);
+        match insertion {
             Insertion::Queued => {}
             // A concurrent request with the same key was recorded first.
             Insertion::Keyed(existing) => {
@@ -209,30 +240,22 @@ impl Service {
             Insertion::StorageFull(stored) => return Err(ApiError::storage_full(stored, settings.max_stored)),
         }
         folder.keep = true;
-        // The record as just written, not read back: nothing can have
-        // changed it, as the job is queued only now.
-        let job = JobRecord {
-            id: id.clone(),
-            tenant: tenant.to_owned(),
-            component,
-            state: State::Queued,
-            outcome: None,
-            report: None,
-            outputs: Vec::new(),
-            error: None,
-            created_at: now,
-            started_at: None,
-            finished_at: None,
-        };
-        // Subscribed before it is queued, so its end is not missed.
-        let ended = wait.map(|_| self.ended.subscribe());
-        reservation.commit(id.clone());
-        self.metrics.set_queued(tenant, self.scheduler.queued(tenant));
-        tracing::info!(job = %id, bytes = received.bytes, "accepted");
-        match wait.zip(ended) {
-            Some((wait, ended)) => Ok(self.wait_on(tenant, job, wait, ended).await?),
-            None => Ok(job),
+        // Watched before it is queued, so its end is not missed.
+        let end = wait.map(|_| self.ends.watch(&id));
+        self.queue(reservation, tenant, &id, received.bytes);
+        match wait.zip(end) {
+            // The record as just written, not read back: nothing can have
+            // changed it, as the job is queued only now.
+            Some((wait, end)) => self.wait_on(tenant, record, wait, end).await,
+            None => Ok(record),
         }
+    }
+
+    /// Queues job `id` in the place `reservation` holds.
+    fn queue(&self, reservation: Reservation, tenant: &str, id: &str, bytes: u64) {
+        reservation.commit(id.to_owned());
+        self.metrics.set_queued(tenant, self.scheduler.queued(tenant));
+        tracing::info!(job = %id, bytes, "accepted");
     }
 
     async fn same_request(
@@ -357,33 +380,100 @@ impl Service {
 
     /// The job once it has ended, or as it is when `wait` is over.
     pub async fn wait_for(&self, tenant: &str, id: &str, wait: Duration) -> Result<JobRecord, ApiError> {
-        // Subscribed before reading, so an end after the read is seen.
-        let ended = self.ended.subscribe();
+        let end = self.ends.watch(id);
         let job = self.job(tenant, id).await?;
-        self.wait_on(tenant, job, wait, ended).await
+        self.wait_on(tenant, job, wait, end).await
     }
 
-    /// `job` (as read after `ended` subscribed) once it has ended, or as
-    /// it is when `wait` is over.
+    /// `job` (as read after `end` began watching it) once it has ended, or
+    /// as it is when `wait` is over.
     async fn wait_on(
         &self,
         tenant: &str,
         mut job: JobRecord,
         wait: Duration,
-        mut ended: broadcast::Receiver<Ended>,
+        mut end: EndWatch<'_>,
     ) -> Result<JobRecord, ApiError> {
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
         while !job.state.ended() {
-            match tokio::time::timeout_at(deadline, ended.recv()).await {
-                Err(_elapsed) => return self.job(tenant, &job.id).await,
-                Ok(Ok(other)) if *other.id != *job.id => continue,
-                Ok(Ok(Ended { job: Some(end), .. })) => job = JobRecord::clone(&end),
-                // Its own end without its record, or ends were missed (lagged): read it again.
-                Ok(Ok(_) | Err(broadcast::error::RecvError::Lagged(_))) => job = self.job(tenant, &job.id).await?,
-                Ok(Err(broadcast::error::RecvError::Closed)) => return Ok(job),
+            let Ok(ended) = tokio::time::timeout_at(deadline, end.ended()).await else {
+                return self.job(tenant, &job.id).await;
+            };
+            match ended {
+                End::Recorded(record) => return Ok(JobRecord::clone(&record)),
+                End::NotRecorded => return Err(not_recorded(&job.id)),
+                // Ended without its record at hand, or put back in the queue by a drain.
+                End::ReadAgain => {
+                    end = self.ends.watch(&job.id);
+                    job = self.job(tenant, &job.id).await?;
+                }
             }
         }
         Ok(job)
+    }
+
+    /// An unwritten job (`job`, as accepted) once it has ended, or, when
+    /// `wait` is over or the server drains first, once it is written
+    /// queued, as it is then.
+    async fn wait_unwritten(
+        &self,
+        tenant: &str,
+        job: JobRecord,
+        wait: Duration,
+        mut end: EndWatch<'_>,
+    ) -> Result<JobRecord, ApiError> {
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+        let mut stopping = self.stopping.subscribe();
+        tokio::select! {
+            ended = end.ended() => return self.ended_record(tenant, &job.id, ended).await,
+            () = tokio::time::sleep_until(deadline) => {}
+            // Not its `Ref`, which is not `Send`.
+            _ = async { stopping.wait_for(|stopping| *stopping).await.is_ok() } => {}
+        }
+        if self.write_queued(&job.id).await.map_err(ApiError::from)? {
+            return self.job(tenant, &job.id).await;
+        }
+        // Its end was sent meanwhile: it is on disk in a moment.
+        let ended = end.ended().await;
+        self.ended_record(tenant, &job.id, ended).await
+    }
+
+    /// The record of job `id` once `ended` told of its end.
+    async fn ended_record(&self, tenant: &str, id: &str, ended: End) -> Result<JobRecord, ApiError> {
+        match ended {
+            End::Recorded(record) => Ok(JobRecord::clone(&record)),
+            End::ReadAgain => self.job(tenant, id).await,
+            End::NotRecorded => Err(not_recorded(id)),
+        }
+    }
+
+    fn unwritten(&self) -> std::sync::MutexGuard<'_, HashMap<String, Unwritten>> {
+        self.unwritten.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes unwritten job `id` queued, unless it has been; true once it
+    /// is on disk so, false when it is not an unwritten job (any more: its
+    /// end may have been sent instead, to be told to its waiters).
+    async fn write_queued(&self, id: &str) -> anyhow::Result<bool> {
+        let sent = {
+            let mut unwritten = self.unwritten();
+            let Some(held) = unwritten.get_mut(id) else { return Ok(false) };
+            if held.queued {
+                None
+            } else {
+                // Sent while the lock is held, so the job's end (which
+                // takes it from `unwritten` first) is sent after it.
+                let sent = self.store.send_queued(held.job.clone(), held.charge.take())?;
+                held.queued = true;
+                Some(sent)
+            }
+        };
+        match sent {
+            Some(sent) => drop(sent.await.context("the job database's writer has stopped")??),
+            // Another wrote it: on disk once the writes sent so far are.
+            None => self.store.barrier().await?,
+        }
+        Ok(true)
     }
 
     pub async fn list(&self, tenant: &str, limit: u32) -> Result<Vec<JobRecord>, ApiError> {
@@ -451,10 +541,12 @@ impl Service {
         let mut state = job.state;
         if state == State::Queued && self.scheduler.remove(tenant, id) {
             self.store.cancel(id.to_owned(), now_ms()).await.map_err(ApiError::from)?;
+            // Written queued (its id was answered), now cancelled.
+            self.unwritten().remove(id);
             self.metrics.set_queued(tenant, self.scheduler.queued(tenant));
             self.remove_files(id).await;
             self.changed();
-            self.announce_end(id, None);
+            self.ends.announce(id, &End::ReadAgain);
             return Ok(());
         }
         if matches!(state, State::Queued | State::Running) {
@@ -484,12 +576,6 @@ impl Service {
 
     fn changed(&self) {
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
-    /// Tells the waiters of job `id` that it ended, with its record as
-    /// committed, or `None` to read it again (no receiver is fine).
-    fn announce_end(&self, id: &str, job: Option<JobRecord>) {
-        let _ = self.ended.send(Ended { id: Arc::from(id), job: job.map(Arc::new) });
     }
 
     /// Removes the job's input and result folders, whichever exist.
@@ -536,38 +622,40 @@ impl Service {
         let mut slot = Slot { service: &self, tenant: &tenant, started, held: true };
         let outcome = tracing::Instrument::instrument(self.run_job(&tenant, &id, &mut slot), span).await;
         slot.release();
-        let ended = match outcome {
-            Ok(Some((outcome, ended))) => {
+        let end = match outcome {
+            Ok(Some((outcome, end))) => {
                 self.metrics.job_ended(&tenant, &outcome, started.elapsed().as_secs_f64());
-                ended
+                end
             }
-            Ok(None) => None,
+            Ok(None) => End::ReadAgain,
             Err(err) => {
                 tracing::error!(tenant, job = id, "the job could not be recorded: {err:#}");
-                None
+                End::ReadAgain
             }
         };
         self.running().remove(&id);
+        self.unwritten().remove(&id);
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.changed();
-        self.announce_end(&id, ended);
+        self.ends.announce(&id, &end);
     }
 
-    /// Runs one job to its recorded end; the outcome's name and the
-    /// record as committed (when there is one to tell), or `None` when it
-    /// did not end (deleted before it started, or put back by a drain).
-    /// Its slot is given back as soon as its guest is done.
-    async fn run_job(
-        &self,
-        tenant: &str,
-        id: &str,
-        slot: &mut Slot<'_>,
-    ) -> anyhow::Result<Option<(String, Option<JobRecord>)>> {
+    /// Runs one job to its recorded end; the outcome's name and how to
+    /// tell its waiters, or `None` when it did not end (deleted before it
+    /// started, or put back by a drain). Its slot is given back as soon as
+    /// its guest is done.
+    async fn run_job(&self, tenant: &str, id: &str, slot: &mut Slot<'_>) -> anyhow::Result<Option<(String, End)>> {
         let (stop_sender, stop) = oneshot::channel();
         let started_at = now_ms();
         let running = Running { started_at, stop: Some(stop_sender) };
         self.running().insert(id.to_owned(), running);
-        let Some((record, stored_input)) = self.store.start(id.to_owned(), started_at).await? else { return Ok(None) };
+        let held = self.unwritten().get(id).map(|held| (queued_record(&held.job), held.job.input.clone()));
+        let started = match held {
+            Some(held) => Some(held),
+            None => self.store.start(id.to_owned(), started_at).await?,
+        };
+        let Some((mut record, stored_input)) = started else { return Ok(None) };
+        record.mark_running(started_at);
         self.changed();
         let input_file = stored_input.is_none();
         let input = match stored_input {
@@ -607,11 +695,12 @@ impl Service {
             Err(Stop::Delete) => {
                 self.store.cancel(id.to_owned(), now_ms()).await?;
                 self.remove_files(id).await;
-                Ok(Some(("cancelled".to_owned(), None)))
+                Ok(Some(("cancelled".to_owned(), End::ReadAgain)))
             }
             Err(Stop::Drain) => {
-                // Still queued in the store. Whatever it delivered goes; its
-                // input stays for the next start.
+                // Queued in the store (written so now if it was not yet).
+                // Whatever it delivered goes; its input stays for the next start.
+                self.write_queued(id).await?;
                 self.remove_folders(id, vec![self.result_dir(id)]).await;
                 Ok(None)
             }
@@ -619,13 +708,13 @@ impl Service {
     }
 
     /// Records the end of the run of `record` (its input a file when
-    /// `input_file`); the outcome's name and the record as committed.
+    /// `input_file`); the outcome's name and how to tell its waiters.
     async fn record_end(
         &self,
         record: JobRecord,
         input_file: bool,
         mut result: Result<RunOutcome, RunError>,
-    ) -> anyhow::Result<(String, Option<JobRecord>)> {
+    ) -> anyhow::Result<(String, End)> {
         let id = record.id.clone();
         let results = match &mut result {
             Ok(RunOutcome { delivered: Delivered::Memory(files), .. }) => Some(concatenated(std::mem::take(files))),
@@ -636,16 +725,29 @@ impl Service {
         let started_at = record.started_at.unwrap_or(ending.finished_at);
         let mut ended = record;
         ended.end(&ending);
+        // Taken first, so that a wait running out now finds the end sent.
+        let unwritten = self.unwritten().remove(&id).filter(|held| !held.queued);
+        if let Some(Unwritten { job, charge, .. }) = unwritten {
+            let job = NewJob { input: None, ..job };
+            return match self.store.record(job, started_at, ending, charge).await {
+                Ok(_) => Ok((name, End::Recorded(Arc::new(ended)))),
+                Err(err) => {
+                    tracing::error!(job = id, "the job's end could not be recorded: {err:#}");
+                    self.remove_files(&id).await;
+                    Ok((name, End::NotRecorded))
+                }
+            };
+        }
         if self.store.finish(id.clone(), started_at, ending).await? {
             // The result is committed: the input is no longer needed.
             if input_file {
                 self.remove_folders(&id, vec![self.job_dir(&id)]).await;
             }
-            Ok((name, Some(ended)))
+            Ok((name, End::Recorded(Arc::new(ended))))
         } else {
             // Deleted while it ran: nothing of it stays.
             self.remove_files(&id).await;
-            Ok((name, None))
+            Ok((name, End::ReadAgain))
         }
     }
 
@@ -720,6 +822,16 @@ impl Service {
     pub async fn drain(&self, timeout: Duration) {
         self.draining.store(true, Ordering::SeqCst);
         self.scheduler.drain();
+        // Every job accepted is on disk before the server stops: the
+        // unwritten ones are written queued now, their waiters answered.
+        self.stopping.send_replace(true);
+        let unwritten: Vec<String> = self.unwritten().keys().cloned().collect();
+        let written = futures_util::future::join_all(unwritten.iter().map(|id| self.write_queued(id))).await;
+        for (id, written) in unwritten.iter().zip(written) {
+            if let Err(err) = written {
+                tracing::error!(job = id, "cannot write an accepted job queued: {err:#}");
+            }
+        }
         let mut changes = self.changes.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         while self.in_flight.load(Ordering::SeqCst) > 0 {
@@ -742,6 +854,31 @@ impl Service {
             }
         }
     }
+}
+
+/// The record of `job` as accepted, queued.
+fn queued_record(job: &NewJob) -> JobRecord {
+    JobRecord {
+        id: job.id.clone(),
+        tenant: job.tenant.clone(),
+        component: job.component.clone(),
+        state: State::Queued,
+        outcome: None,
+        report: None,
+        outputs: Vec::new(),
+        error: None,
+        created_at: job.created_at,
+        started_at: None,
+        finished_at: None,
+    }
+}
+
+/// A job kept in memory whose end could not be written: nothing of it is
+/// kept, so the client should send it again.
+fn not_recorded(id: &str) -> ApiError {
+    ApiError::internal(format!(
+        "job {id} ran, but the server could not record its end (see its log); nothing of it is kept: send it again"
+    ))
 }
 
 /// What a `POST` is checked for before its body is read, on either backend:

@@ -23,8 +23,10 @@ use crate::RootArgs;
 
 mod api;
 mod backend;
+mod charges;
 pub mod cluster;
 pub mod config;
+mod ends;
 mod jobs;
 mod metrics;
 mod openapi;

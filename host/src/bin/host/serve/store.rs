@@ -16,6 +16,7 @@
 //! go through connections of their own, beside the writer (WAL lets
 //! them), so a `GET` never waits behind a commit.
 
+use std::collections::HashMap;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
@@ -89,7 +90,7 @@ pub struct JobRecord {
 }
 
 /// A job being accepted.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct NewJob {
     pub id: String,
     pub tenant: String,
@@ -115,6 +116,15 @@ pub struct Ending {
     /// when the result is kept in the database (a small one); `None` when
     /// the outputs are files.
     pub results: Option<Vec<u8>>,
+}
+
+impl Ending {
+    /// Outputs delivered as files are flushed before the end that lists
+    /// them is committed (see [`Store::finish`]).
+    fn durability(&self) -> Durability {
+        let files = self.state == State::Succeeded && !self.outputs.is_empty() && self.results.is_none();
+        if files { Durability::Files } else { Durability::Synced }
+    }
 }
 
 impl JobRecord {
@@ -298,6 +308,47 @@ pub struct Store {
     writes: Sender<Write>,
     flushes: Sender<Box<dyn Pending>>,
     readers: Arc<Readers>,
+    stored: Arc<StoredBytes>,
+}
+
+/// Each tenant's stored bytes as the writer last published them, so that a
+/// check needs no read of the database: never below what is committed, and
+/// never below a write's count from before that write's caller is answered
+/// (raised, before each commit, to what the batch counts; set to what is
+/// committed after it, or after a rollback).
+#[derive(Debug, Default)]
+struct StoredBytes(Mutex<HashMap<String, u64>>);
+
+impl StoredBytes {
+    fn get(&self, tenant: &str) -> u64 {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).get(tenant).copied().unwrap_or_default()
+    }
+
+    /// Reads every tenant's count on `connection` (in its transaction, if
+    /// it is in one); keeps each count that is higher when `raise_only`,
+    /// every count otherwise.
+    fn publish(&self, connection: &Connection, raise_only: bool) {
+        let counts = connection.prepare_cached("SELECT tenant, bytes FROM tenant_bytes").and_then(|mut statement| {
+            statement
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?
+                .collect::<Result<Vec<_>, _>>()
+        });
+        let counts = match counts {
+            Ok(counts) => counts,
+            Err(err) => {
+                tracing::error!("cannot read the tenants' stored bytes: {err}");
+                return;
+            }
+        };
+        let mut published = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if !raise_only {
+            published.clear();
+        }
+        for (tenant, bytes) in counts {
+            let count = published.entry(tenant).or_default();
+            *count = if raise_only { (*count).max(bytes) } else { bytes };
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -386,18 +437,22 @@ impl Store {
             .name("job-store-checkpointer".into())
             .spawn(move || checkpoint_loop(&checkpointer, &checkpoint_queue))
             .context("cannot start the job database's checkpointer thread")?;
+        let stored = Arc::new(StoredBytes::default());
+        stored.publish(&connection, false);
         let (writes, write_queue) = std::sync::mpsc::channel();
         let (flushes, flush_queue) = std::sync::mpsc::channel();
+        let published = Arc::clone(&stored);
         std::thread::Builder::new()
             .name("job-store-writer".into())
-            .spawn(move || write_loop(connection, &write_queue, &checkpoint))
+            .spawn(move || write_loop(connection, &write_queue, &checkpoint, &published))
             .context("cannot start the job database's writer thread")?;
         let flushed = writes.clone();
         std::thread::Builder::new()
             .name("job-store-flusher".into())
             .spawn(move || flush_loop(&data_dir, &flush_queue, &flushed))
             .context("cannot start the job database's flusher thread")?;
-        Ok(Self { writes, flushes, readers: Arc::new(Readers { path: path.to_owned(), idle: Mutex::default() }) })
+        let readers = Arc::new(Readers { path: path.to_owned(), idle: Mutex::default() });
+        Ok(Self { writes, flushes, readers, stored })
     }
 
     /// Runs `f` alone on the writer's connection (it may open its own
@@ -460,39 +515,93 @@ impl Store {
 
     /// Records a new queued job, with its idempotency key, on disk before
     /// it answers, unless the key is taken (a concurrent request with the
-    /// same key won) or the tenant's stored bytes would pass `max_stored`
-    /// with its input: checked in the transaction that adds them, so
-    /// concurrent requests cannot pass it together.
-    pub async fn insert(&self, job: NewJob, key: Option<String>, max_stored: u64) -> anyhow::Result<Insertion> {
+    /// same key won) or `fits` says no to the bytes the tenant keeps then
+    /// (its input not counted): asked in the transaction that adds them,
+    /// so concurrent requests cannot pass a bound together. `hold` is
+    /// handed back with the answer, or dropped once the write is committed
+    /// when the caller has gone: a charge it carries outlives the write.
+    pub async fn insert<H: Send + 'static>(
+        &self,
+        job: NewJob,
+        key: Option<String>,
+        hold: H,
+        fits: impl FnOnce(u64) -> bool + Send + 'static,
+    ) -> anyhow::Result<(Insertion, H)> {
         self.write(Durability::Synced, move |connection| {
-            if let Some(existing) =
-                key.as_deref().map(|key| keyed(connection, &job.tenant, key)).transpose()?.flatten()
+            if let Some(existing) = key.as_deref().map(|key| keyed(connection, &job.tenant, key)).transpose()?.flatten()
             {
-                return Ok(Insertion::Keyed(existing));
+                return Ok((Insertion::Keyed(existing), hold));
             }
             let stored = stored_bytes(connection, &job.tenant)?;
-            if stored.saturating_add(job.input_bytes) > max_stored {
-                return Ok(Insertion::StorageFull(stored));
+            if !fits(stored) {
+                return Ok((Insertion::StorageFull(stored), hold));
             }
-            connection.prepare_cached("INSERT INTO jobs (id, tenant, component, state, input, input_file, input_sha256, stored_bytes, created_at)
-                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8)")?.execute(params![
+            insert_queued(connection, &job)?;
+            if let Some(key) = &key {
+                connection
+                    .prepare_cached("INSERT INTO idempotency_keys (tenant, key, job_id) VALUES (?1, ?2, ?3)")?
+                    .execute(params![job.tenant, key, job.id])?;
+            }
+            Ok((Insertion::Queued, hold))
+        })
+        .await
+    }
+
+    /// Records a job accepted earlier and kept in memory as queued, with
+    /// no bound asked: sent to the writer now, so that any write sent
+    /// after it is committed after it; answered on the receiver once on
+    /// disk, with `hold` as [`Store::insert`] hands it.
+    pub fn send_queued<H: Send + 'static>(
+        &self,
+        job: NewJob,
+        hold: H,
+    ) -> anyhow::Result<oneshot::Receiver<anyhow::Result<H>>> {
+        self.send(Durability::Synced, move |connection| insert_queued(connection, &job).map(|()| hold))
+    }
+
+    /// Records a job kept in memory since it was accepted, ended as
+    /// `ending` says after it started at `started_at`: its one write. On
+    /// disk before it answers, with the same care for output files as
+    /// [`Store::finish`]; `hold` as [`Store::insert`] hands it.
+    pub async fn record<H: Send + 'static>(
+        &self,
+        job: NewJob,
+        started_at: i64,
+        ending: Ending,
+        hold: H,
+    ) -> anyhow::Result<H> {
+        self.write(ending.durability(), move |connection| {
+            let json = |value: &Option<serde_json::Value>| value.as_ref().map(serde_json::Value::to_string);
+            connection
+                .prepare_cached(
+                    "INSERT INTO jobs (id, tenant, component, state, input, input_file, input_sha256, stored_bytes,
+                         outcome, report, outputs, error, created_at, started_at, finished_at, results)
+                     VALUES (?1, ?2, ?3, ?4, NULL, 0, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                )?
+                .execute(params![
                     job.id,
                     job.tenant,
                     job.component,
-                    job.input,
-                    job.input.is_none(),
+                    ending.state.name(),
                     job.input_sha256,
-                    job.input_bytes,
-                    job.created_at
-                ],
-            )?;
-            if let Some(key) = &key {
-                connection.prepare_cached("INSERT INTO idempotency_keys (tenant, key, job_id) VALUES (?1, ?2, ?3)")?.execute(params![job.tenant, key, job.id],
-                )?;
-            }
-            Ok(Insertion::Queued)
+                    ending.stored_bytes,
+                    ending.outcome,
+                    json(&ending.report),
+                    serde_json::Value::Array(ending.outputs).to_string(),
+                    json(&ending.error),
+                    job.created_at,
+                    started_at,
+                    ending.finished_at,
+                    ending.results
+                ])?;
+            Ok(hold)
         })
         .await
+    }
+
+    /// Answers once every write sent before it is committed.
+    pub async fn barrier(&self) -> anyhow::Result<()> {
+        self.write(Durability::Synced, |_| Ok(())).await
     }
 
     pub async fn keyed(&self, tenant: String, key: String) -> anyhow::Result<Option<KeyedJob>> {
@@ -520,9 +629,10 @@ impl Store {
         .await
     }
 
-    /// What the tenant keeps: queued inputs and finished outputs.
-    pub async fn stored_bytes(&self, tenant: String) -> anyhow::Result<u64> {
-        self.read(move |connection| stored_bytes(connection, &tenant)).await
+    /// What the tenant keeps (queued inputs and finished outputs): at
+    /// least what every write answered so far counts (see [`StoredBytes`]).
+    pub fn stored_bytes(&self, tenant: &str) -> u64 {
+        self.stored.get(tenant)
     }
 
     /// `length` bytes from `offset` of job `id`'s results, when they are
@@ -582,9 +692,7 @@ impl Store {
     /// files and the record that lists them are on disk. So a record never
     /// says `succeeded` of outputs that a crash could lose or cut.
     pub async fn finish(&self, id: String, started_at: i64, ending: Ending) -> anyhow::Result<bool> {
-        let files = ending.state == State::Succeeded && !ending.outputs.is_empty() && ending.results.is_none();
-        let durability = if files { Durability::Files } else { Durability::Synced };
-        self.write(durability, move |connection| {
+        self.write(ending.durability(), move |connection| {
             let json = |value: &Option<serde_json::Value>| value.as_ref().map(serde_json::Value::to_string);
             let changed = connection.prepare_cached("UPDATE jobs SET state = ?2, outcome = ?3, report = ?4, outputs = ?5, error = ?6, stored_bytes = ?7,
                      finished_at = ?8, started_at = ?9, results = ?10, input = NULL, input_file = 0
@@ -662,7 +770,7 @@ impl Store {
 /// The writer thread: takes the first write waiting, every other one
 /// waiting with it, and commits them together, until every [`Store`] and
 /// the flusher are gone.
-fn write_loop(mut connection: Connection, queue: &Receiver<Write>, checkpoint: &SyncSender<()>) {
+fn write_loop(mut connection: Connection, queue: &Receiver<Write>, checkpoint: &SyncSender<()>, stored: &StoredBytes) {
     let mut commits: u32 = 0;
     while let Ok(first) = queue.recv() {
         commits += 1;
@@ -677,13 +785,16 @@ fn write_loop(mut connection: Connection, queue: &Receiver<Write>, checkpoint: &
             match write {
                 Write::Batched(pending) => batch.push(pending),
                 Write::Alone(write) => {
-                    commit(&mut connection, std::mem::take(&mut batch));
+                    commit(&mut connection, std::mem::take(&mut batch), stored);
+                    // Answered before it is published: such writes (the
+                    // recovery at start) do not add to what tenants keep.
                     write(&mut connection);
+                    stored.publish(&connection, false);
                 }
             }
             next = if batch.len() < MAX_BATCH { queue.try_recv().ok() } else { None };
         }
-        commit(&mut connection, batch);
+        commit(&mut connection, batch, stored);
     }
 }
 
@@ -729,7 +840,7 @@ fn flush_loop(data_dir: &std::fs::File, queue: &Receiver<Box<dyn Pending>>, writ
 /// write in a savepoint of its own so that one failing is rolled back
 /// alone, then answers every caller. The writes of one batch were all
 /// waiting at once, so their order is one they could have arrived in.
-fn commit(connection: &mut Connection, batch: Vec<Box<dyn Pending>>) {
+fn commit(connection: &mut Connection, batch: Vec<Box<dyn Pending>>, stored: &StoredBytes) {
     if batch.is_empty() {
         return;
     }
@@ -746,12 +857,34 @@ fn commit(connection: &mut Connection, batch: Vec<Box<dyn Pending>>) {
             ran.push(pending);
             step?;
         }
+        stored.publish(&tx, true);
         tx.commit()
     })();
+    stored.publish(connection, false);
     let why = result.err().map(|err| err.to_string());
     for pending in ran.into_iter().chain(batch) {
         pending.answer(why.as_deref().map_or(Ok(()), Err));
     }
+}
+
+/// Adds a queued job's row.
+fn insert_queued(connection: &Connection, job: &NewJob) -> rusqlite::Result<()> {
+    connection
+        .prepare_cached(
+            "INSERT INTO jobs (id, tenant, component, state, input, input_file, input_sha256, stored_bytes, created_at)
+             VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            job.id,
+            job.tenant,
+            job.component,
+            job.input,
+            job.input.is_none(),
+            job.input_sha256,
+            job.input_bytes,
+            job.created_at
+        ])
+        .map(drop)
 }
 
 /// A database made before small results were kept in it gets their column.
@@ -820,6 +953,19 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
 mod tests {
     use super::*;
 
+    /// Inserts `job` unless the tenant's bytes with its input pass `max_stored`.
+    async fn insert_within(
+        store: &Store,
+        job: NewJob,
+        key: Option<String>,
+        max_stored: u64,
+    ) -> anyhow::Result<Insertion> {
+        let input = job.input_bytes;
+        let (insertion, ()) =
+            store.insert(job, key, (), move |stored| stored.saturating_add(input) <= max_stored).await?;
+        Ok(insertion)
+    }
+
     fn job(id: &str, tenant: &str) -> NewJob {
         NewJob {
             id: id.into(),
@@ -839,15 +985,16 @@ mod tests {
         let path = dir.join("jobs.db");
         let _ = std::fs::remove_file(&path);
         let store = Store::open(&path).expect("open");
-        let inserted = store.insert(job("j1", "a"), Some("k".into()), u64::MAX).await.expect("insert");
+        let inserted = insert_within(&store, job("j1", "a"), Some("k".into()), u64::MAX).await.expect("insert");
         assert!(matches!(inserted, Insertion::Queued));
-        let Insertion::Keyed(again) = store.insert(job("j2", "a"), Some("k".into()), u64::MAX).await.expect("insert")
+        let Insertion::Keyed(again) =
+            insert_within(&store, job("j2", "a"), Some("k".into()), u64::MAX).await.expect("insert")
         else {
             panic!("the key is taken")
         };
         assert_eq!(again.job_id, "j1");
         assert!(store.get("b".into(), "j1".into()).await.expect("get").is_none(), "another tenant's job");
-        assert_eq!(store.stored_bytes("a".into()).await.expect("sum"), 4);
+        assert_eq!(store.stored_bytes("a"), 4);
         let (record, input) = store.start("j1".into(), 2).await.expect("start").expect("was queued");
         assert_eq!(input.as_deref(), Some(&b"a,b\n"[..]));
         assert_eq!((record.state, record.started_at), (State::Running, Some(2)), "the record as marked");
@@ -868,7 +1015,7 @@ mod tests {
             results: None,
         };
         assert!(store.finish("j1".into(), 3, ending).await.expect("finish"));
-        assert_eq!(store.stored_bytes("a".into()).await.expect("sum"), 1, "the outputs replace the input");
+        assert_eq!(store.stored_bytes("a"), 1, "the outputs replace the input");
         assert!(store.start("j1".into(), 5).await.expect("start").is_none(), "one result per job");
         let record = store.get("a".into(), "j1".into()).await.expect("get").expect("kept");
         assert_eq!((record.state, record.outputs.len()), (State::Succeeded, 1));
@@ -877,7 +1024,7 @@ mod tests {
         assert_eq!(store.ended_before(5).await.expect("expired"), vec!["j1".to_owned()]);
         store.delete("j1".into()).await.expect("delete");
         assert!(store.keyed("a".into(), "k".into()).await.expect("key").is_none(), "the key goes with its job");
-        assert_eq!(store.stored_bytes("a".into()).await.expect("sum"), 0);
+        assert_eq!(store.stored_bytes("a"), 0);
         drop(store);
         std::fs::remove_dir_all(&dir).expect("clean");
     }
@@ -886,7 +1033,7 @@ mod tests {
     async fn a_small_result_is_kept_with_its_end_and_goes_with_its_job() {
         let dir = scratch("contents");
         let store = Store::open(&dir.join("jobs.db")).expect("open");
-        store.insert(job("j1", "a"), None, u64::MAX).await.expect("insert");
+        insert_within(&store, job("j1", "a"), None, u64::MAX).await.expect("insert");
         store.start("j1".into(), 2).await.expect("start").expect("queued");
         let ending = Ending {
             state: State::Succeeded,
@@ -907,7 +1054,7 @@ mod tests {
         assert_eq!(part(3, 2).await.expect("read").as_deref(), Some(&b"c\n"[..]));
         assert_eq!(part(5, 0).await.expect("read").as_deref(), Some(&b""[..]));
         assert_eq!(store.results("j1".into()).await.expect("read").as_deref(), Some(&b"a,bc\n"[..]));
-        store.insert(job("j2", "a"), None, u64::MAX).await.expect("insert");
+        insert_within(&store, job("j2", "a"), None, u64::MAX).await.expect("insert");
         assert!(store.results_part("j2".into(), 0, 1).await.expect("read").is_none(), "no results kept");
         store.delete("j1".into()).await.expect("delete");
         assert!(store.results("j1".into()).await.expect("read").is_none(), "the results go with the job");
@@ -923,7 +1070,7 @@ mod tests {
         let inserts: Vec<_> = (0..20)
             .map(|n| {
                 let store = store.clone();
-                tokio::spawn(async move { store.insert(job(&format!("j{n}"), "a"), None, 30).await })
+                tokio::spawn(async move { insert_within(&store, job(&format!("j{n}"), "a"), None, 30).await })
             })
             .collect();
         let mut refused = 0;
@@ -938,7 +1085,7 @@ mod tests {
             }
         }
         assert_eq!(refused, 13);
-        assert_eq!(store.stored_bytes("a".into()).await.expect("sum"), 28);
+        assert_eq!(store.stored_bytes("a"), 28);
         drop(store);
         std::fs::remove_dir_all(&dir).expect("clean");
     }
@@ -964,7 +1111,7 @@ mod tests {
                 let store = store.clone();
                 let job = job(id, "a");
                 tokio::spawn(async move {
-                    match store.insert(job, None, u64::MAX).await? {
+                    match insert_within(&store, job, None, u64::MAX).await? {
                         Insertion::Queued => Ok(()),
                         other => Err(anyhow::anyhow!("not inserted: {other:?}")),
                     }
@@ -991,7 +1138,7 @@ mod tests {
         assert_eq!(failed, 2, "only the second j7 and the failing write fail");
         let jobs = store.list("a".into(), 100).await.expect("list");
         assert_eq!(jobs.len(), 40, "the failing write's job is undone, every other one kept");
-        assert_eq!(store.stored_bytes("a".into()).await.expect("sum"), 40 * 4);
+        assert_eq!(store.stored_bytes("a"), 40 * 4);
         drop(store);
         std::fs::remove_dir_all(&dir).expect("clean");
     }
@@ -1014,12 +1161,12 @@ mod tests {
                 .expect("a job of before");
         }
         let store = Store::open(&path).expect("open");
-        assert_eq!(store.stored_bytes("a".into()).await.expect("sum"), 123);
-        store.insert(job("new", "a"), None, u64::MAX).await.expect("insert");
-        assert_eq!(store.stored_bytes("a".into()).await.expect("sum"), 127);
+        assert_eq!(store.stored_bytes("a"), 123);
+        insert_within(&store, job("new", "a"), None, u64::MAX).await.expect("insert");
+        assert_eq!(store.stored_bytes("a"), 127);
         drop(store);
         let store = Store::open(&path).expect("reopen");
-        assert_eq!(store.stored_bytes("a".into()).await.expect("sum"), 127, "counted once");
+        assert_eq!(store.stored_bytes("a"), 127, "counted once");
         assert!(store.results("old".into()).await.expect("the results column was added").is_none());
         drop(store);
         std::fs::remove_dir_all(&dir).expect("clean");
