@@ -164,7 +164,7 @@ impl Runner {
         if let Some(progress) = &progress {
             progress.set_total(input_bytes);
         }
-        tracing::info!(sandbox = %sandbox.path().display(), component = component.name(), spooled, "run started");
+        tracing::debug!(sandbox = %sandbox.path().display(), component = component.name(), spooled, "run started");
 
         // The guest, on this executor: it yields every epoch tick.
         let timeout = stages.remaining().map_or(limits.timeout, |left| left.min(limits.timeout));

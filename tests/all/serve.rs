@@ -805,6 +805,41 @@ async fn a_waited_job_is_on_disk_before_its_200_or_its_202_when_the_wait_runs_ou
     assert_eq!(listed["jobs"].as_array().map(Vec::len), Some(3), "{listed}");
 }
 
+/// Only a small body is held in memory while its client waits: a waited
+/// job with a body over 64 KiB is written when accepted, so it is listed
+/// while it runs; the small one is not, until its wait runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_waited_job_with_a_body_up_to_64_kib_is_held_until_it_ends() {
+    let scratch = Scratch::new("serve-held");
+    let server = Server::start(&scratch, &sleep_config("", &tenant("acme", ACME, "")));
+    let mut large = b"3600000".to_vec();
+    large.resize(64 << 10, b' ');
+    let mut over = large.clone();
+    over.push(b' ');
+    let (small, at_limit, over, listed) = tokio::join!(
+        server.post(ACME, "?component=sleep&wait=3", "3600000"),
+        server.post(ACME, "?component=sleep&wait=3", large),
+        server.post(ACME, "?component=sleep&wait=3", over),
+        async {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            json(server.get(ACME, "/v1/jobs").await).await
+        }
+    );
+    let mut jobs = Vec::new();
+    for response in [small, at_limit, over] {
+        assert_eq!(response.status(), StatusCode::ACCEPTED, "its wait ran out");
+        jobs.push(id_of(&json(response).await));
+    }
+    let listed: Vec<&str> =
+        listed["jobs"].as_array().expect("a list").iter().filter_map(|job| job["id"].as_str()).collect();
+    assert_eq!(listed, vec![jobs[2].as_str()], "only the body over 64 KiB was written while its client waited");
+    let listed = json(server.get(ACME, "/v1/jobs").await).await;
+    assert_eq!(listed["jobs"].as_array().map(Vec::len), Some(3), "all three once their waits ran out");
+    for id in &jobs {
+        assert_eq!(server.delete(ACME, id).await.status(), StatusCode::NO_CONTENT);
+    }
+}
+
 /// A drain answers the waiters of jobs not yet written with `202` once
 /// their jobs are on disk, queued for the next start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,6 +35,12 @@ use crate::render;
 /// past it (the runner's spool threshold: such inputs also run in memory).
 pub const SPOOL_THRESHOLD: usize = 1 << 20;
 
+/// A job posted with `?wait=` and a body of at most this size is held in
+/// memory and written once, at its end, if it ends within the wait. The
+/// bound keeps what waiting clients can make the server hold small: at
+/// most the server's `max_queued` and `max_concurrent` jobs, 64 KiB each.
+pub const HELD_INPUT: usize = 64 << 10;
+
 /// The longest `?wait=` honoured, so a request does not hold its
 /// connection for ever.
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
@@ -81,10 +87,11 @@ pub struct Service {
     changes: watch::Sender<u64>,
     /// The waiters of each job's end, for `?wait=`.
     ends: Ends,
-    /// Jobs accepted with `?wait=`, a small body and no idempotency key,
-    /// not written yet: if one ends within its wait, its one write is its
-    /// end; if the wait runs out or the server drains first, it is written
-    /// queued before its `202`. Nobody else knows its id meanwhile.
+    /// Jobs accepted with `?wait=`, a body of at most [`HELD_INPUT`] and no
+    /// idempotency key, not written yet: if one ends within its wait, its
+    /// one write is its end; if the wait runs out or the server drains
+    /// first, it is written queued before its `202`. Nobody else knows its
+    /// id meanwhile.
     unwritten: Mutex<HashMap<String, Unwritten>>,
     /// Bytes of each tenant's `max_stored` the database does not count yet.
     charges: Arc<Charges>,
@@ -214,7 +221,8 @@ impl Service {
         let record = queued_record(&job);
         let charge = self.charges.charge(tenant, received.bytes);
         let wait = wait.filter(|wait| !wait.is_zero());
-        if let Some(wait) = wait.filter(|_| key.is_none() && job.input.is_some()) {
+        let held = job.input.as_ref().is_some_and(|input| input.len() <= HELD_INPUT);
+        if let Some(wait) = wait.filter(|_| key.is_none() && held) {
             // Checked as the insert checks (see `charges`), but without a write.
             let stored = self.store.stored_bytes(tenant);
             if stored.saturating_add(charge.total_then) > settings.max_stored {
@@ -255,7 +263,7 @@ impl Service {
     fn queue(&self, reservation: Reservation, tenant: &str, id: &str, bytes: u64) {
         reservation.commit(id.to_owned());
         self.metrics.set_queued(tenant, self.scheduler.queued(tenant));
-        tracing::info!(job = %id, bytes, "accepted");
+        tracing::debug!(job = %id, bytes, "accepted");
     }
 
     async fn same_request(

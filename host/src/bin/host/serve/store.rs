@@ -8,9 +8,11 @@
 //! commits every write waiting in one transaction (group commit): one
 //! fdatasync for all the jobs accepted or finished meanwhile instead of
 //! one each. A caller is answered once its write is committed and on
-//! disk. A job is written twice in its life, accepted and ended: that it
-//! runs is the server's to know, in memory (after a crash nothing runs,
-//! and a job not ended is run again anyway). A job's end that lists output
+//! disk. A job is written twice in its life, accepted and ended, or once
+//! when the service held it in memory while its client waited and it ended
+//! within the wait ([`Store::record`]): that it runs is the server's to
+//! know, in memory (after a crash nothing runs, and a job not ended is run
+//! again anyway). A job's end that lists output
 //! files first goes through a flusher thread, which flushes their
 //! filesystem once for all the ends waiting (see [`Store::finish`]). Reads
 //! go through connections of their own, beside the writer (WAL lets

@@ -208,7 +208,7 @@ impl Replica {
             undo.run().await;
             return Err(unavailable(err));
         }
-        tracing::info!(job = %id, bytes, "accepted");
+        tracing::debug!(job = %id, bytes, "accepted");
         Ok(record)
     }
 
