@@ -1,5 +1,6 @@
-//! The queue in memory: one lane per tenant, served round-robin, so a
-//! tenant flooding the server waits behind its own jobs, not in front of
+//! The queue in memory: one lane per tenant; a free slot goes to the
+//! tenant with the fewest jobs running, in turn among equals, so a tenant
+//! flooding the server waits behind its own jobs, not in front of
 //! another's. The lanes mirror the queued jobs of the store, which is what
 //! survives a restart; the bounds are checked here, before a body is read.
 
@@ -140,12 +141,19 @@ impl Scheduler {
         if lanes.draining || lanes.running >= lanes.max_concurrent {
             return None;
         }
+        // The tenant with the fewest jobs running goes first, in turn
+        // among equals: a tenant with nothing running takes the next free
+        // slot, whatever another's backlog.
         let count = lanes.lanes.len();
         let start = lanes.cursor;
-        let (at, tenant) = (0..count).map(|step| (start + step) % count.max(1)).find_map(|at| {
-            let (name, lane) = lanes.lanes.iter().nth(at)?;
-            (!lane.queue.is_empty() && lane.running < lane.max_concurrent).then(|| (at, name.clone()))
-        })?;
+        let (at, tenant) = (0..count)
+            .map(|step| (start + step) % count.max(1))
+            .filter_map(|at| {
+                let (name, lane) = lanes.lanes.iter().nth(at)?;
+                (!lane.queue.is_empty() && lane.running < lane.max_concurrent).then_some((lane.running, at, name))
+            })
+            .min_by_key(|(running, _, _)| *running)
+            .map(|(_, at, name)| (at, name.clone()))?;
         let lane = lanes.lanes.get_mut(&tenant)?;
         let id = lane.queue.pop_front()?;
         lane.running += 1;
@@ -243,6 +251,24 @@ mod tests {
             scheduler.done(&tenant, 0.01);
         }
         assert_eq!(order, ["a0", "b0", "a1", "a2"]);
+    }
+
+    #[test]
+    fn a_tenant_with_fewer_jobs_running_takes_the_next_slot() {
+        let scheduler = scheduler(2, 100);
+        for n in 0..3 {
+            scheduler.admit("a").expect("room").commit(format!("a{n}"));
+        }
+        for n in 0..2 {
+            scheduler.admit("b").expect("room").commit(format!("b{n}"));
+        }
+        let started: Vec<String> = std::iter::from_fn(|| scheduler.next()).map(|(_, id)| id).collect();
+        assert_eq!(started, ["a0", "b0"]);
+        scheduler.done("b", 0.01);
+        // a's turn, but a runs one and b none: b goes first.
+        assert_eq!(scheduler.next().map(|(_, id)| id).as_deref(), Some("b1"));
+        scheduler.done("a", 0.01);
+        assert_eq!(scheduler.next().map(|(_, id)| id).as_deref(), Some("a1"));
     }
 
     #[test]
