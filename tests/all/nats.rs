@@ -15,7 +15,8 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::serve::{
-    ACME, BETA, Server, chunked_upload, id_of, sandboxes_after_removal, sha256_hex, sleep_config, tenant,
+    ACME, BETA, Server, chunked_upload, id_of, large_result_input, sandboxes_after_removal, served_outputs, sha256_hex,
+    sleep_config, tenant,
 };
 use crate::util::{Scratch, seven_rows};
 
@@ -362,6 +363,35 @@ async fn a_job_whose_worker_is_killed_on_every_delivery_ends_gave_up_and_the_san
     assert_eq!(sandboxes_after_removal(&scratch).await, Vec::<String>::new(), "the last worker swept them");
     let left = objects_without_inputs(&nats).await;
     assert!(left.is_empty(), "its input is gone: {left:?}");
+}
+
+/// A worker uploads a small result from memory and a large one (over
+/// 128 KiB) from its run's folder; both are stored and served as the
+/// native pipeline makes them, and the folder goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_and_large_results_are_uploaded_and_served_as_the_native_run_makes_them() {
+    let scratch = Scratch::new("nats-results");
+    let nats = Nats::start(&scratch);
+    let config = write_config(&scratch, "", "", "");
+    let api = replica(&scratch, &config, &nats);
+    let _worker = Worker::start(&scratch, &config, &nats, "worker");
+    let host = crate::util::TestHost::new("nats-results-native");
+    let pipeline = host.bundled();
+    for (input, large) in [(seven_rows(), false), (large_result_input(), true)] {
+        let native = host.run_bytes(&pipeline, &input).await.expect("native run");
+        let job: Value = api.post(ACME, "?wait=60", input).await.json().await.expect("a job");
+        assert_eq!(job["state"], "succeeded", "{job}");
+        let served = served_outputs(&api, &id_of(&job), &job).await;
+        let total: usize = served.values().map(Vec::len).sum();
+        assert_eq!(total > 128 << 10, large, "{total} bytes of outputs");
+        let hashes: BTreeMap<String, String> =
+            served.iter().map(|(name, bytes)| (name.clone(), sha256_hex(bytes))).collect();
+        let expected: BTreeMap<String, String> =
+            native.outputs.iter().map(|file| (file.name.clone(), file.sha256.clone())).collect();
+        assert_eq!(hashes, expected);
+    }
+    let left: Vec<_> = std::fs::read_dir(scratch.join("worker/work")).expect("the worker's work folder").collect();
+    assert!(left.is_empty(), "each run's folder goes: {left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -277,13 +277,17 @@ async fn the_seven_row_example_runs_with_the_outputs_and_report_of_host_run() {
 
 /// A generated export whose outputs come to more than the service keeps
 /// in its database (128 KiB), so they are files.
-fn large_result_input() -> Vec<u8> {
+pub(crate) fn large_result_input() -> Vec<u8> {
     crate::util::gen_orders(&["--rows", "10000", "--seed", "3"])
 }
 
 /// Each output of a succeeded job as served, checked against its listing,
 /// and the job's tar: both by name.
-async fn served_outputs(server: &Server, id: &str, job: &Value) -> std::collections::BTreeMap<String, Vec<u8>> {
+pub(crate) async fn served_outputs(
+    server: &Server,
+    id: &str,
+    job: &Value,
+) -> std::collections::BTreeMap<String, Vec<u8>> {
     let mut served = std::collections::BTreeMap::new();
     for output in job["outputs"].as_array().expect("outputs") {
         let name = output["name"].as_str().expect("name");

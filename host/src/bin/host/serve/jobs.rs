@@ -47,7 +47,8 @@ pub const MAX_WAIT: Duration = Duration::from_secs(300);
 
 /// A result of at most this many bytes, all outputs together, is kept in
 /// the database with the job's end (no files, no flush of their own);
-/// larger ones are files in the job's results folder.
+/// larger ones are files in the job's results folder. `host worker` keeps
+/// such a result in memory until it is uploaded.
 pub const RESULT_IN_DATABASE: u64 = 128 << 10;
 
 const INPUT_FILE: &str = "input.csv";

@@ -368,22 +368,26 @@ impl Cluster {
     }
 
     /// Removes an object whole: its chunks and its metadata (a plain
-    /// delete of the object store leaves a tombstone per object).
-    pub async fn remove_object(&self, name: &str) {
+    /// delete of the object store leaves a tombstone per object); false
+    /// when it may still be there (NATS could not be reached), logged.
+    pub async fn remove_object(&self, name: &str) -> bool {
         let bucket = self.layout.data_bucket();
         let info = match self.data.info(name).await {
             Ok(info) => info,
-            Err(err) if err.kind() == jetstream::object_store::InfoErrorKind::NotFound => return,
+            Err(err) if err.kind() == jetstream::object_store::InfoErrorKind::NotFound => return true,
             Err(err) => {
                 tracing::warn!(object = name, "cannot read an object to delete it: {err}");
-                return;
+                return false;
             }
         };
+        let mut removed = true;
         for subject in [format!("$O.{bucket}.C.{}", info.nuid), format!("$O.{bucket}.M.{}", object_subject(name))] {
             if let Err(err) = self.data_stream.purge().filter(subject).await {
                 tracing::warn!(object = name, "cannot delete an object: {err}");
+                removed = false;
             }
         }
+        removed
     }
 
     /// Stores `reader` whole as object `name`, streamed in chunks (never

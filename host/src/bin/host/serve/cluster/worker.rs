@@ -24,13 +24,13 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind, consumer};
 use clap::Args;
 use futures_util::StreamExt as _;
-use orders_host::{Component, Destination, Input, Invocation, Runner};
+use orders_host::{Component, Delivered, Destination, Input, Invocation, Runner};
 use tokio::sync::{Semaphore, oneshot, watch};
 
 use super::{Cluster, PutFailure, Stored, input_object, output_object, signed};
 use crate::RootArgs;
 use crate::serve::config::{Config, hex};
-use crate::serve::jobs::{SPOOL_THRESHOLD, ending, now_ms};
+use crate::serve::jobs::{RESULT_IN_DATABASE, SPOOL_THRESHOLD, ending, now_ms};
 use crate::serve::store::State;
 
 #[derive(Args, Debug)]
@@ -345,7 +345,10 @@ impl Worker {
                 return Ok(Verdict::Done);
             };
             if stored.record.state.ended() {
-                return Ok(Verdict::Done);
+                // Its end is recorded; its input may have outlived it (NATS
+                // went away just after): delivered again until it is gone.
+                let removed = self.cluster.remove_object(&input_object(id)).await;
+                return Ok(if removed { Verdict::Done } else { Verdict::Again });
             }
             // What a run that vanished mid-upload stored goes once the
             // record no longer names it (the write below).
@@ -405,7 +408,8 @@ impl Worker {
     }
 
     /// Runs the guest on the job's input (streamed from the object store),
-    /// its outputs delivered into `folder/out`.
+    /// its outputs delivered in memory when they are as small as the
+    /// embedded service keeps in its database, else into `folder/out`.
     async fn run(
         &self,
         tenant: &str,
@@ -434,9 +438,12 @@ impl Worker {
                 Input::Reader(Box::new(tokio_util::io::SyncIoBridge::new(object)))
             };
             tokio::fs::create_dir_all(folder).await?;
-            let invocation = Invocation::new(component.clone(), input)
-                .tenant(tenant)
-                .destination(Destination::Folder { path: folder.join("out"), force: true });
+            let invocation =
+                Invocation::new(component.clone(), input).tenant(tenant).destination(Destination::MemoryOrFolder {
+                    max_bytes: RESULT_IN_DATABASE,
+                    path: folder.join("out"),
+                    force: true,
+                });
             Ok(self.runner.invoke(invocation).await)
         };
         tokio::select! {
@@ -472,10 +479,17 @@ impl Worker {
             }
             for output in &outcome.outputs {
                 let name = output_object(&id, run, &output.name);
-                let path = folder.join("out").join(&output.name);
-                let stored_object = match tokio::fs::File::open(&path).await {
-                    Ok(mut file) => self.cluster.put_object(&name, &mut file).await,
-                    Err(err) => Err(PutFailure::Read(err)),
+                let stored_object = match &outcome.delivered {
+                    Delivered::Memory(files) => match files.iter().find(|(file, _)| *file == output.name) {
+                        Some((_, contents)) => self.cluster.put_object(&name, &mut contents.as_slice()).await,
+                        None => {
+                            Err(PutFailure::Read(std::io::Error::other("the run listed an output it did not deliver")))
+                        }
+                    },
+                    _ => match tokio::fs::File::open(folder.join("out").join(&output.name)).await {
+                        Ok(mut file) => self.cluster.put_object(&name, &mut file).await,
+                        Err(err) => Err(PutFailure::Read(err)),
+                    },
                 };
                 if let Err(err) = stored_object {
                     self.cluster.remove_all(&uploaded).await;
@@ -493,9 +507,10 @@ impl Worker {
         stored.uploading = Vec::new();
         if self.cluster.write(stored, revision).await?.is_some() {
             tracing::info!(outcome = stored.record.outcome.as_deref().unwrap_or(""), "ended");
-            self.cluster.remove_object(&input_object(&id)).await;
+            let removed = self.cluster.remove_object(&input_object(&id)).await;
             self.cluster.count_usage(&tenant, signed(stored.stored_bytes) - signed(stored.input_bytes)).await;
-            return Ok(Verdict::Done);
+            // An input not removed is removed at its next delivery.
+            return Ok(if removed { Verdict::Done } else { Verdict::Again });
         }
         self.lost(&tenant, &id, &uploaded).await
     }
