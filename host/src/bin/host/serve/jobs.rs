@@ -643,7 +643,12 @@ impl Service {
             }
         };
         self.running().remove(&id);
-        self.unwritten().remove(&id);
+        // Still held and never written: it failed before its end could be
+        // written, so nothing of it is kept (not "read it again": a 404).
+        let end = match self.unwritten().remove(&id) {
+            Some(held) if !held.queued => End::NotRecorded,
+            _ => end,
+        };
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.changed();
         self.ends.announce(&id, &end);
@@ -886,7 +891,7 @@ fn queued_record(job: &NewJob) -> JobRecord {
 /// kept, so the client should send it again.
 fn not_recorded(id: &str) -> ApiError {
     ApiError::internal(format!(
-        "job {id} ran, but the server could not record its end (see its log); nothing of it is kept: send it again"
+        "the server could not record job {id}'s end (its log says why); nothing of the job is kept: send it again"
     ))
 }
 
