@@ -252,7 +252,7 @@ fn query<T: serde::de::DeserializeOwned>(raw: Option<&str>) -> Result<T, ApiErro
         .map_err(|err| ApiError::bad_request(format!("bad query `{raw}`: {}", err.body_text())))
 }
 
-fn job_response(status: StatusCode, job: &super::store::JobRecord) -> Result<Response, ApiError> {
+fn job_response(status: StatusCode, job: super::store::JobRecord) -> Result<Response, ApiError> {
     let location = format!("/v1/jobs/{}", job.id);
     let mut response = (status, Json(Job::of(job)?)).into_response();
     if let Ok(value) = HeaderValue::from_str(&location) {
@@ -313,7 +313,7 @@ pub(super) async fn create_job(State(service): Shared, request: Request) -> Resu
     let job = service.accept(&tenant, params.component, key, length, body, wait).await?;
     record_job(&job.id);
     let status = if wait.is_some() && job.state.ended() { StatusCode::OK } else { StatusCode::ACCEPTED };
-    job_response(status, &job)
+    job_response(status, job)
 }
 
 /// One job of the tenant.
@@ -344,7 +344,7 @@ pub(super) async fn show_job(
         Some(wait) => service.wait_for(&tenant, &id, wait).await?,
         None => service.job(&tenant, &id).await?,
     };
-    job_response(StatusCode::OK, &job)
+    job_response(StatusCode::OK, job)
 }
 
 /// The tenant's jobs, newest first.
@@ -366,7 +366,7 @@ pub(super) async fn list_jobs(State(service): Shared, request: Request) -> Resul
     let params: ListQuery = query(request.uri().query())?;
     let limit = params.limit.unwrap_or(DEFAULT_LIST_LIMIT).clamp(1, MAX_LIST_LIMIT);
     let jobs = service.list(&tenant, limit).await?;
-    let jobs = jobs.iter().map(Job::of).collect::<anyhow::Result<_>>()?;
+    let jobs = jobs.into_iter().map(Job::of).collect::<anyhow::Result<_>>()?;
     Ok(Json(JobList { jobs }).into_response())
 }
 

@@ -38,10 +38,16 @@ impl Ends {
         EndWatch { ends: self, id: id.to_owned(), receiver }
     }
 
-    /// Tells every waiter of job `id` that it ended (none is fine).
-    pub fn announce(&self, id: &str, end: &End) {
-        for waiter in self.waiters().remove(id).unwrap_or_default() {
+    /// Tells every waiter of job `id` that it ended (none is fine); the
+    /// last one gets `end` itself, so a lone waiter holds its record alone.
+    pub fn announce(&self, id: &str, end: End) {
+        let mut waiters = self.waiters().remove(id).unwrap_or_default();
+        let last = waiters.pop();
+        for waiter in waiters {
             let _ = waiter.send(end.clone());
+        }
+        if let Some(last) = last {
+            let _ = last.send(end);
         }
     }
 
@@ -90,13 +96,13 @@ mod tests {
         let ends = Ends::default();
         let mut mine = ends.watch("a");
         let other = ends.watch("b");
-        ends.announce("b", &End::ReadAgain);
+        ends.announce("b", End::ReadAgain);
         drop(other);
-        ends.announce("c", &End::ReadAgain);
+        ends.announce("c", End::ReadAgain);
         let waited = tokio::time::timeout(std::time::Duration::from_millis(20), mine.ended()).await;
         assert!(waited.is_err(), "another job's end is not this one's");
         let both = ends.watch("a");
-        ends.announce("a", &End::NotRecorded);
+        ends.announce("a", End::NotRecorded);
         assert!(matches!(mine.ended().await, End::NotRecorded));
         drop((mine, both));
         assert_eq!(ends.watched(), 0);

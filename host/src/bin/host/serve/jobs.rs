@@ -409,7 +409,7 @@ impl Service {
                 return self.job(tenant, &job.id).await;
             };
             match ended {
-                End::Recorded(record) => return Ok(JobRecord::clone(&record)),
+                End::Recorded(record) => return Ok(unshared(record)),
                 End::NotRecorded => return Err(not_recorded(&job.id)),
                 // Ended without its record at hand, or put back in the queue by a drain.
                 End::ReadAgain => {
@@ -450,7 +450,7 @@ impl Service {
     /// The record of job `id` once `ended` told of its end.
     async fn ended_record(&self, tenant: &str, id: &str, ended: End) -> Result<JobRecord, ApiError> {
         match ended {
-            End::Recorded(record) => Ok(JobRecord::clone(&record)),
+            End::Recorded(record) => Ok(unshared(record)),
             End::ReadAgain => self.job(tenant, id).await,
             End::NotRecorded => Err(not_recorded(id)),
         }
@@ -555,7 +555,7 @@ impl Service {
             self.metrics.set_queued(tenant, self.scheduler.queued(tenant));
             self.remove_files(id).await;
             self.changed();
-            self.ends.announce(id, &End::ReadAgain);
+            self.ends.announce(id, End::ReadAgain);
             return Ok(());
         }
         if matches!(state, State::Queued | State::Running) {
@@ -651,7 +651,7 @@ impl Service {
         };
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.changed();
-        self.ends.announce(&id, &end);
+        self.ends.announce(&id, end);
     }
 
     /// Runs one job to its recorded end; the outcome's name and how to
@@ -868,6 +868,12 @@ impl Service {
             }
         }
     }
+}
+
+/// The record an end announced: its own when this waiter was the last to
+/// hold it (the usual one waiter), else a copy.
+fn unshared(record: Arc<JobRecord>) -> JobRecord {
+    Arc::try_unwrap(record).unwrap_or_else(|shared| JobRecord::clone(&shared))
 }
 
 /// The record of `job` as accepted, queued.
@@ -1210,16 +1216,15 @@ pub struct JobList {
 impl Job {
     /// The job of a record. The record keeps outputs and error as the JSON
     /// they were stored as, so a record this cannot read is a server fault.
-    pub fn of(record: &JobRecord) -> anyhow::Result<Self> {
+    pub fn of(record: JobRecord) -> anyhow::Result<Self> {
         let outputs = record
             .outputs
-            .iter()
+            .into_iter()
             .map(JobOutput::deserialize)
             .collect::<Result<_, _>>()
             .with_context(|| format!("job {}: a stored output is not one", record.id))?;
         let error = record
             .error
-            .as_ref()
             .map(JobError::deserialize)
             .transpose()
             .with_context(|| format!("job {}: its stored error is not one", record.id))?;
@@ -1227,13 +1232,13 @@ impl Job {
             created_at: timestamp(record.created_at),
             error,
             finished_at: record.finished_at.map(timestamp),
-            id: record.id.clone(),
-            outcome: record.outcome.clone(),
+            id: record.id,
+            outcome: record.outcome,
             outputs,
-            report: record.report.clone(),
+            report: record.report,
             started_at: record.started_at.map(timestamp),
             state: record.state.into(),
-            tenant: record.tenant.clone(),
+            tenant: record.tenant,
         })
     }
 }
@@ -1342,15 +1347,16 @@ mod tests {
             ..record(State::Failed)
         };
         for job in [queued, succeeded, failed, unlimited, record(State::Running), record(State::Cancelled)] {
-            let typed = serde_json::to_string(&Job::of(&job).expect("a readable record")).expect("serializes");
-            assert_eq!(typed, untyped(&job).to_string());
+            let untyped = untyped(&job).to_string();
+            let typed = serde_json::to_string(&Job::of(job).expect("a readable record")).expect("serializes");
+            assert_eq!(typed, untyped);
         }
     }
 
     #[test]
     fn a_stored_output_of_another_shape_is_a_server_fault() {
         let job = JobRecord { outputs: vec![serde_json::json!({ "name": 1 })], ..record(State::Succeeded) };
-        assert!(Job::of(&job).is_err());
+        assert!(Job::of(job).is_err());
     }
 
     #[test]
