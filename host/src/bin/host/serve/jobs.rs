@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -96,9 +96,9 @@ pub struct Service {
     unwritten: Mutex<HashMap<String, Unwritten>>,
     /// Bytes of each tenant's `max_stored` the database does not count yet.
     charges: Arc<Charges>,
-    draining: AtomicBool,
-    /// Set when the drain begins: waiters of unwritten jobs stop waiting.
-    stopping: watch::Sender<bool>,
+    /// Set when the drain begins: no job is admitted, and waiters of
+    /// unwritten jobs stop waiting.
+    draining: watch::Sender<bool>,
 }
 
 /// A job accepted and not yet written (see `Service::unwritten`).
@@ -157,13 +157,12 @@ impl Service {
             ends: Ends::default(),
             unwritten: Mutex::default(),
             charges: Arc::default(),
-            draining: AtomicBool::new(false),
-            stopping: watch::Sender::new(false),
+            draining: watch::Sender::new(false),
         })
     }
 
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
+        *self.draining.borrow()
     }
 
     fn job_dir(&self, id: &str) -> PathBuf {
@@ -432,12 +431,12 @@ impl Service {
         mut end: EndWatch<'_>,
     ) -> Result<JobRecord, ApiError> {
         let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
-        let mut stopping = self.stopping.subscribe();
+        let mut draining = self.draining.subscribe();
         tokio::select! {
             ended = end.ended() => return self.ended_record(tenant, &job.id, ended).await,
             () = tokio::time::sleep_until(deadline) => {}
             // Not its `Ref`, which is not `Send`.
-            _ = async { stopping.wait_for(|stopping| *stopping).await.is_ok() } => {}
+            _ = async { draining.wait_for(|draining| *draining).await.is_ok() } => {}
         }
         if self.write_queued(&job.id).await.map_err(ApiError::from)? {
             return self.job(tenant, &job.id).await;
@@ -834,11 +833,10 @@ impl Service {
     /// Stops admitting; running jobs get `timeout` to end, then are stopped
     /// and put back in the queue for the next start.
     pub async fn drain(&self, timeout: Duration) {
-        self.draining.store(true, Ordering::SeqCst);
+        self.draining.send_replace(true);
         self.scheduler.drain();
         // Every job accepted is on disk before the server stops: the
         // unwritten ones are written queued now, their waiters answered.
-        self.stopping.send_replace(true);
         let unwritten: Vec<String> = self.unwritten().keys().cloned().collect();
         let written = futures_util::future::join_all(unwritten.iter().map(|id| self.write_queued(id))).await;
         for (id, written) in unwritten.iter().zip(written) {

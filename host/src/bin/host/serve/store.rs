@@ -573,7 +573,6 @@ impl Store {
         hold: H,
     ) -> anyhow::Result<H> {
         self.write(ending.durability(), move |connection| {
-            let json = |value: &Option<serde_json::Value>| value.as_ref().map(serde_json::Value::to_string);
             connection
                 .prepare_cached(
                     "INSERT INTO jobs (id, tenant, component, state, input, input_file, input_sha256, stored_bytes,
@@ -588,9 +587,9 @@ impl Store {
                     job.input_sha256,
                     ending.stored_bytes,
                     ending.outcome,
-                    json(&ending.report),
+                    json_text(ending.report.as_ref()),
                     serde_json::Value::Array(ending.outputs).to_string(),
-                    json(&ending.error),
+                    json_text(ending.error.as_ref()),
                     job.created_at,
                     started_at,
                     ending.finished_at,
@@ -695,16 +694,15 @@ impl Store {
     /// says `succeeded` of outputs that a crash could lose or cut.
     pub async fn finish(&self, id: String, started_at: i64, ending: Ending) -> anyhow::Result<bool> {
         self.write(ending.durability(), move |connection| {
-            let json = |value: &Option<serde_json::Value>| value.as_ref().map(serde_json::Value::to_string);
             let changed = connection.prepare_cached("UPDATE jobs SET state = ?2, outcome = ?3, report = ?4, outputs = ?5, error = ?6, stored_bytes = ?7,
                      finished_at = ?8, started_at = ?9, results = ?10, input = NULL, input_file = 0
                  WHERE id = ?1 AND state IN ('queued', 'running')")?.execute(params![
                     id,
                     ending.state.name(),
                     ending.outcome,
-                    json(&ending.report),
+                    json_text(ending.report.as_ref()),
                     serde_json::Value::Array(ending.outputs).to_string(),
-                    json(&ending.error),
+                    json_text(ending.error.as_ref()),
                     ending.stored_bytes,
                     ending.finished_at,
                     started_at,
@@ -867,6 +865,11 @@ fn commit(connection: &mut Connection, batch: Vec<Box<dyn Pending>>, stored: &St
     for pending in ran.into_iter().chain(batch) {
         pending.answer(why.as_deref().map_or(Ok(()), Err));
     }
+}
+
+/// A JSON column's text.
+fn json_text(value: Option<&serde_json::Value>) -> Option<String> {
+    value.map(serde_json::Value::to_string)
 }
 
 /// Adds a queued job's row.
