@@ -27,7 +27,7 @@ use super::config::{BUNDLED, Config, TenantConfig, hex};
 use super::ends::{End, EndWatch, Ends};
 use super::metrics::Metrics;
 use super::queue::{Refusal, Reservation, Scheduler};
-use super::store::{Ending, Insertion, JobRecord, NewJob, State, Store};
+use super::store::{EndComing, Ending, Insertion, JobRecord, NewJob, State, Store};
 use crate::render;
 
 /// Bodies up to this size are kept in memory while they arrive, then in
@@ -628,7 +628,8 @@ impl Service {
         let started = Instant::now();
         let span = tracing::info_span!("job", tenant = %tenant, job = %id);
         let mut slot = Slot { service: &self, tenant: &tenant, started, held: true };
-        let outcome = tracing::Instrument::instrument(self.run_job(&tenant, &id, &mut slot), span).await;
+        let end_coming = self.store.end_coming();
+        let outcome = tracing::Instrument::instrument(self.run_job(&tenant, &id, &mut slot, end_coming), span).await;
         slot.release();
         let end = match outcome {
             Ok(Some((outcome, end))) => {
@@ -657,7 +658,13 @@ impl Service {
     /// tell its waiters, or `None` when it did not end (deleted before it
     /// started, or put back by a drain). Its slot is given back as soon as
     /// its guest is done.
-    async fn run_job(&self, tenant: &str, id: &str, slot: &mut Slot<'_>) -> anyhow::Result<Option<(String, End)>> {
+    async fn run_job(
+        &self,
+        tenant: &str,
+        id: &str,
+        slot: &mut Slot<'_>,
+        end_coming: EndComing,
+    ) -> anyhow::Result<Option<(String, End)>> {
         let (stop_sender, stop) = oneshot::channel();
         let started_at = now_ms();
         let running = Running { started_at, stop: Some(stop_sender) };
@@ -704,7 +711,7 @@ impl Service {
         // The next job's guest need not wait for this one's end to be on disk.
         slot.release();
         match result {
-            Ok(result) => self.record_end(record, input_file, result).await.map(Some),
+            Ok(result) => self.record_end(record, input_file, result, end_coming).await.map(Some),
             Err(Stop::Delete) => {
                 self.store.cancel(id.to_owned(), now_ms()).await?;
                 self.remove_files(id).await;
@@ -727,6 +734,7 @@ impl Service {
         record: JobRecord,
         input_file: bool,
         mut result: Result<RunOutcome, RunError>,
+        end_coming: EndComing,
     ) -> anyhow::Result<(String, End)> {
         let id = record.id.clone();
         let results = match &mut result {
@@ -740,9 +748,10 @@ impl Service {
         ended.end(&ending);
         // Taken first, so that a wait running out now finds the end sent.
         let unwritten = self.unwritten().remove(&id).filter(|held| !held.queued);
+        let end_coming = end_coming.prompt(!self.scheduler.busy(&ended.tenant));
         if let Some(Unwritten { job, charge, .. }) = unwritten {
             let job = NewJob { input: None, ..job };
-            return match self.store.record(job, started_at, ending, charge).await {
+            return match self.store.record(job, started_at, ending, end_coming, charge).await {
                 Ok(_) => Ok((name, End::Recorded(Arc::new(ended)))),
                 Err(err) => {
                     tracing::error!(job = id, "the job's end could not be recorded: {err:#}");
@@ -751,7 +760,7 @@ impl Service {
                 }
             };
         }
-        if self.store.finish(id.clone(), started_at, ending).await? {
+        if self.store.finish(id.clone(), started_at, ending, end_coming).await? {
             // The result is committed: the input is no longer needed.
             if input_file {
                 self.remove_folders(&id, vec![self.job_dir(&id)]).await;
@@ -774,7 +783,7 @@ impl Service {
             if !self.scheduler.requeue(&tenant, id.clone()) {
                 let err = RunError::Host(format!("tenant {tenant} is no longer in the server's config"));
                 if let Some((record, input)) = self.store.start(id.clone(), now_ms()).await? {
-                    self.record_end(record, input.is_none(), Err(err)).await?;
+                    self.record_end(record, input.is_none(), Err(err), self.store.end_coming()).await?;
                 }
             }
         }

@@ -190,6 +190,14 @@ impl Scheduler {
         self.lock().running
     }
 
+    /// Whether `tenant` has a job waiting, arriving or running.
+    pub fn busy(&self, tenant: &str) -> bool {
+        self.lock()
+            .lanes
+            .get(tenant)
+            .is_some_and(|lane| !lane.queue.is_empty() || lane.reserved > 0 || lane.running > 0)
+    }
+
     /// Jobs waiting in `tenant`'s lane.
     pub fn queued(&self, tenant: &str) -> usize {
         self.lock().lanes.get(tenant).map_or(0, |lane| lane.queue.len())
@@ -283,6 +291,20 @@ mod tests {
         scheduler.admit("b").expect("places given back");
         scheduler.drain();
         assert_eq!(scheduler.admit("b").expect_err("stopping"), Refusal::Draining);
+    }
+
+    #[test]
+    fn a_tenant_is_busy_while_a_job_of_its_arrives_waits_or_runs() {
+        let scheduler = scheduler(2, 100);
+        assert!(!scheduler.busy("a"));
+        let arriving = scheduler.admit("a").expect("room");
+        assert!(scheduler.busy("a"), "a body arriving");
+        arriving.commit("a0".into());
+        assert!(scheduler.busy("a") && !scheduler.busy("b"), "waiting");
+        assert!(scheduler.next().is_some());
+        assert!(scheduler.busy("a"), "running");
+        scheduler.done("a", 0.01);
+        assert!(!scheduler.busy("a"), "nothing left");
     }
 
     #[test]
