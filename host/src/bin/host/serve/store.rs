@@ -30,7 +30,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
 use tokio::sync::oneshot;
+
+use super::jobs::JobOutput;
 
 /// Where a job is in its life. A job that ended has one result: it is
 /// never run again. `Running` is never stored (the service knows which
@@ -78,16 +82,56 @@ impl State {
     }
 }
 
+/// JSON kept as its text: built once from the pipeline's report, then
+/// written to the database and into answers as it is, never rebuilt as a
+/// tree on the way.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct JsonText(Box<RawValue>);
+
+impl JsonText {
+    /// `value` as JSON text.
+    ///
+    /// # Errors
+    ///
+    /// When `value` cannot be serialized as JSON.
+    pub fn of<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Self> {
+        serde_json::value::to_raw_value(value).map(Self)
+    }
+
+    /// JSON text as read back, checked.
+    ///
+    /// # Errors
+    ///
+    /// When `text` is not JSON.
+    pub fn parse(text: String) -> serde_json::Result<Self> {
+        RawValue::from_string(text).map(Self)
+    }
+
+    pub fn text(&self) -> &str {
+        self.0.get()
+    }
+}
+
+/// Through a tree: a record in JetStream is read with `#[serde(flatten)]`,
+/// which cannot hand over raw text.
+impl<'de> Deserialize<'de> for JsonText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        Self::of(&value).map_err(serde::de::Error::custom)
+    }
+}
+
 /// One job as stored (`host serve --nats` keeps it as JSON in JetStream).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobRecord {
     pub id: String,
     pub tenant: String,
     pub component: String,
     pub state: State,
     pub outcome: Option<String>,
-    pub report: Option<serde_json::Value>,
-    pub outputs: Vec<serde_json::Value>,
+    pub report: Option<JsonText>,
+    pub outputs: Vec<JobOutput>,
     pub error: Option<serde_json::Value>,
     /// Milliseconds since the Unix epoch.
     pub created_at: i64,
@@ -113,8 +157,8 @@ pub struct NewJob {
 pub struct Ending {
     pub state: State,
     pub outcome: Option<String>,
-    pub report: Option<serde_json::Value>,
-    pub outputs: Vec<serde_json::Value>,
+    pub report: Option<JsonText>,
+    pub outputs: Vec<JobOutput>,
     pub error: Option<serde_json::Value>,
     pub stored_bytes: u64,
     pub finished_at: i64,
@@ -643,6 +687,7 @@ impl Store {
         end: EndComing,
         hold: H,
     ) -> anyhow::Result<H> {
+        let (outputs, error) = end_text(&ending)?;
         self.write_end(ending.durability(), end, move |connection| {
             connection
                 .prepare_cached(
@@ -658,9 +703,9 @@ impl Store {
                     job.input_sha256,
                     ending.stored_bytes,
                     ending.outcome,
-                    json_text(ending.report.as_ref()),
-                    serde_json::Value::Array(ending.outputs).to_string(),
-                    json_text(ending.error.as_ref()),
+                    ending.report.as_ref().map(JsonText::text),
+                    outputs,
+                    error,
                     job.created_at,
                     started_at,
                     ending.finished_at,
@@ -764,6 +809,7 @@ impl Store {
     /// files and the record that lists them are on disk. So a record never
     /// says `succeeded` of outputs that a crash could lose or cut.
     pub async fn finish(&self, id: String, started_at: i64, ending: Ending, end: EndComing) -> anyhow::Result<bool> {
+        let (outputs, error) = end_text(&ending)?;
         self.write_end(ending.durability(), end, move |connection| {
             let changed = connection.prepare_cached("UPDATE jobs SET state = ?2, outcome = ?3, report = ?4, outputs = ?5, error = ?6, stored_bytes = ?7,
                      finished_at = ?8, started_at = ?9, results = ?10, input = NULL, input_file = 0
@@ -771,9 +817,9 @@ impl Store {
                     id,
                     ending.state.name(),
                     ending.outcome,
-                    json_text(ending.report.as_ref()),
-                    serde_json::Value::Array(ending.outputs).to_string(),
-                    json_text(ending.error.as_ref()),
+                    ending.report.as_ref().map(JsonText::text),
+                    outputs,
+                    error,
                     ending.stored_bytes,
                     ending.finished_at,
                     started_at,
@@ -959,9 +1005,10 @@ fn commit(connection: &mut Connection, batch: Vec<Box<dyn Pending>>, stored: &St
     }
 }
 
-/// A JSON column's text.
-fn json_text(value: Option<&serde_json::Value>) -> Option<String> {
-    value.map(serde_json::Value::to_string)
+/// The text of an end's `outputs` and `error` columns, made by its caller,
+/// not on the writer, which every write waits for.
+fn end_text(ending: &Ending) -> serde_json::Result<(String, Option<String>)> {
+    Ok((serde_json::to_string(&ending.outputs)?, ending.error.as_ref().map(serde_json::Value::to_string)))
 }
 
 /// Adds a queued job's row.
@@ -1018,28 +1065,24 @@ fn keyed(connection: &Connection, tenant: &str, key: &str) -> rusqlite::Result<O
 }
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
-    let json = |index: usize| -> rusqlite::Result<Option<serde_json::Value>> {
-        let text: Option<String> = r.get(index)?;
-        text.map(|text| {
-            serde_json::from_str(&text).map_err(|err| {
-                rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(err))
-            })
-        })
-        .transpose()
+    let bad = |index: usize| {
+        move |err: serde_json::Error| {
+            rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(err))
+        }
     };
-    let outputs = match json(6)? {
-        Some(serde_json::Value::Array(outputs)) => outputs,
-        _ => Vec::new(),
-    };
+    let text = |index: usize| r.get::<_, Option<String>>(index);
+    let report = text(5)?.map(JsonText::parse).transpose().map_err(bad(5))?;
+    let outputs = text(6)?.map(|text| serde_json::from_str(&text)).transpose().map_err(bad(6))?.unwrap_or_default();
+    let error = text(7)?.map(|text| serde_json::from_str(&text)).transpose().map_err(bad(7))?;
     Ok(JobRecord {
         id: r.get(0)?,
         tenant: r.get(1)?,
         component: r.get(2)?,
         state: State::parse(&r.get::<_, String>(3)?)?,
         outcome: r.get(4)?,
-        report: json(5)?,
+        report,
         outputs,
-        error: json(7)?,
+        error,
         created_at: r.get(8)?,
         started_at: r.get(9)?,
         finished_at: r.get(10)?,
@@ -1061,6 +1104,10 @@ mod tests {
         let (insertion, ()) =
             store.insert(job, key, (), move |stored| stored.saturating_add(input) <= max_stored).await?;
         Ok(insertion)
+    }
+
+    fn output(name: &str, bytes: u64, sha256: &str) -> JobOutput {
+        JobOutput { bytes, name: name.into(), sha256: sha256.into() }
     }
 
     fn job(id: &str, tenant: &str) -> NewJob {
@@ -1104,8 +1151,8 @@ mod tests {
         let ending = Ending {
             state: State::Succeeded,
             outcome: Some("success".into()),
-            report: Some(serde_json::json!({"rows": 1})),
-            outputs: vec![serde_json::json!({"name": "x.csv", "bytes": 1, "sha256": "s"})],
+            report: Some(JsonText::of(&serde_json::json!({"rows": 1})).expect("json")),
+            outputs: vec![output("x.csv", 1, "s")],
             error: None,
             stored_bytes: 1,
             finished_at: 4,
@@ -1136,10 +1183,7 @@ mod tests {
             state: State::Succeeded,
             outcome: Some("success".into()),
             report: None,
-            outputs: vec![
-                serde_json::json!({"name": "x.csv", "bytes": 3, "sha256": "s"}),
-                serde_json::json!({"name": "y.csv", "bytes": 2, "sha256": "t"}),
-            ],
+            outputs: vec![output("x.csv", 3, "s"), output("y.csv", 2, "t")],
             error: None,
             stored_bytes: 5,
             finished_at: 4,
@@ -1236,6 +1280,30 @@ mod tests {
         let jobs = store.list("a".into(), 100).await.expect("list");
         assert_eq!(jobs.len(), 40, "the failing write's job is undone, every other one kept");
         assert_eq!(store.stored_bytes("a"), 40 * 4);
+        drop(store);
+        std::fs::remove_dir_all(&dir).expect("clean");
+    }
+
+    #[tokio::test]
+    async fn a_stored_end_of_another_shape_is_a_server_fault_and_a_report_is_kept_as_written() {
+        let dir = scratch("shapes");
+        let store = Store::open(&dir.join("jobs.db")).expect("open");
+        store
+            .call(|connection| {
+                connection.execute_batch(
+                    "INSERT INTO jobs (id, tenant, component, state, input_file, input_sha256, stored_bytes, created_at,
+                         report, outputs)
+                     VALUES ('odd', 'a', 'bundled', 'succeeded', 0, 'h', 0, 1, '{\"rows\": 1}', '[{\"name\": 1}]'),
+                            ('ok', 'a', 'bundled', 'succeeded', 0, 'h', 0, 1, '{\"rows\": 1,\"b\":[ ]}',
+                             '[{\"bytes\": 1, \"name\": \"x.csv\", \"sha256\": \"s\"}]')",
+                )
+            })
+            .await
+            .expect("written");
+        assert!(store.get("a".into(), "odd".into()).await.is_err(), "an output that is not one");
+        let ok = store.get("a".into(), "ok".into()).await.expect("read").expect("there");
+        assert_eq!(ok.outputs, [output("x.csv", 1, "s")]);
+        assert_eq!(ok.report.as_ref().map(JsonText::text), Some(r#"{"rows": 1,"b":[ ]}"#), "not rebuilt");
         drop(store);
         std::fs::remove_dir_all(&dir).expect("clean");
     }

@@ -343,9 +343,7 @@ impl Cluster {
         names.extend(stored.uploading.iter().cloned());
         if let Some(run) = &stored.run {
             for output in &stored.record.outputs {
-                if let Some(name) = output["name"].as_str() {
-                    names.push(output_object(id, run, name));
-                }
+                names.push(output_object(id, run, &output.name));
             }
         }
         self.remove_all(&names).await;

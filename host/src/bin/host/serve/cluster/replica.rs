@@ -374,7 +374,7 @@ impl Replica {
     /// Output `name` of a succeeded job: its bytes as a body, and its length.
     pub async fn output(&self, tenant: &str, id: &str, name: &str) -> Result<(Body, u64), ApiError> {
         let (stored, _) = self.stored(tenant, id).await?;
-        let listed = stored.record.outputs.iter().find(|output| output["name"].as_str() == Some(name));
+        let listed = stored.record.outputs.iter().find(|output| output.name == name);
         let (Some(listed), Some(run)) = (listed, &stored.run) else {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -382,7 +382,7 @@ impl Replica {
                 format!("job {id} has no output of that name; its job lists its outputs"),
             ));
         };
-        let length = listed["bytes"].as_u64().unwrap_or(0);
+        let length = listed.bytes;
         let object = self.cluster.data.get(output_object(id, run, name)).await.map_err(|_| ApiError::not_found())?;
         Ok((Body::from_stream(tokio_util::io::ReaderStream::with_capacity(object, 64 << 10)), length))
     }
@@ -401,11 +401,11 @@ impl Replica {
         let run = stored.run.clone().unwrap_or_default();
         let mut files = Vec::new();
         for output in &stored.record.outputs {
-            let (Some(name), Some(bytes)) = (output["name"].as_str(), output["bytes"].as_u64()) else { continue };
+            let (name, bytes) = (&output.name, output.bytes);
             // Opened first, so a job deleted meanwhile is a 404, not a cut tar.
             let object =
                 self.cluster.data.get(output_object(id, &run, name)).await.map_err(|_| ApiError::not_found())?;
-            files.push((name.to_owned(), bytes, object));
+            files.push((name.clone(), bytes, object));
         }
         let mtime = stored.record.finished_at.map_or(0, |ms| u64::try_from(ms / 1000).unwrap_or(0));
         let (sender, mut receiver) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
