@@ -68,9 +68,9 @@ pub struct Timings {
     pub total: Duration,
 }
 
-/// Each stage in whole microseconds, one line (`queued=3µs
-/// sandbox_create=41µs … total=650µs`): what the host's log shows of every
-/// run, cheap to format, as it is formatted once per job.
+/// Each stage in whole microseconds, on one line (`queued 3µs,
+/// sandbox_create 41µs, …, total 650µs`): what the host's log shows of
+/// every run, cheap to format, as it is formatted once per job.
 impl std::fmt::Display for Timings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let stages = [
@@ -85,8 +85,8 @@ impl std::fmt::Display for Timings {
             ("total", self.total),
         ];
         for (at, (name, took)) in stages.into_iter().enumerate() {
-            let gap = if at == 0 { "" } else { " " };
-            write!(f, "{gap}{name}={}µs", took.as_micros())?;
+            let gap = if at == 0 { "" } else { ", " };
+            write!(f, "{gap}{name} {}µs", took.as_micros())?;
         }
         Ok(())
     }
@@ -519,8 +519,8 @@ mod tests {
         };
         assert_eq!(
             timings.to_string(),
-            "queued=0µs sandbox_create=41µs input_copy=0µs instantiate=0µs guest=2000µs collect=0µs deliver=0µs \
-             sandbox_remove=0µs total=2650µs"
+            "queued 0µs, sandbox_create 41µs, input_copy 0µs, instantiate 0µs, guest 2000µs, collect 0µs, \
+             deliver 0µs, sandbox_remove 0µs, total 2650µs"
         );
     }
 }

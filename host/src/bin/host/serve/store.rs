@@ -9,8 +9,8 @@
 //! fdatasync for all the jobs accepted or finished meanwhile instead of
 //! one each. While jobs run, the writer waits a moment for their ends
 //! before it commits ([`COMMIT_DELAY`]), unless a write is of a tenant
-//! with nothing else on the server ([`EndComing::prompt`]). A caller is answered once its write is committed and on
-//! disk. A job is written twice in its life, accepted and ended, or once
+//! with nothing else on the server ([`EndComing::prompt`]). A caller is
+//! answered once its write is committed and on disk. A job is written twice in its life, accepted and ended, or once
 //! when the service held it in memory while its client waited and it ended
 //! within the wait ([`Store::record`]): that it runs is the server's to
 //! know, in memory (after a crash nothing runs, and a job not ended is run
