@@ -628,7 +628,8 @@ impl Service {
         let started = Instant::now();
         let span = tracing::info_span!("job", tenant = %tenant, job = %id);
         let mut slot = Slot { service: &self, tenant: &tenant, started, held: true };
-        let end_coming = self.store.end_coming();
+        // Counted as running: a tenant with nothing else on the server has 1.
+        let end_coming = self.store.end_coming(self.scheduler.load(&tenant) == 1);
         let outcome = tracing::Instrument::instrument(self.run_job(&tenant, &id, &mut slot, end_coming), span).await;
         slot.release();
         let end = match outcome {
@@ -748,7 +749,6 @@ impl Service {
         ended.end(&ending);
         // Taken first, so that a wait running out now finds the end sent.
         let unwritten = self.unwritten().remove(&id).filter(|held| !held.queued);
-        let end_coming = end_coming.prompt(!self.scheduler.busy(&ended.tenant));
         if let Some(Unwritten { job, charge, .. }) = unwritten {
             let job = NewJob { input: None, ..job };
             return match self.store.record(job, started_at, ending, end_coming, charge).await {
@@ -783,7 +783,7 @@ impl Service {
             if !self.scheduler.requeue(&tenant, id.clone()) {
                 let err = RunError::Host(format!("tenant {tenant} is no longer in the server's config"));
                 if let Some((record, input)) = self.store.start(id.clone(), now_ms()).await? {
-                    self.record_end(record, input.is_none(), Err(err), self.store.end_coming()).await?;
+                    self.record_end(record, input.is_none(), Err(err), self.store.end_coming(false)).await?;
                 }
             }
         }

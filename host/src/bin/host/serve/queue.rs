@@ -190,12 +190,9 @@ impl Scheduler {
         self.lock().running
     }
 
-    /// Whether `tenant` has a job waiting, arriving or running.
-    pub fn busy(&self, tenant: &str) -> bool {
-        self.lock()
-            .lanes
-            .get(tenant)
-            .is_some_and(|lane| !lane.queue.is_empty() || lane.reserved > 0 || lane.running > 0)
+    /// Jobs of `tenant` arriving, waiting or running.
+    pub fn load(&self, tenant: &str) -> usize {
+        self.lock().lanes.get(tenant).map_or(0, |lane| lane.queue.len() + lane.reserved + lane.running)
     }
 
     /// Jobs waiting in `tenant`'s lane.
@@ -294,17 +291,18 @@ mod tests {
     }
 
     #[test]
-    fn a_tenant_is_busy_while_a_job_of_its_arrives_waits_or_runs() {
+    fn a_tenants_load_is_its_jobs_arriving_waiting_and_running() {
         let scheduler = scheduler(2, 100);
-        assert!(!scheduler.busy("a"));
+        assert_eq!(scheduler.load("a"), 0);
         let arriving = scheduler.admit("a").expect("room");
-        assert!(scheduler.busy("a"), "a body arriving");
+        assert_eq!(scheduler.load("a"), 1, "a body arriving");
         arriving.commit("a0".into());
-        assert!(scheduler.busy("a") && !scheduler.busy("b"), "waiting");
+        scheduler.admit("a").expect("room").commit("a1".into());
+        assert_eq!((scheduler.load("a"), scheduler.load("b")), (2, 0), "waiting");
         assert!(scheduler.next().is_some());
-        assert!(scheduler.busy("a"), "running");
+        assert_eq!(scheduler.load("a"), 2, "one running, one waiting");
         scheduler.done("a", 0.01);
-        assert!(!scheduler.busy("a"), "nothing left");
+        assert_eq!(scheduler.load("a"), 1, "one waiting");
     }
 
     #[test]
